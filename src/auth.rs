@@ -1,0 +1,200 @@
+//! API keys and the clients they belong to.
+//!
+//! The keys file (YAML) holds each client's name, SIP ID, rate limit and the SHA-256 of its key;
+//! never the key. Keys are 256-bit random tokens, so a plain hash is enough (no password KDF), and
+//! a presented key is compared against every stored hash in constant time.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read the keys file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("cannot write the keys file {0}: {1}")]
+    Write(String, std::io::Error),
+    #[error("the keys file {0} is not valid: {1}")]
+    Parse(String, String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The keys file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    #[serde(default)]
+    pub clients: Vec<Client>,
+}
+
+/// One client of the gateway: a SIP platform holding one key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Who the client is (shown in logs and metrics).
+    pub name: String,
+    /// The SIP ID (J2320) written as sender into every flow this client causes.
+    pub sip_id: String,
+    /// A public id of the key, safe to log: the first 12 hex digits of its hash.
+    pub key_id: String,
+    /// SHA-256 of the key, hex.
+    pub key_sha256: String,
+    #[serde(default)]
+    pub rate: Rate,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A GCRA quota: a sustained rate and a burst.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate { per_second: 10, burst: 20 }
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random key: `fgk_` and 64 hex digits (256 bits from the OS).
+pub fn new_key() -> Result<String, KeysError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| KeysError::Invalid(format!("no randomness: {e}")))?;
+    Ok(format!("fgk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+fn valid_sip_id(s: &str) -> bool {
+    s.len() == 4 && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+impl KeysFile {
+    pub fn read(path: &Path) -> Result<KeysFile, KeysError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeysError::Read(path.display().to_string(), e))?;
+        let file: KeysFile =
+            serde_norway::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
+        for c in &file.clients {
+            if !valid_sip_id(&c.sip_id) {
+                return Err(KeysError::Parse(path.display().to_string(), format!("client {:?}: sip_id must be 4 upper-case letters or digits", c.name)));
+            }
+            if c.key_sha256.len() != 64 || !c.key_sha256.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                return Err(KeysError::Parse(path.display().to_string(), format!("client {:?}: key_sha256 must be 64 hex digits", c.name)));
+            }
+            if c.rate.per_second == 0 || c.rate.burst == 0 {
+                return Err(KeysError::Parse(path.display().to_string(), format!("client {:?}: rate must be at least 1/s with a burst of 1", c.name)));
+            }
+        }
+        Ok(file)
+    }
+
+    /// Writes the file atomically (temporary file, fsync, rename).
+    pub fn write(&self, path: &Path) -> Result<(), KeysError> {
+        let err = |e| KeysError::Write(path.display().to_string(), e);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let text = serde_norway::to_string(self).map_err(|e| KeysError::Invalid(e.to_string()))?;
+        let header = "# flowgate keys: only hashes of keys are stored here; `flowgate keys add` prints a new key once.\n";
+        let tmp = path.with_extension("yaml.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            f.write_all(header.as_bytes()).map_err(err)?;
+            f.write_all(text.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(())
+    }
+
+    /// Adds a client with a fresh key; returns the key (shown once, never stored).
+    pub fn add(&mut self, name: &str, sip_id: &str, rate: Rate) -> Result<String, KeysError> {
+        if name.trim().is_empty() {
+            return Err(KeysError::Invalid("a client needs a name".into()));
+        }
+        if !valid_sip_id(sip_id) {
+            return Err(KeysError::Invalid("the SIP ID must be 4 upper-case letters or digits".into()));
+        }
+        let key = new_key()?;
+        let hash = sha256_hex(&key);
+        self.clients.push(Client {
+            name: name.to_string(),
+            sip_id: sip_id.to_string(),
+            key_id: hash[..12].to_string(),
+            key_sha256: hash,
+            rate,
+            revoked: false,
+        });
+        Ok(key)
+    }
+
+    /// Marks every key of the client with this name or key id as revoked; how many were.
+    pub fn revoke(&mut self, who: &str) -> usize {
+        let mut n = 0;
+        for c in self.clients.iter_mut().filter(|c| c.name == who || c.key_id == who) {
+            if !c.revoked {
+                c.revoked = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live client whose key this is, if any. Every stored hash is compared, in constant time.
+    pub fn authenticate(&self, presented: &str) -> Option<&Client> {
+        let hash = sha256_hex(presented);
+        let mut found = None;
+        for c in &self.clients {
+            let same: bool = hash.as_bytes().ct_eq(c.key_sha256.as_bytes()).into();
+            if same && !c.revoked {
+                found = Some(c);
+            }
+        }
+        found
+    }
+}
+
+/// The key a request presents: `X-API-Key`, or `Authorization: Bearer`.
+pub fn presented_key(headers: &hyper::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    let auth = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_authenticates_only_its_own_client_until_revoked() {
+        let mut keys = KeysFile::default();
+        let a = keys.add("Alpha", "ALPH", Rate::default()).unwrap();
+        let b = keys.add("Beta", "BETA", Rate::default()).unwrap();
+        assert_eq!(keys.authenticate(&a).unwrap().name, "Alpha");
+        assert_eq!(keys.authenticate(&b).unwrap().name, "Beta");
+        assert!(keys.authenticate("fgk_nope").is_none());
+        assert!(!serde_norway::to_string(&keys).unwrap().contains(&a));
+        assert_eq!(keys.revoke("Alpha"), 1);
+        assert!(keys.authenticate(&a).is_none());
+    }
+
+    #[test]
+    fn bad_sip_ids_are_refused() {
+        let mut keys = KeysFile::default();
+        assert!(keys.add("x", "abc", Rate::default()).is_err());
+        assert!(keys.add("x", "ab|d", Rate::default()).is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! Configuration: one YAML file, every key optional, unknown keys rejected.
+//!
+//! Precedence, lowest first: built-in defaults, the file (`--config`), environment variables
+//! (`FLOWGATE_LISTEN`, `FLOWGATE_DATA_DIR`, `FLOWGATE_RULES_DIR`), command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the store, the keys file and the local DTN folder live.
+    pub data_dir: PathBuf,
+    /// The folder that holds `schemas/`, `rules/` and `flow-templates/`.
+    pub rules_dir: PathBuf,
+    /// The keys file; default `<data_dir>/keys.yaml`.
+    pub keys_file: Option<PathBuf>,
+    /// Largest accepted body, in bytes.
+    pub body_limit_bytes: u64,
+    /// Most errors listed in one 400 answer.
+    pub max_errors: usize,
+    /// Seconds a client has to send its request headers, and then its body.
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    pub reload: Reload,
+    pub rhai: RhaiLimits,
+    pub flows: FlowSettings,
+    pub sink: SinkConfig,
+    pub dispatch: DispatchSettings,
+    /// `json` for one JSON object per log line; `text` otherwise.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reload {
+    /// How often the rule folders and the keys file are looked at.
+    pub poll_ms: u64,
+    /// How long they must stay unchanged before a new set is built.
+    pub debounce_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RhaiLimits {
+    pub max_operations: u64,
+    pub timeout_ms: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowSettings {
+    /// Two characters that start every file identifier this instance mints.
+    pub instance_prefix: String,
+    /// Role code of the sender (the SIP) in ZHV.
+    pub sender_role: String,
+    /// Role code of each recipient kind named in `rules/flows.yaml`.
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// J1063: `OPER` in production, `TRnn` elsewhere.
+    pub test_flag: String,
+    /// `lf` or `crlf`.
+    pub line_ending: String,
+    /// An RFC 3339 instant used as "now" for every file (golden tests only).
+    pub fixed_clock: Option<String>,
+    /// Object name of a delivered file; `{to_role}`, `{to_mpid}`, `{flow}`, `{from_role}`,
+    /// `{from_mpid}` and `{file_id}` are filled in.
+    pub object_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `local` (files under `<data_dir>/dtn/`) or `s3`.
+    pub kind: String,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchSettings {
+    pub concurrency: usize,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            rules_dir: PathBuf::from("."),
+            keys_file: None,
+            body_limit_bytes: 32 * 1024 * 1024,
+            max_errors: 100,
+            header_timeout_secs: 10,
+            body_timeout_secs: 60,
+            reload: Reload::default(),
+            rhai: RhaiLimits::default(),
+            flows: FlowSettings::default(),
+            sink: SinkConfig::default(),
+            dispatch: DispatchSettings::default(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload { poll_ms: 500, debounce_ms: 300 }
+    }
+}
+
+impl Default for RhaiLimits {
+    fn default() -> Self {
+        RhaiLimits {
+            max_operations: 100_000,
+            timeout_ms: 250,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 64 * 1024,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+        }
+    }
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        let roles = [("supplier", "X"), ("dno", "J")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        FlowSettings {
+            instance_prefix: "FG".into(),
+            sender_role: "M".into(),
+            roles,
+            test_flag: "TR01".into(),
+            line_ending: "lf".into(),
+            fixed_clock: None,
+            object_name: "out/{to_role}{to_mpid}/{flow}_{from_mpid}_{file_id}.usr".into(),
+        }
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig { kind: "local".into(), s3: S3Config::default() }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: "flowgate".into(),
+            prefix: String::new(),
+            path_style: true,
+        }
+    }
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings { concurrency: 8, retry_base_ms: 200, retry_max_ms: 30_000 }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                serde_norway::from_str(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+            }
+            None => Config::default(),
+        };
+        if let Ok(v) = std::env::var("FLOWGATE_LISTEN") {
+            config.listen = v.parse().map_err(|_| ConfigError::Invalid(format!("FLOWGATE_LISTEN: not an address: {v}")))?;
+        }
+        if let Ok(v) = std::env::var("FLOWGATE_DATA_DIR") {
+            config.data_dir = v.into();
+        }
+        if let Ok(v) = std::env::var("FLOWGATE_RULES_DIR") {
+            config.rules_dir = v.into();
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Settings that parse but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let f = &self.flows;
+        if f.instance_prefix.len() != 2 || !f.instance_prefix.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+            return Err(ConfigError::Invalid("flows.instance_prefix must be 2 upper-case letters or digits".into()));
+        }
+        let one_letter = |s: &str| s.len() == 1 && s.chars().all(|c| c.is_ascii_uppercase());
+        if !one_letter(&f.sender_role) || !f.roles.values().all(|r| one_letter(r)) {
+            return Err(ConfigError::Invalid("role codes must be one upper-case letter".into()));
+        }
+        if f.test_flag != "OPER" && !(f.test_flag.len() == 4 && f.test_flag.starts_with("TR")) {
+            return Err(ConfigError::Invalid("flows.test_flag must be OPER or TRnn".into()));
+        }
+        if !matches!(f.line_ending.as_str(), "lf" | "crlf") {
+            return Err(ConfigError::Invalid("flows.line_ending must be lf or crlf".into()));
+        }
+        if let Some(t) = &f.fixed_clock {
+            if crate::clock::parse_rfc3339(t).is_none() {
+                return Err(ConfigError::Invalid("flows.fixed_clock must be an RFC 3339 date-time".into()));
+            }
+        }
+        if !matches!(self.sink.kind.as_str(), "local" | "s3") {
+            return Err(ConfigError::Invalid("sink.kind must be local or s3".into()));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid("log_format must be text or json".into()));
+        }
+        if self.dispatch.concurrency == 0 {
+            return Err(ConfigError::Invalid("dispatch.concurrency must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        self.keys_file.clone().unwrap_or_else(|| self.data_dir.join("keys.yaml"))
+    }
+
+    pub fn clock(&self) -> crate::clock::Clock {
+        match self.flows.fixed_clock.as_deref().and_then(crate::clock::parse_rfc3339) {
+            Some(t) => crate::clock::Clock::Fixed(t),
+            None => crate::clock::Clock::System,
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! flowgate: the rules-as-data gateway from SIP job worksheets to DTC data flows.
+//!
+//! A request travels one way through these modules:
+//!
+//! - [`server`]: HTTP (hyper 1): routes, body limits, problem answers; calls [`pipeline`].
+//! - [`auth`]: API keys (hashed, constant-time compare) and the clients they belong to.
+//! - [`limit`]: per-key GCRA rate limits (governor) and the `RateLimit` header fields.
+//! - [`pipeline`]: one function, `decide`, that runs the steps below in order.
+//! - [`validate`]: the JSON Schema of the body (`schemas/`), findings with exact pointers.
+//! - [`rules`]: the rhai rule set (`rules/`): required-if, consistency, warnings, scenario,
+//!   the choice of flows and recipients.
+//! - [`flows`]: flow definitions (`flow-templates/`) and the one DTC writer (and reader).
+//! - [`ruleset`]: loads schemas + rules + templates as one immutable, checked [`ruleset::RuleSet`],
+//!   and hot-reloads it whole through arc-swap.
+//! - [`store`]: the durable store (redb): requests, idempotency, file ids, the outbox;
+//!   group commit so concurrent requests share an fsync.
+//! - [`dispatch`]: delivers outbox files to the sink (a local DTN folder, or S3) exactly once.
+//! - [`config`]: the YAML configuration and its defaults.
+//! - [`finding`]: the finding type shared by schema and rules.
+//! - [`clock`]: wall clock, Europe/London dates, and a fixed clock for golden tests.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod explain;
+pub mod finding;
+pub mod flows;
+pub mod limit;
+pub mod metrics;
+pub mod openapi;
+pub mod golden;
+pub mod pipeline;
+pub mod problem;
+pub mod rules;
+pub mod ruleset;
+pub mod server;
+pub mod store;
+pub mod validate;

@@ -1,0 +1,116 @@
+//! The OpenAPI 3.1 document, built from the running schema (never a copy that can drift).
+
+use serde_json::{json, Value};
+
+use crate::ruleset::RuleSet;
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    })
+}
+
+/// OpenAPI 3.1 for the v4 API; the request body schema is the one the gateway validates with.
+pub fn document(set: &RuleSet) -> Value {
+    let mut body_schema = set.schema.document().clone();
+    if let Some(o) = body_schema.as_object_mut() {
+        o.remove("$schema");
+        o.remove("$id");
+    }
+    let limit_headers = json!({
+        "RateLimit": { "description": "What is left of this key's quota (IETF RateLimit fields)", "schema": { "type": "string" } },
+        "RateLimit-Policy": { "description": "This key's quota: burst and window", "schema": { "type": "string" } }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flowgate SIP API",
+            "version": "4",
+            "description": format!("Rule set {}", set.revision),
+        },
+        "components": {
+            "securitySchemes": {
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+                "bearer": { "type": "http", "scheme": "bearer" }
+            },
+            "schemas": {
+                "SipRequest": body_schema,
+                "Finding": {
+                    "type": "object",
+                    "required": ["pointer", "rule", "message"],
+                    "properties": {
+                        "pointer": { "type": "string", "description": "JSON Pointer to the field at fault" },
+                        "rule": { "type": "string", "description": "Schema keyword or rule id" },
+                        "message": { "type": "string" }
+                    }
+                },
+                "Accepted": {
+                    "type": "object",
+                    "required": ["status", "message", "request_id", "scenario", "flows", "ruleset"],
+                    "properties": {
+                        "status": { "const": "accepted" },
+                        "message": { "type": "string" },
+                        "request_id": { "type": "string" },
+                        "scenario": { "type": "string" },
+                        "scenario_name": { "type": "string" },
+                        "flows": { "type": "array", "items": { "type": "object", "properties": {
+                            "flow": { "type": "string" }, "to": { "type": "string" }, "file_id": { "type": "string" }, "object": { "type": "string" } } } },
+                        "warnings": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } },
+                        "ruleset": { "type": "string" }
+                    }
+                },
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status"],
+                    "properties": {
+                        "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                        "detail": { "type": "string" }, "instance": { "type": "string" }, "request_id": { "type": "string" },
+                        "errors": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } }
+                    }
+                }
+            }
+        },
+        "security": [ { "apiKey": [] }, { "bearer": [] } ],
+        "paths": {
+            "/v4/sip": {
+                "post": {
+                    "summary": "Report one SIP job; answers with the scenario and the flows queued",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
+                    "responses": {
+                        "200": { "description": "Accepted and stored durably", "headers": {
+                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"],
+                            "Idempotent-Replayed": { "description": "true when this is the first answer again", "schema": { "type": "string" } } },
+                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
+                        "400": problem_response("The body is not JSON, not an object, fails the schema or a rule; every problem is listed"),
+                        "401": problem_response("No key, or an unknown key"),
+                        "408": problem_response("The body was not received in time"),
+                        "409": problem_response("A different body was already accepted for this job_id"),
+                        "413": problem_response("The body is too large"),
+                        "415": problem_response("The body is not application/json"),
+                        "429": { "description": "Rate limited", "headers": {
+                            "Retry-After": { "schema": { "type": "integer" } },
+                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
+                            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } },
+                        "500": problem_response("A rule failed at run time (named); nothing was accepted"),
+                        "503": problem_response("The store cannot take the request; nothing was accepted")
+                    }
+                }
+            },
+            "/v4/sip/{request_id}": {
+                "get": {
+                    "summary": "Status of an accepted request: its answer, flow deliveries and incoming flows",
+                    "parameters": [ { "name": "request_id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+                    "responses": {
+                        "200": { "description": "The request's status", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": problem_response("No key, or an unknown key"),
+                        "404": problem_response("No request with this id for this key")
+                    }
+                }
+            },
+            "/healthz": { "get": { "summary": "Alive", "security": [], "responses": { "200": { "description": "alive" } } } },
+            "/readyz": { "get": { "summary": "Rule set loaded and store writable", "security": [], "responses": { "200": { "description": "ready" }, "503": { "description": "not ready" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition" } } } }
+        }
+    })
+}

@@ -1,0 +1,193 @@
+//! The decision for one body: parse → schema → scenario → rules → flows.
+//!
+//! `decide` is pure: it reads the rule set snapshot and the body and stores nothing, so `serve`,
+//! `check` and `test` all call it. Storing and answering are the server's business.
+
+use rhai::{Dynamic, ImmutableString};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Client;
+use crate::clock::Clock;
+use crate::finding::Finding;
+use crate::flows::FlowBody;
+use crate::rules::{findings_of, values_read, Level, RuleFailure, Trace};
+use crate::ruleset::RuleSet;
+
+/// What the rule set says of a body.
+#[derive(Debug)]
+pub enum Verdict {
+    Accepted(Accepted),
+    /// 400: every finding (schema and rules), capped.
+    Rejected(Vec<Finding>),
+    /// 500: a rule (or template) failed at run time on a body the schema accepted.
+    Failed(RuleFailure),
+}
+
+#[derive(Debug)]
+pub struct Accepted {
+    pub job_id: String,
+    pub scenario: String,
+    pub scenario_name: String,
+    pub warnings: Vec<Finding>,
+    pub flows: Vec<FlowBody>,
+    /// SHA-256 of the body's canonical JSON (keys sorted, no white space): the idempotency check.
+    pub body_hash: String,
+}
+
+/// A verdict and, on request, what every rule did.
+#[derive(Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub trace: Vec<Trace>,
+    pub revision: String,
+}
+
+/// Hex SHA-256 of the canonical form of a JSON value (serde_json's map is sorted by key).
+pub fn canonical_hash(v: &Value) -> String {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a body: JSON, and an object.
+pub fn parse(body: &[u8]) -> Result<Value, Finding> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let what = if e.is_eof() { "ends too early" } else { "is not valid JSON" };
+        Finding::new("", "json", format!("the body {what}: {e}"))
+    })?;
+    if !value.is_object() {
+        return Err(Finding::new("", "type", "the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Decides one body for one client. `explain` collects a trace of every rule.
+pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain: bool) -> Decision {
+    let done = |verdict, trace| Decision { verdict, trace, revision: set.revision.clone() };
+    let value = match parse(body) {
+        Ok(v) => v,
+        Err(f) => return done(Verdict::Rejected(vec![f]), vec![]),
+    };
+    let mut errors = set.schema.findings(&value);
+    let schema_clean = errors.is_empty();
+    let mut warnings = Vec::new();
+    let mut trace = Vec::new();
+    let today = crate::clock::iso_date(crate::clock::london(clock.now()).date());
+    let mut scope = crate::rules::scope_for(&value, &today);
+    let rules = &set.rules;
+
+    // A rule that fails at run time on a body the schema already rejected (a wrong type, say)
+    // is noted and passed over; on a schema-clean body it is a 500 naming the rule.
+    let mut note = |rule: &str, kind: &'static str, source: &str, fired: bool, failed: Option<String>| {
+        if explain {
+            trace.push(Trace {
+                rule: rule.to_string(),
+                kind,
+                fired,
+                condition: source.to_string(),
+                values: values_read(source, &value),
+                failed,
+            });
+        }
+    };
+
+    let mut scenario = None;
+    for s in &rules.scenarios {
+        match rules.truth(&mut scope, &s.when) {
+            Ok(true) => {
+                note(&s.id, "scenario", &s.when.source, true, None);
+                scenario = Some(s);
+                break;
+            }
+            Ok(false) => note(&s.id, "scenario", &s.when.source, false, None),
+            Err(m) if schema_clean => return done(Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m }), trace),
+            Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m)),
+        }
+    }
+    let scenario_id: Dynamic = scenario.map(|s| Dynamic::from(ImmutableString::from(s.id.as_str()))).unwrap_or(Dynamic::UNIT);
+    scope.push_constant_dynamic("scenario", scenario_id);
+
+    for r in &rules.rules {
+        let result = rules.run(&mut scope, &r.when).and_then(|v| findings_of(&r.def, v));
+        match result {
+            Ok(found) => {
+                note(&r.def.id, "rule", &r.when.source, !found.is_empty(), None);
+                match r.def.level {
+                    Level::Error => errors.extend(found),
+                    Level::Warning => warnings.extend(found),
+                }
+            }
+            Err(m) if schema_clean => return done(Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m }), trace),
+            Err(m) => note(&r.def.id, "rule", &r.when.source, false, Some(m)),
+        }
+    }
+    if !errors.is_empty() {
+        dedupe(&mut errors);
+        errors.truncate(set.max_errors.max(1));
+        return done(Verdict::Rejected(errors), trace);
+    }
+    let Some(scenario) = scenario else {
+        let failure = RuleFailure { rule: "scenarios".into(), message: "no scenario matched this body".into() };
+        return done(Verdict::Failed(failure), trace);
+    };
+
+    scope.push_constant("sender", ImmutableString::from(client.sip_id.as_str()));
+    let mut flows = Vec::new();
+    for choice in &rules.flows {
+        match rules.truth(&mut scope, &choice.when) {
+            Ok(false) => {
+                note(&choice.def.id, "flow", &choice.when.source, false, None);
+                continue;
+            }
+            Ok(true) => note(&choice.def.id, "flow", &choice.when.source, true, None),
+            Err(m) => return done(Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m }), trace),
+        }
+        let fail = |m: String| RuleFailure { rule: choice.def.id.clone(), message: m };
+        let result = (|| -> Result<FlowBody, RuleFailure> {
+            let recipient = rules.recipients.get(&choice.def.to).ok_or_else(|| fail(format!("unknown recipient {}", choice.def.to)))?;
+            let to_role = set.roles.get(&recipient.role).ok_or_else(|| fail(format!("no role code for {}", recipient.role)))?;
+            let mpid = rules.run(&mut scope, &recipient.mpid).map_err(fail)?;
+            let to_mpid = mpid.into_string().map_err(|t| fail(format!("the recipient's MPID is a {t}, not text")))?;
+            if to_mpid.len() != 4 || !to_mpid.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+                return Err(fail(format!("the recipient's MPID {to_mpid:?} is not 4 upper-case letters or digits")));
+            }
+            let template = set.templates.get(&choice.def.flow).ok_or_else(|| fail(format!("no template for {}", choice.def.flow)))?;
+            let mark = scope.len();
+            scope.push_constant("recipient", ImmutableString::from(to_mpid.as_str()));
+            let rendered = template.render(rules, &mut scope);
+            scope.rewind(mark);
+            let (records, top_level) = rendered?;
+            Ok(FlowBody {
+                flow: template.flow.clone(),
+                version: template.version.clone(),
+                from_role: set.sender_role.clone(),
+                from_mpid: client.sip_id.clone(),
+                to_role: to_role.clone(),
+                to_mpid,
+                records,
+                top_level,
+            })
+        })();
+        match result {
+            Ok(f) => flows.push(f),
+            Err(f) => return done(Verdict::Failed(f), trace),
+        }
+    }
+
+    let job_id = value.pointer("/job_details/job_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let accepted = Accepted {
+        job_id,
+        scenario: scenario.id.clone(),
+        scenario_name: scenario.name.clone(),
+        warnings,
+        flows,
+        body_hash: canonical_hash(&value),
+    };
+    done(Verdict::Accepted(accepted), trace)
+}
+
+/// The same pointer and rule reported twice (schema `if`/`then` and a rule, say) is one finding.
+fn dedupe(findings: &mut Vec<Finding>) {
+    let mut seen = std::collections::HashSet::new();
+    findings.retain(|f| seen.insert((f.pointer.clone(), f.rule.clone())));
+}

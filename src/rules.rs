@@ -1,0 +1,545 @@
+//! Step 2 of a decision: the rhai rule set (`rules/`).
+//!
+//! `rules/*.yaml` hold the rules as data: each rule has an id, a level (error or warning), the
+//! pointer it blames, a message and a `when` condition written in rhai. The same files hold the
+//! scenario table (evaluated in order, first match wins), the choice of flows and recipients,
+//! and the distributor table. `rules/*.rhai` hold helper functions the conditions may call.
+//!
+//! Everything is compiled once per rule set. rhai runs sandboxed: no modules (so no file access),
+//! no printing, and limits on operations, call depth, expression depth, string, array and map
+//! sizes, plus a wall-clock deadline per condition through the progress callback.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, Scope, AST, INT};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::RhaiLimits;
+use crate::finding::Finding;
+
+/// One rules YAML file; every section is optional, the files of `rules/` are merged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    #[serde(default)]
+    pub scenarios: Vec<ScenarioDef>,
+    #[serde(default)]
+    pub flows: Vec<FlowChoiceDef>,
+    #[serde(default)]
+    pub recipients: BTreeMap<String, RecipientDef>,
+    #[serde(default)]
+    pub distributors: Vec<Distributor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// A rule as written: `when` is a rhai expression giving true (fires at `pointer`), false or (),
+/// a pointer string, an array of pointers, or maps `#{pointer, message}` for several places.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub id: String,
+    #[serde(default = "default_level")]
+    pub level: Level,
+    pub pointer: String,
+    pub message: String,
+    pub when: String,
+    /// What the rule is for, in the analyst's words (shown by `check`).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+fn default_level() -> Level {
+    Level::Error
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioDef {
+    pub id: String,
+    pub name: String,
+    pub when: String,
+}
+
+/// A flow to produce: which definition, to which recipient, when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowChoiceDef {
+    pub id: String,
+    pub flow: String,
+    pub to: String,
+    pub when: String,
+}
+
+/// A kind of recipient: its role (a key of `flows.roles` in the configuration) and an
+/// expression giving its MPID.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientDef {
+    pub role: String,
+    pub mpid: String,
+}
+
+/// A distributor by the first two digits of the MPAN core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distributor {
+    pub id: String,
+    pub name: String,
+    pub mpid: String,
+    pub kind: String,
+}
+
+/// A compiled condition with the text it came from.
+pub struct Condition {
+    pub source: String,
+    ast: AST,
+}
+
+pub struct Rule {
+    pub def: RuleDef,
+    pub when: Condition,
+}
+
+pub struct Scenario {
+    pub id: String,
+    pub name: String,
+    pub when: Condition,
+}
+
+pub struct FlowChoice {
+    pub def: FlowChoiceDef,
+    pub when: Condition,
+}
+
+pub struct Recipient {
+    pub role: String,
+    pub mpid: Condition,
+}
+
+/// A rule (or scenario, flow choice, template field) that failed at run time.
+#[derive(Debug, Clone)]
+pub struct RuleFailure {
+    pub rule: String,
+    pub message: String,
+}
+
+/// What one rule did for one body (for `check` and the explanation).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Trace {
+    pub rule: String,
+    pub kind: &'static str,
+    pub fired: bool,
+    pub condition: String,
+    /// The request values the condition reads, as found in the body.
+    pub values: BTreeMap<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// The compiled rule set.
+pub struct Rules {
+    pub engine: Engine,
+    pub rules: Vec<Rule>,
+    pub scenarios: Vec<Scenario>,
+    pub flows: Vec<FlowChoice>,
+    pub recipients: BTreeMap<String, Recipient>,
+    pub distributors: Arc<BTreeMap<String, Distributor>>,
+    timeout: Duration,
+}
+
+thread_local! {
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The blocks of the body, bound by these names in every condition.
+pub const BLOCKS: [(&str, &str); 7] = [
+    ("job", "job_details"),
+    ("contact", "customer_contact"),
+    ("risk", "risk_assessment"),
+    ("meter", "meter"),
+    ("safety", "site_safety"),
+    ("exec", "job_execution"),
+    ("completion", "job_completion"),
+];
+
+/// Strings longer than this (photos) are not handed to rules: they see a placeholder.
+const LONG_STRING: usize = 4096;
+
+/// A sandboxed engine with the helper functions every condition may call.
+pub fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    engine.on_print(|_| {});
+    engine.on_debug(|_, _, _| {});
+    engine.set_max_operations(limits.max_operations);
+    engine.set_max_call_levels(limits.max_call_levels);
+    engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+    engine.set_max_string_size(limits.max_string_size);
+    engine.set_max_array_size(limits.max_array_size);
+    engine.set_max_map_size(limits.max_map_size);
+    engine.on_progress(|_| {
+        let late = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() > t));
+        late.then(|| Dynamic::from("deadline"))
+    });
+    register_helpers(&mut engine, distributors);
+    engine
+}
+
+/// MPAN core check digit: weights 3,5,7,13,...,43; sum mod 11 mod 10.
+pub fn mpan_check_ok(s: &str) -> bool {
+    const W: [u32; 12] = [3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43];
+    let b = s.as_bytes();
+    if b.len() != 13 || !b.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let sum: u32 = b[..12].iter().zip(W).map(|(d, w)| u32::from(d - b'0') * w).sum();
+    sum % 11 % 10 == u32::from(b[12] - b'0')
+}
+
+/// Address lines of at most 40 characters: split on commas, long parts wrapped at spaces.
+pub fn address_lines(s: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut line = String::new();
+        for word in part.split_whitespace() {
+            let mut word = word.to_string();
+            while word.chars().count() > 40 {
+                let head: String = word.chars().take(40).collect();
+                word = word.chars().skip(40).collect();
+                if !line.is_empty() {
+                    lines.push(std::mem::take(&mut line));
+                }
+                lines.push(head);
+            }
+            if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > 40 {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&word);
+        }
+        if !line.is_empty() {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// A postcode written the DTC way: upper case, one space before the inward code.
+pub fn postcode(s: &str) -> String {
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_uppercase();
+    if compact.len() > 3 && compact.is_ascii() {
+        format!("{} {}", &compact[..compact.len() - 3], &compact[compact.len() - 3..])
+    } else {
+        compact
+    }
+}
+
+/// The text of a value, if it is a string.
+fn text_of(d: &Dynamic) -> Option<String> {
+    d.is_string().then(|| d.clone().into_string().unwrap_or_default())
+}
+
+/// Helpers take any value, so a condition over a body with a wrong type (which the schema
+/// reports) does not fail on "function not found": a non-string simply is not a valid one.
+fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Distributor>>) {
+    engine.register_fn("mpan_check_ok", |d: Dynamic| text_of(&d).is_some_and(|s| mpan_check_ok(&s)));
+    engine.register_fn("distributor", move |d: Dynamic| -> Dynamic {
+        let Some(mpan) = text_of(&d) else { return Dynamic::UNIT };
+        let Some(d) = mpan.get(..2).and_then(|id| distributors.get(id)) else { return Dynamic::UNIT };
+        let mut m = Map::new();
+        m.insert("id".into(), d.id.clone().into());
+        m.insert("name".into(), d.name.clone().into());
+        m.insert("mpid".into(), d.mpid.clone().into());
+        m.insert("kind".into(), d.kind.clone().into());
+        m.into()
+    });
+    // The Europe/London date of an RFC 3339 instant, `YYYY-MM-DD`, or () if it is not one.
+    engine.register_fn("london_date", |d: Dynamic| -> Dynamic {
+        text_of(&d)
+            .and_then(|s| crate::clock::parse_rfc3339(&s))
+            .map(|t| crate::clock::iso_date(crate::clock::london(t).date()).into())
+            .unwrap_or(Dynamic::UNIT)
+    });
+    // Seconds since 1970 of an RFC 3339 instant, or ().
+    engine.register_fn("epoch", |d: Dynamic| -> Dynamic {
+        text_of(&d)
+            .and_then(|s| crate::clock::parse_rfc3339(&s))
+            .map(|t| Dynamic::from(t.unix_timestamp() as INT))
+            .unwrap_or(Dynamic::UNIT)
+    });
+    engine.register_fn("is_date", |d: Dynamic| text_of(&d).is_some_and(|s| crate::clock::parse_date(&s).is_some()));
+    engine.register_fn("address_lines", |d: Dynamic| -> Array {
+        text_of(&d).map(|s| address_lines(&s).into_iter().map(Dynamic::from).collect()).unwrap_or_default()
+    });
+    engine.register_fn("postcode", |d: Dynamic| -> Dynamic { text_of(&d).map(|s| postcode(&s).into()).unwrap_or(Dynamic::UNIT) });
+    engine.register_fn("clip", |d: Dynamic, n: INT| -> Dynamic {
+        text_of(&d).map(|s| s.chars().take(usize::try_from(n).unwrap_or(0)).collect::<String>().into()).unwrap_or(Dynamic::UNIT)
+    });
+    engine.register_fn("is_digits", |d: Dynamic| text_of(&d).is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())));
+    engine.register_fn("is_blank", |d: Dynamic| text_of(&d).is_none_or(|s| s.trim().is_empty()));
+    engine.register_fn("present", |d: Dynamic| !d.is_unit());
+    engine.register_fn("is_true", |d: Dynamic| d.as_bool().unwrap_or(false));
+    engine.register_fn("is_false", |d: Dynamic| d.as_bool().is_ok_and(|b| !b));
+}
+
+/// The JSON body as a rhai value, photos (long strings) replaced by a placeholder.
+pub fn to_dynamic(v: &Value) -> Dynamic {
+    match v {
+        Value::Null => Dynamic::UNIT,
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Dynamic::from(i as INT),
+            None => Dynamic::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) if s.len() > LONG_STRING => format!("[{} bytes not shown to rules]", s.len()).into(),
+        Value::String(s) => s.as_str().into(),
+        Value::Array(a) => Dynamic::from_array(a.iter().map(to_dynamic).collect()),
+        Value::Object(o) => {
+            let mut m = Map::new();
+            for (k, v) in o {
+                m.insert(k.as_str().into(), to_dynamic(v));
+            }
+            Dynamic::from_map(m)
+        }
+    }
+}
+
+/// The scope a body is judged in: `body`, each block by its short name (an empty map when the
+/// block is absent or not an object), `today` (Europe/London) and, once chosen, `scenario`.
+pub fn scope_for(body: &Value, today: &str) -> Scope<'static> {
+    let mut scope = Scope::new();
+    let dynamic = to_dynamic(body);
+    for (short, name) in BLOCKS {
+        let block = match body.get(name) {
+            Some(v @ Value::Object(_)) => to_dynamic(v),
+            _ => Dynamic::from_map(Map::new()),
+        };
+        scope.push_constant_dynamic(short, block);
+    }
+    scope.push_constant_dynamic("body", dynamic);
+    scope.push_constant("today", ImmutableString::from(today));
+    scope
+}
+
+impl Rules {
+    /// Compiles every condition; the first error names the file and rule.
+    pub fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, String> {
+        let mut distributors = BTreeMap::new();
+        let mut merged = RulesFile::default();
+        for (name, f) in files {
+            for d in f.distributors {
+                if d.id.len() != 2 || d.mpid.len() != 4 {
+                    return Err(format!("{name}: distributor {:?}: id must be 2 digits and mpid 4 characters", d.id));
+                }
+                distributors.insert(d.id.clone(), d);
+            }
+            merged.rules.extend(f.rules);
+            merged.scenarios.extend(f.scenarios);
+            merged.flows.extend(f.flows);
+            for (k, r) in f.recipients {
+                if merged.recipients.insert(k.clone(), r).is_some() {
+                    return Err(format!("{name}: recipient {k:?} is defined twice"));
+                }
+            }
+        }
+        let distributors = Arc::new(distributors);
+        let mut engine = new_engine(limits, distributors.clone());
+        for (name, source) in helpers {
+            let ast = engine.compile(&source).map_err(|e| format!("{name}: {e}"))?;
+            let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, &engine).map_err(|e| format!("{name}: {e}"))?;
+            engine.register_global_module(module.into());
+        }
+        let compile = |what: &str, src: &str| compile_condition(&engine, what, src);
+        let mut seen = std::collections::HashSet::new();
+        let mut rules = Vec::new();
+        for def in merged.rules {
+            if !seen.insert(def.id.clone()) {
+                return Err(format!("rule {:?} is defined twice", def.id));
+            }
+            if !def.pointer.starts_with('/') {
+                return Err(format!("rule {:?}: pointer must start with /", def.id));
+            }
+            let when = compile(&format!("rule {:?}", def.id), &def.when)?;
+            rules.push(Rule { def, when });
+        }
+        let mut scenarios = Vec::new();
+        for s in merged.scenarios {
+            let when = compile(&format!("scenario {:?}", s.id), &s.when)?;
+            scenarios.push(Scenario { id: s.id, name: s.name, when });
+        }
+        if scenarios.is_empty() {
+            return Err("no scenarios are defined".into());
+        }
+        let mut recipients = BTreeMap::new();
+        for (k, r) in merged.recipients {
+            let mpid = compile(&format!("recipient {k:?}"), &r.mpid)?;
+            recipients.insert(k, Recipient { role: r.role, mpid });
+        }
+        let mut flows = Vec::new();
+        for def in merged.flows {
+            if !recipients.contains_key(&def.to) {
+                return Err(format!("flow choice {:?}: unknown recipient {:?}", def.id, def.to));
+            }
+            let when = compile(&format!("flow choice {:?}", def.id), &def.when)?;
+            flows.push(FlowChoice { def, when });
+        }
+        Ok(Rules { engine, rules, scenarios, flows, recipients, distributors, timeout: Duration::from_millis(limits.timeout_ms) })
+    }
+
+    /// Compiles an expression with this rule set's engine (templates use it too).
+    pub fn compile_condition(&self, what: &str, src: &str) -> Result<Condition, String> {
+        compile_condition(&self.engine, what, src)
+    }
+
+    /// Runs one condition under the deadline; new variables it declares are dropped after.
+    pub fn run(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<Dynamic, String> {
+        let mark = scope.len();
+        DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast);
+        DEADLINE.with(|d| d.set(None));
+        scope.rewind(mark);
+        result.map_err(|e| describe(&e, self.timeout))
+    }
+
+    /// Evaluates a condition as a yes/no question: () counts as no.
+    pub fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, String> {
+        let v = self.run(scope, cond)?;
+        if v.is_unit() {
+            return Ok(false);
+        }
+        v.as_bool().map_err(|t| format!("the condition gave a {t}, not true or false"))
+    }
+}
+
+fn compile_condition(engine: &Engine, what: &str, src: &str) -> Result<Condition, String> {
+    if src.trim().is_empty() {
+        return Err(format!("{what}: the condition is empty"));
+    }
+    let ast = engine.compile(src).map_err(|e| format!("{what}: {e}"))?;
+    Ok(Condition { source: src.trim().to_string(), ast })
+}
+
+fn describe(e: &EvalAltResult, timeout: Duration) -> String {
+    match e {
+        EvalAltResult::ErrorTerminated(..) => format!("stopped: ran past its deadline of {} ms", timeout.as_millis()),
+        EvalAltResult::ErrorTooManyOperations(..) => "stopped: too many operations (a loop that does not end?)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The findings a rule's result stands for.
+pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, String> {
+    let one = |pointer: String, message: Option<String>| Finding::new(pointer, rule.id.clone(), message.unwrap_or_else(|| rule.message.clone()));
+    if result.is_unit() {
+        return Ok(vec![]);
+    }
+    if let Ok(b) = result.as_bool() {
+        return Ok(if b { vec![one(rule.pointer.clone(), None)] } else { vec![] });
+    }
+    let items = if result.is_array() { result.into_array().unwrap_or_default() } else { vec![result] };
+    let mut out = Vec::new();
+    for item in items {
+        if item.is_string() {
+            out.push(one(item.into_string().unwrap_or_default(), None));
+        } else if let Some(m) = item.clone().try_cast::<Map>() {
+            let pointer = m.get("pointer").and_then(|p| p.clone().into_string().ok()).unwrap_or_else(|| rule.pointer.clone());
+            let message = m.get("message").and_then(|p| p.clone().into_string().ok());
+            out.push(one(pointer, message));
+        } else {
+            return Err(format!("the condition gave a {}, not true/false, a pointer or a list of pointers", item.type_name()));
+        }
+    }
+    Ok(out)
+}
+
+/// The `block.field` paths a condition reads, with their values in the body (for `check`).
+pub fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.' || bytes[i] == b'?') {
+            i += 1;
+        }
+        if i == start {
+            i += 1;
+            continue;
+        }
+        let token = source[start..i].replace("?.", ".");
+        let mut parts = token.split('.');
+        let (Some(head), Some(field)) = (parts.next(), parts.next()) else { continue };
+        let block = BLOCKS.iter().find(|(short, _)| *short == head).map(|(_, name)| *name).or((head == "body").then_some(""));
+        let Some(block) = block else { continue };
+        let pointer = if block.is_empty() { format!("/{field}") } else { format!("/{block}/{field}") };
+        let value = body.pointer(&pointer).cloned().unwrap_or(Value::Null);
+        let shown = match value {
+            Value::String(s) if s.len() > 80 => Value::String(format!("[{} characters]", s.len())),
+            Value::Object(_) => Value::String("{…}".into()),
+            v => v,
+        };
+        out.insert(token, shown);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_digits() {
+        assert!(mpan_check_ok("1030006718997"));
+        assert!(mpan_check_ok("2000000000015"));
+        assert!(!mpan_check_ok("2499999999990"));
+        assert!(!mpan_check_ok("103000671899"));
+    }
+
+    #[test]
+    fn address_lines_split_on_commas_and_wrap_at_forty() {
+        assert_eq!(address_lines("Flat 1, 25 Spear Building, High Street"), vec!["Flat 1", "25 Spear Building", "High Street"]);
+        let long = "The Very Long Named Cottage Beside The Old Mill Pond";
+        for l in address_lines(long) {
+            assert!(l.chars().count() <= 40, "{l}");
+        }
+        assert_eq!(address_lines(long).join(" "), long);
+    }
+
+    #[test]
+    fn postcodes_get_one_space() {
+        assert_eq!(postcode("cv54dd"), "CV5 4DD");
+        assert_eq!(postcode("SW1A  1AA"), "SW1A 1AA");
+    }
+
+    #[test]
+    fn a_runaway_condition_is_stopped() {
+        let limits = RhaiLimits { max_operations: 1_000_000_000, timeout_ms: 50, ..RhaiLimits::default() };
+        let file = RulesFile {
+            rules: vec![RuleDef { id: "spin".into(), level: Level::Error, pointer: "/x".into(), message: "m".into(), when: "loop {}".into(), note: None }],
+            scenarios: vec![ScenarioDef { id: "S".into(), name: "s".into(), when: "true".into() }],
+            ..RulesFile::default()
+        };
+        let rules = Rules::compile(vec![("t".into(), file)], vec![], &limits).unwrap();
+        let mut scope = scope_for(&serde_json::json!({}), "2025-01-01");
+        let started = Instant::now();
+        let err = rules.run(&mut scope, &rules.rules[0].when).unwrap_err();
+        assert!(err.contains("deadline"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

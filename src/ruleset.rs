@@ -1,0 +1,185 @@
+//! The rule set: schemas, rules and flow templates loaded together, checked, and swapped whole.
+//!
+//! `load` is the one loader behind every verb (`serve`, `check`, `test`). A candidate set is
+//! built from the files, compiled, checked against the catalogue, and run over the sample bodies
+//! in `rules/samples/` (an empty or half-written file compiles cleanly, so compiling is not
+//! enough). Only a set that passes all of that replaces the running one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::flows::{Catalogue, Envelope, Template, TemplateDef};
+use crate::rules::{Rules, RulesFile};
+use crate::validate::Schema;
+
+/// The schema file of the v4 body, under `schemas/`.
+pub const SCHEMA_FILE: &str = "sip-v4.schema.json";
+
+/// Everything that decides a request, immutable once built.
+pub struct RuleSet {
+    /// Short hash of every file that went in: the revision named in every answer.
+    pub revision: String,
+    pub schema: Schema,
+    pub rules: Rules,
+    pub templates: HashMap<String, Template>,
+    pub catalogue: Catalogue,
+    pub envelope: Envelope,
+    pub sender_role: String,
+    pub roles: std::collections::BTreeMap<String, String>,
+    pub max_errors: usize,
+    /// The files it was built from, relative to the rules folder.
+    pub files: Vec<String>,
+}
+
+fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The folders a rule set is read from.
+pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
+    vec![root.join("schemas"), root.join("rules"), root.join("rules").join("samples"), root.join("flow-templates"), root.join("flow-templates").join("catalogue").join("flows")]
+}
+
+/// A fingerprint of the files under the rule folders (names, sizes, modification times).
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for dir in paths {
+        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(Result::ok).collect(),
+            Err(_) => {
+                dir.hash(&mut h);
+                continue;
+            }
+        };
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            e.path().hash(&mut h);
+            if let Ok(m) = e.metadata() {
+                m.len().hash(&mut h);
+                m.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+/// Loads, compiles and checks a rule set from `config.rules_dir`.
+pub fn load(config: &Config) -> Result<RuleSet, String> {
+    let root = &config.rules_dir;
+    let mut hasher = Sha256::new();
+    let mut files = Vec::new();
+    let mut take = |path: &Path| -> Result<String, String> {
+        let text = read(path)?;
+        let rel = path.strip_prefix(root).unwrap_or(path).display().to_string();
+        hasher.update(rel.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+        files.push(rel);
+        Ok(text)
+    };
+
+    let schema_path = root.join("schemas").join(SCHEMA_FILE);
+    let schema_doc: serde_json::Value =
+        serde_json::from_str(&take(&schema_path)?).map_err(|e| format!("{}: {e}", schema_path.display()))?;
+    let schema = Schema::compile(schema_doc).map_err(|e| format!("{}: {e}", schema_path.display()))?;
+
+    let rules_dir = root.join("rules");
+    let mut rule_files = Vec::new();
+    for path in files_in(&rules_dir, "yaml")? {
+        let text = take(&path)?;
+        let file: RulesFile = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        rule_files.push((path.display().to_string(), file));
+    }
+    let mut helpers = Vec::new();
+    for path in files_in(&rules_dir, "rhai")? {
+        helpers.push((path.display().to_string(), take(&path)?));
+    }
+    let rules = Rules::compile(rule_files, helpers, &config.rhai)?;
+
+    let tdir = root.join("flow-templates");
+    let catalogue = Catalogue::load(&tdir.join("catalogue"))?;
+    let mut templates = HashMap::new();
+    for path in files_in(&tdir, "yaml")? {
+        let text = take(&path)?;
+        let def: TemplateDef = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.display().to_string();
+        let t = Template::compile(&name, def, &rules, &catalogue)?;
+        if templates.contains_key(&t.flow) {
+            return Err(format!("{name}: a second template for {}", t.flow));
+        }
+        templates.insert(t.flow.clone(), t);
+    }
+    for choice in &rules.flows {
+        if !templates.contains_key(&choice.def.flow) {
+            return Err(format!("flow choice {:?}: no template for {}", choice.def.id, choice.def.flow));
+        }
+    }
+    for (name, r) in &rules.recipients {
+        if !config.flows.roles.contains_key(&r.role) {
+            return Err(format!("recipient {name:?}: role {:?} has no role code in the configuration (flows.roles)", r.role));
+        }
+    }
+    let mut samples = Vec::new();
+    let sdir = rules_dir.join("samples");
+    if sdir.is_dir() {
+        for path in files_in(&sdir, "json")? {
+            samples.push((path.display().to_string(), take(&path)?));
+        }
+    }
+
+    let digest = hasher.finalize();
+    let revision: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let set = RuleSet {
+        revision: format!("{}+{}", schema.version, revision),
+        schema,
+        rules,
+        templates,
+        catalogue,
+        envelope: Envelope {
+            test_flag: config.flows.test_flag.clone(),
+            crlf: config.flows.line_ending == "crlf",
+            object_name: config.flows.object_name.clone(),
+        },
+        sender_role: config.flows.sender_role.clone(),
+        roles: config.flows.roles.clone(),
+        max_errors: config.max_errors,
+        files,
+    };
+    // Sample bodies: every one must be decided without a rule failing at run time.
+    let clock = crate::clock::Clock::System;
+    for (name, text) in samples {
+        let client = crate::auth::Client {
+            name: "sample".into(),
+            sip_id: "SMPL".into(),
+            key_id: "sample".into(),
+            key_sha256: String::new(),
+            rate: Default::default(),
+            revoked: false,
+        };
+        if let crate::pipeline::Verdict::Failed(f) = crate::pipeline::decide(&set, &client, text.as_bytes(), clock, false).verdict {
+            return Err(format!("{name}: rule {} failed on this sample body: {}", f.rule, f.message));
+        }
+    }
+    Ok(set)
+}
+
+/// The running rule set, shared by every request; requests take one snapshot at entry.
+pub type Live = Arc<arc_swap::ArcSwap<RuleSet>>;

@@ -1,0 +1,517 @@
+//! HTTP: routes, the request path, reloads, and the accept loop.
+//!
+//! `serve` takes a bound listener and a shutdown signal, so tests drive the real server on
+//! `127.0.0.1:0`. The request path reads top to bottom in `post_sip`:
+//! authenticate → rate-limit → read body → decide (schema, rules, flows) → store → answer.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::auth::{Client, KeysFile};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dispatch::DispatchStats;
+use crate::limit::{Decision as Limit, Limits};
+use crate::metrics::Metrics;
+use crate::pipeline::{decide, Verdict};
+use crate::problem::Problem;
+use crate::ruleset::{self, RuleSet};
+use crate::store::{AcceptOutcome, NewRequest, Store};
+
+/// Keys and their limiters, swapped whole when the keys file changes.
+pub struct KeyState {
+    pub keys: KeysFile,
+    pub limits: Limits,
+}
+
+/// What the last reload attempt of each kind did (shown on `/readyz`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    pub at: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Everything a request may need, shared by every connection.
+pub struct App {
+    pub config: Config,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub keys: Arc<ArcSwap<KeyState>>,
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub dispatch: Arc<DispatchStats>,
+    pub rules_reload: Mutex<ReloadStatus>,
+    pub keys_reload: Mutex<ReloadStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("rule set: {0}")]
+    Rules(String),
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeysError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl App {
+    /// Loads rules and keys and opens the store.
+    pub fn start(config: Config) -> Result<Arc<App>, StartError> {
+        let set = ruleset::load(&config).map_err(StartError::Rules)?;
+        let keys = KeysFile::read(&config.keys_path())?;
+        let limits = Limits::for_keys(&keys, None);
+        let store = Store::open(&config.data_dir.join("store"), &config.flows.instance_prefix)?;
+        let clock = config.clock();
+        let now = Some(rfc3339_now());
+        let app = App {
+            rules: Arc::new(ArcSwap::from_pointee(set)),
+            keys: Arc::new(ArcSwap::from_pointee(KeyState { keys, limits })),
+            store,
+            clock,
+            metrics: Metrics::default(),
+            dispatch: Arc::new(DispatchStats::default()),
+            rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
+            keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
+            config,
+        };
+        app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
+        Ok(Arc::new(app))
+    }
+
+    /// Builds a candidate rule set and swaps it in only if it loads and checks whole.
+    pub fn reload_rules(&self) -> Result<String, String> {
+        let result = ruleset::load(&self.config);
+        let mut status = self.rules_reload.lock().unwrap_or_else(|p| p.into_inner());
+        status.at = Some(rfc3339_now());
+        match result {
+            Ok(set) => {
+                let old = self.rules.load().revision.clone();
+                let revision = set.revision.clone();
+                self.rules.store(Arc::new(set));
+                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "ok")], 1.0);
+                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &old)], 0.0);
+                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &revision)], 1.0);
+                tracing::info!(%revision, previous = %old, "rule set reloaded");
+                *status = ReloadStatus { ok: true, at: status.at.clone(), error: None };
+                Ok(revision)
+            }
+            Err(e) => {
+                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "failed")], 1.0);
+                tracing::error!(error = %e, serving = %self.rules.load().revision, "rule edit refused; the running rule set stays");
+                status.ok = false;
+                status.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the keys file; a broken file leaves the running keys in place.
+    pub fn reload_keys(&self) -> Result<(), String> {
+        let result = KeysFile::read(&self.config.keys_path());
+        let mut status = self.keys_reload.lock().unwrap_or_else(|p| p.into_inner());
+        status.at = Some(rfc3339_now());
+        match result {
+            Ok(keys) => {
+                let limits = Limits::for_keys(&keys, Some(&self.keys.load().limits));
+                self.keys.store(Arc::new(KeyState { keys, limits }));
+                tracing::info!("keys reloaded");
+                status.ok = true;
+                status.error = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "keys file refused; the running keys stay");
+                status.ok = false;
+                status.error = Some(e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Watches the rule folders and the keys file; debounced, then reloads whatever changed.
+pub async fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let poll = Duration::from_millis(app.config.reload.poll_ms.max(50));
+    let debounce = Duration::from_millis(app.config.reload.debounce_ms);
+    let dirs = ruleset::watched_dirs(&app.config.rules_dir);
+    let keys = vec![app.config.keys_path()];
+    let keys_print = |paths: &[std::path::PathBuf]| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in paths {
+            if let Ok(m) = std::fs::metadata(p) {
+                m.len().hash(&mut h);
+                m.modified().ok().hash(&mut h);
+            }
+        }
+        h.finish()
+    };
+    let mut rules_seen = ruleset::fingerprint(&dirs);
+    let mut keys_seen = keys_print(&keys);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = ruleset::fingerprint(&dirs);
+        if now != rules_seen {
+            // Editors write several times per save: wait until the files stop changing.
+            let mut settled = now;
+            loop {
+                tokio::time::sleep(debounce).await;
+                let again = ruleset::fingerprint(&dirs);
+                if again == settled {
+                    break;
+                }
+                settled = again;
+            }
+            rules_seen = settled;
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || app.reload_rules()).await;
+        }
+        let k = keys_print(&keys);
+        if k != keys_seen {
+            tokio::time::sleep(debounce).await;
+            keys_seen = keys_print(&keys);
+            let _ = app.reload_keys();
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn json_answer(status: StatusCode, content_type: &'static str, body: &Value) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
+    let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_answer(status, "application/problem+json", &p.body(instance, request_id));
+    if let Problem::RateLimited { retry_after_secs } = p {
+        if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
+    }
+    r
+}
+
+fn with_limit_headers(mut r: Answer, d: &Limit) -> Answer {
+    if let Ok(v) = HeaderValue::from_str(&d.policy_header()) {
+        r.headers_mut().insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&d.limit_header()) {
+        r.headers_mut().insert("ratelimit", v);
+    }
+    r
+}
+
+/// The route template of a path, for metrics (bounded label values).
+fn route_of(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (_, "/v4/sip") => "/v4/sip",
+        (_, p) if p.starts_with("/v4/sip/") => "/v4/sip/{id}",
+        (_, "/healthz") => "/healthz",
+        (_, "/readyz") => "/readyz",
+        (_, "/metrics") => "/metrics",
+        (_, "/v4/openapi.json") => "/v4/openapi.json",
+        _ => "other",
+    }
+}
+
+/// Routes one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = route_of(&method, &path);
+    let request_id = ulid::Ulid::new().to_string();
+    let answer = match (method.clone(), path.as_str()) {
+        (Method::POST, "/v4/sip") => post_sip(&app, req, &request_id).await,
+        (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], &request_id),
+        (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
+        (Method::GET, "/readyz") => readyz(&app),
+        (Method::GET, "/metrics") => metrics(&app),
+        (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::openapi::document(&app.rules.load())),
+        (_, "/v4/sip" | "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json") => problem(&Problem::MethodNotAllowed, &path, &request_id),
+        _ => problem(&Problem::NotFound, &path, &request_id),
+    };
+    let status = answer.status().as_u16().to_string();
+    app.metrics.inc("flowgate_http_requests_total", "HTTP requests by route and status", &[("route", route), ("status", &status)], 1.0);
+    app.metrics.observe("flowgate_http_request_duration_seconds", "Time to answer, by route", &[("route", route)], started.elapsed().as_secs_f64());
+    Ok(answer)
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    let Some(ct) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let mut parts = ct.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    // A charset, if given, must be UTF-8.
+    parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8"),
+        _ => true,
+    })
+}
+
+/// Reads the whole body, within the size limit and the body timeout.
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
+    let limit = app.config.body_limit_bytes;
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::TooLarge { limit });
+    }
+    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(Duration::from_secs(app.config.body_timeout_secs), limited.collect()).await {
+        Err(_) => Err(Problem::BodyTimeout),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Problem::TooLarge { limit }),
+        Ok(Err(_)) => Err(Problem::BodyTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// The client a request authenticates as.
+fn authenticate(app: &App, req: &Request<Incoming>) -> Option<Client> {
+    let key = crate::auth::presented_key(req.headers())?;
+    app.keys.load().keys.authenticate(key).cloned()
+}
+
+async fn post_sip(app: &App, req: Request<Incoming>, request_id: &str) -> Answer {
+    let instance = "/v4/sip";
+    let Some(client) = authenticate(app, &req) else {
+        return problem(&Problem::Unauthorized, instance, request_id);
+    };
+    let limit = app.keys.load().limits.check(&client.key_id);
+    if let Limit::Limited { retry_after, .. } = limit {
+        app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
+        let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
+        return with_limit_headers(problem(&p, instance, request_id), &limit);
+    }
+    let answer = accept(app, req, &client, request_id).await;
+    with_limit_headers(answer, &limit)
+}
+
+async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: &str) -> Answer {
+    let instance = "/v4/sip";
+    if !is_json(&req) {
+        return problem(&Problem::UnsupportedMediaType, instance, request_id);
+    }
+    let body = match read_body(app, req).await {
+        Ok(b) => b,
+        Err(p) => return problem(&p, instance, request_id),
+    };
+    // One snapshot of the rule set decides the whole request.
+    let set = app.rules.load_full();
+    let span = tracing::info_span!("request", %request_id, client = %client.name, key_id = %client.key_id, ruleset = %set.revision);
+    let _enter = span.enter();
+    let decision = decide(&set, client, &body, app.clock, false);
+    match decision.verdict {
+        Verdict::Rejected(errors) => {
+            for e in &errors {
+                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &e.rule)], 1.0);
+            }
+            tracing::info!(status = 400, findings = errors.len(), "rejected");
+            problem(&Problem::Invalid(errors), instance, request_id)
+        }
+        Verdict::Failed(f) => {
+            app.metrics.inc("flowgate_rule_failures_total", "Rules that failed at run time", &[("rule", &f.rule)], 1.0);
+            tracing::error!(status = 500, rule = %f.rule, error = %f.message, "a rule failed at run time");
+            problem(&Problem::RuleFailed { rule: f.rule }, instance, request_id)
+        }
+        Verdict::Accepted(a) => {
+            for w in &a.warnings {
+                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &w.rule)], 1.0);
+            }
+            let flows: Vec<String> = a.flows.iter().map(|f| f.flow.clone()).collect();
+            let scenario = a.scenario.clone();
+            let new = NewRequest {
+                request_id: request_id.to_string(),
+                client: client.name.clone(),
+                key_id: client.key_id.clone(),
+                job_id: a.job_id,
+                body_hash: a.body_hash,
+                body,
+                scenario: a.scenario,
+                scenario_name: a.scenario_name,
+                warnings: a.warnings,
+                flows: a.flows,
+                ruleset: set.revision.clone(),
+                envelope: set.envelope.clone(),
+                now: app.clock.now(),
+            };
+            match app.store.accept(new).await {
+                Ok(AcceptOutcome::Accepted(record)) => {
+                    app.metrics.inc("flowgate_scenarios_total", "Accepted requests by scenario", &[("scenario", &scenario)], 1.0);
+                    for f in &flows {
+                        app.metrics.inc("flowgate_flows_queued_total", "Flow files queued for delivery, by flow", &[("flow", f)], 1.0);
+                    }
+                    tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
+                    json_answer(StatusCode::OK, "application/json", &record.answer)
+                }
+                Ok(AcceptOutcome::Replayed(record)) => {
+                    tracing::info!(status = 200, first = %record.request_id, "idempotent replay");
+                    let mut r = json_answer(StatusCode::OK, "application/json", &record.answer);
+                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    r
+                }
+                Ok(AcceptOutcome::Conflict { request_id: first }) => {
+                    tracing::info!(status = 409, first = %first, "job_id conflict");
+                    problem(&Problem::Conflict { request_id: first }, instance, request_id)
+                }
+                Err(e) => {
+                    tracing::error!(status = 503, error = %e, "store refused the request");
+                    problem(&Problem::StoreUnavailable, instance, request_id)
+                }
+            }
+        }
+    }
+}
+
+fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
+    let instance = format!("/v4/sip/{id}");
+    let Some(client) = authenticate(app, req) else {
+        return problem(&Problem::Unauthorized, &instance, request_id);
+    };
+    let record = match app.store.request(id) {
+        Ok(Some(r)) if r.client == client.name => r,
+        Ok(_) => return problem(&Problem::NotFound, &instance, request_id),
+        Err(_) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+    };
+    let mut flows = Vec::new();
+    for object in &record.objects {
+        if let Ok(Some(f)) = app.store.outbox_file(object) {
+            flows.push(json!({
+                "flow": f.flow,
+                "to": f.to,
+                "file_id": f.file_id,
+                "object": f.object,
+                "state": f.state,
+                "attempts": f.attempts,
+                "delivered_at": f.delivered_at,
+                "last_error": f.last_error,
+            }));
+        }
+    }
+    let body = json!({
+        "request_id": record.request_id,
+        "job_id": record.job_id,
+        "received_at": record.received_at,
+        "answer": record.answer,
+        "flows": flows,
+        "incoming": [],
+    });
+    json_answer(StatusCode::OK, "application/json", &body)
+}
+
+fn readyz(app: &App) -> Answer {
+    let set = app.rules.load();
+    let writable = app.store.writable();
+    let rules = app.rules_reload.lock().map(|s| s.clone()).unwrap_or_default();
+    let keys = app.keys_reload.lock().map(|s| s.clone()).unwrap_or_default();
+    let body = json!({
+        "status": if writable { "ready" } else { "not ready" },
+        "ruleset": set.revision,
+        "store_writable": writable,
+        "last_rules_reload": rules,
+        "last_keys_reload": keys,
+    });
+    let status = if writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_answer(status, "application/json", &body)
+}
+
+fn metrics(app: &App) -> Answer {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &app.metrics;
+    let s = &app.store.stats;
+    m.set("flowgate_store_commits", "Store commits (fsyncs) since start", &[], s.commits.load(Relaxed) as f64);
+    m.set("flowgate_store_commit_accepts", "Requests accepted in those commits", &[], s.accepts.load(Relaxed) as f64);
+    m.set("flowgate_store_largest_commit_batch", "Most requests that shared one commit", &[], s.largest_batch.load(Relaxed) as f64);
+    if let Ok(n) = app.store.pending_count() {
+        m.set("flowgate_outbox_depth", "Flow files waiting for delivery", &[], n as f64);
+    }
+    let d = &app.dispatch;
+    m.set("flowgate_flows_delivered", "Flow files delivered since start", &[], d.delivered.load(Relaxed) as f64);
+    m.set("flowgate_flows_found_delivered", "Flow files found already delivered (same bytes)", &[], d.already_there.load(Relaxed) as f64);
+    m.set("flowgate_flow_delivery_failures", "Failed delivery attempts since start", &[], d.failed_attempts.load(Relaxed) as f64);
+    m.set("flowgate_flow_conflicts", "Objects found with different bytes (alarms)", &[], d.conflicts.load(Relaxed) as f64);
+    let mut r = Response::new(Full::new(Bytes::from(m.render())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// Serves until `shutdown` fires, then lets in-flight requests finish (bounded by `grace`).
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(app.config.header_timeout_secs));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    Ok(())
+}
+
+/// Starts what runs beside the HTTP server: the rule and key watcher, and the dispatcher.
+pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let sink = match app.config.sink.kind.as_str() {
+        "local" => crate::dispatch::Sink::Local(crate::dispatch::LocalSink::new(app.config.data_dir.join("dtn"))),
+        other => return Err(format!("sink {other} is not built into this binary")),
+    };
+    let backoff = crate::dispatch::Backoff {
+        base: Duration::from_millis(app.config.dispatch.retry_base_ms),
+        max: Duration::from_millis(app.config.dispatch.retry_max_ms),
+    };
+    let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
+    let dispatcher = tokio::spawn(crate::dispatch::run(
+        app.store.clone(),
+        sink,
+        app.config.dispatch.concurrency,
+        backoff,
+        app.dispatch.clone(),
+        stop,
+    ));
+    Ok(vec![watcher, dispatcher])
+}
