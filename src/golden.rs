@@ -126,6 +126,8 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
                 }
             }
             let flows_dir = dir.join("flows");
+            // Without a flows/ folder (rule samples), the files are not compared byte for byte.
+            let compare = bless || flows_dir.is_dir();
             for (i, f) in a.flows.iter().enumerate() {
                 let file_id = format!("GT{:08}", i + 1);
                 let content = f.finish(&file_id, now, &set.envelope);
@@ -135,6 +137,9 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
                 if bless {
                     std::fs::create_dir_all(&flows_dir).map_err(|e| e.to_string())?;
                     std::fs::write(&path, &content).map_err(|e| e.to_string())?;
+                    continue;
+                }
+                if !compare {
                     continue;
                 }
                 match std::fs::read_to_string(&path) {

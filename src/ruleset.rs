@@ -53,7 +53,10 @@ fn read(path: &Path) -> Result<String, String> {
 
 /// The folders a rule set is read from.
 pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
-    vec![root.join("schemas"), root.join("rules"), root.join("rules").join("samples"), root.join("flow-templates"), root.join("flow-templates").join("catalogue").join("flows")]
+    let mut dirs = vec![root.join("schemas"), root.join("rules"), root.join("flow-templates"), root.join("flow-templates").join("catalogue").join("flows")];
+    dirs.extend(crate::golden::cases(&root.join("rules").join("samples")));
+    dirs.push(root.join("rules").join("samples"));
+    dirs
 }
 
 /// A fingerprint of the files under the rule folders (names, sizes, modification times).
@@ -137,12 +140,11 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
             return Err(format!("recipient {name:?}: role {:?} has no role code in the configuration (flows.roles)", r.role));
         }
     }
-    let mut samples = Vec::new();
     let sdir = rules_dir.join("samples");
-    if sdir.is_dir() {
-        for path in files_in(&sdir, "json")? {
-            samples.push((path.display().to_string(), take(&path)?));
-        }
+    let samples = crate::golden::cases(&sdir);
+    for case in &samples {
+        take(&case.join("request.json"))?;
+        take(&case.join("expect.json"))?;
     }
 
     let digest = hasher.finalize();
@@ -163,19 +165,11 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         max_errors: config.max_errors,
         files,
     };
-    // Sample bodies: every one must be decided without a rule failing at run time.
-    let clock = crate::clock::Clock::System;
-    for (name, text) in samples {
-        let client = crate::auth::Client {
-            name: "sample".into(),
-            sip_id: "SMPL".into(),
-            key_id: "sample".into(),
-            key_sha256: String::new(),
-            rate: Default::default(),
-            revoked: false,
-        };
-        if let crate::pipeline::Verdict::Failed(f) = crate::pipeline::decide(&set, &client, text.as_bytes(), clock, false).verdict {
-            return Err(format!("{name}: rule {} failed on this sample body: {}", f.rule, f.message));
+    // Sample bodies: each must get its expected answer from the candidate.
+    for case in &samples {
+        let result = crate::golden::run_case(&set, case, false);
+        if let Some(why) = result.failure {
+            return Err(format!("sample {}: {why}", case.display()));
         }
     }
     Ok(set)

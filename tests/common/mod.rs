@@ -1,0 +1,232 @@
+//! Test support: a real flowgate server on 127.0.0.1:0 with its own data folder, and a minimal
+//! HTTP/1.1 client (one request per connection), so tests need no client crate.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate::auth::{KeysFile, Rate};
+use flowgate::config::Config;
+use flowgate::server::App;
+
+/// The repository root: the default rules folder.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh folder under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowgate-{tag}-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies the rule folders (schemas, rules, flow-templates) to a temp folder, for edits.
+pub fn copy_rules(to: &Path) {
+    for dir in ["schemas", "rules", "flow-templates"] {
+        copy_tree(&repo().join(dir), &to.join(dir));
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// One HTTP/1.1 request on its own connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// The same, with connection failures (a killed server) as an error instead of a panic.
+pub fn try_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Answer, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    // The server may answer (413) before reading a large body; a reset after that is fine.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err("the connection closed without an answer".into());
+    }
+    Ok(parse_answer(&raw))
+}
+
+pub fn parse_answer(raw: &[u8]) -> Answer {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Answer { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub key: String,
+    pub data: PathBuf,
+    pub app: Arc<App>,
+    stop: tokio::sync::watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with a fresh data folder (or `data`, to restart on one).
+    pub fn start(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_in(temp_dir("data"), configure)
+    }
+
+    pub fn start_in(data: PathBuf, configure: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = data.clone();
+        config.rules_dir = repo();
+        config.reload.poll_ms = 100;
+        config.reload.debounce_ms = 100;
+        configure(&mut config);
+        // One test key (added once per data folder), at a rate no test reaches by accident.
+        let keys_path = config.keys_path();
+        let key_file = data.join("test-key");
+        let key = if key_file.exists() {
+            std::fs::read_to_string(&key_file).unwrap()
+        } else {
+            let mut keys = if keys_path.exists() { KeysFile::read(&keys_path).unwrap() } else { KeysFile::default() };
+            let key = keys.add("Test SIP", "DEMO", Rate { per_second: 10_000, burst: 10_000 }).unwrap();
+            keys.write(&keys_path).unwrap();
+            std::fs::write(&key_file, &key).unwrap();
+            key
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        // A restart on the same folder may find the previous store still closing: retry briefly.
+        let mut tries = 0;
+        let app = loop {
+            match App::start(config.clone()) {
+                Ok(app) => break app,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("start: {e}"),
+            }
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        {
+            let _guard = runtime.enter();
+            flowgate::server::start_background(&app, stopped.clone()).unwrap();
+            runtime.spawn(flowgate::server::serve(listener, app.clone(), stopped, Duration::from_secs(5)));
+        }
+        TestServer { addr, key, data, app, stop, runtime: Some(runtime) }
+    }
+
+    pub fn post(&self, body: &[u8]) -> Answer {
+        request(self.addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", &self.key)], body)
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        request(self.addr, "GET", path, &[("X-API-Key", &self.key)], b"")
+    }
+
+    /// Waits (bounded) until `f` holds.
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Stops the server and its background tasks (the store closes when the app drops).
+    pub fn stop(mut self) -> PathBuf {
+        let _ = self.stop.send(true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        self.data.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Every `.usr` file under a folder, recursively.
+pub fn usr_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(usr_files(&p));
+            } else if p.extension().is_some_and(|x| x == "usr") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

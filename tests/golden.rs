@@ -1,0 +1,36 @@
+//! One generated test per golden case folder in `tests/cases/`: the decision (status, scenario,
+//! flows, pointers, warnings) and the flow files, byte for byte.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut config = flowgate::config::Config::default();
+    config.rules_dir = repo.clone();
+    let set = Arc::new(flowgate::ruleset::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
+    let trials = flowgate::golden::cases(&repo.join("tests/cases"))
+        .into_iter()
+        .map(|dir| {
+            let set = set.clone();
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            Trial::test(name, move || {
+                let result = flowgate::golden::run_case(&set, &dir, false);
+                if let Some(f) = result.failure {
+                    return Err(Failed::from(f));
+                }
+                let expect: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap();
+                let produces = expect["flows"].as_array().is_some_and(|f| !f.is_empty());
+                if produces && !dir.join("flows").is_dir() {
+                    return Err(Failed::from("the case produces flows but has no flows/ folder"));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -1,0 +1,203 @@
+//! The HTTP contract, against the real server on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{request, TestServer};
+use serde_json::Value;
+
+fn case(name: &str) -> Vec<u8> {
+    std::fs::read(common::repo().join("tests/cases").join(name).join("request.json")).unwrap()
+}
+
+/// Every golden case over HTTP: status, scenario, flows (flow and recipient), error pointers.
+#[test]
+fn every_golden_case_gets_its_answer_over_http() {
+    let server = TestServer::start(|_| {});
+    let mut failures = Vec::new();
+    let cases = flowgate::golden::cases(&common::repo().join("tests/cases"));
+    assert!(cases.len() >= 13);
+    for dir in &cases {
+        let expect: Value = serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap();
+        let answer = server.post(&std::fs::read(dir.join("request.json")).unwrap());
+        let body = answer.json();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        if u64::from(answer.status) != expect["status"].as_u64().unwrap() {
+            failures.push(format!("{name}: status {} {}", answer.status, answer.text()));
+            continue;
+        }
+        if answer.status == 200 {
+            let mut flows: Vec<String> = body["flows"].as_array().unwrap().iter().map(|f| format!("{}>{}", f["flow"].as_str().unwrap(), f["to"].as_str().unwrap())).collect();
+            flows.sort();
+            let want: Vec<String> = serde_json::from_value(expect["flows"].clone()).unwrap();
+            if flows != want || body["scenario"] != expect["scenario"] {
+                failures.push(format!("{name}: {} {flows:?}", body["scenario"]));
+            }
+            for f in body["flows"].as_array().unwrap() {
+                let id = f["file_id"].as_str().unwrap();
+                assert!(id.len() == 10 && id.starts_with("FG"), "{name}: file id {id}");
+            }
+            assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(body["ruleset"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(answer.header("ratelimit").is_some(), "{name}: 2xx carries RateLimit");
+        } else {
+            assert_eq!(answer.header("content-type"), Some("application/problem+json"));
+            let mut got: Vec<String> = body["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap().to_string()).collect();
+            got.sort();
+            got.dedup();
+            let want: Vec<String> = serde_json::from_value(expect["pointers"].clone()).unwrap();
+            if got != want {
+                failures.push(format!("{name}: pointers {got:?}, want {want:?}"));
+            }
+            for e in body["errors"].as_array().unwrap() {
+                assert!(e["rule"].as_str().is_some_and(|r| !r.is_empty()) && e["message"].as_str().is_some_and(|m| !m.is_empty()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn each_kind_of_bad_request_gets_its_own_status_and_the_next_request_is_unaffected() {
+    let server = TestServer::start(|c| c.body_limit_bytes = 64 * 1024);
+    let good = case("public-completed-isolation");
+    let key = server.key.clone();
+    let json = [("Content-Type", "application/json"), ("X-API-Key", key.as_str())];
+    let cases: Vec<(&str, u16, Box<dyn Fn() -> common::Answer>)> = vec![
+        ("malformed JSON", 400, Box::new(|| server.post(b"{\"job_details\": "))),
+        ("not an object", 400, Box::new(|| server.post(b"[1,2,3]"))),
+        ("invalid UTF-8", 400, Box::new(|| server.post(b"{\"a\": \"\xff\xfe\"}"))),
+        ("wrong content type", 415, Box::new(|| request(server.addr, "POST", "/v4/sip", &[("Content-Type", "text/plain"), ("X-API-Key", &key)], &good))),
+        ("too large", 413, Box::new(|| request(server.addr, "POST", "/v4/sip", &json, &vec![b' '; 200 * 1024]))),
+        ("no key", 401, Box::new(|| request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json")], &good))),
+        ("unknown key", 401, Box::new(|| request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", "fgk_nope")], &good))),
+        ("unknown route", 404, Box::new(|| server.get("/v5/nothing"))),
+        ("wrong method", 405, Box::new(|| server.get("/v4/sip"))),
+    ];
+    for (what, status, send) in cases {
+        let a = send();
+        assert_eq!(a.status, status, "{what}: {}", a.text());
+        let p = a.json();
+        assert_eq!(p["status"], status, "{what}");
+        assert!(p["type"].as_str().unwrap().starts_with("/problems/"), "{what}");
+        assert!(p["title"].is_string() && p["detail"].is_string() && p["request_id"].is_string(), "{what}");
+        assert_eq!(a.header("content-type"), Some("application/problem+json"), "{what}");
+        // The next good request is unaffected.
+        let mut body: Value = serde_json::from_slice(&good).unwrap();
+        body["job_details"]["job_id"] = Value::String(format!("after-{}", what.replace(' ', "-")));
+        let ok = server.post(&serde_json::to_vec(&body).unwrap());
+        assert_eq!(ok.status, 200, "after {what}: {}", ok.text());
+    }
+    // Bearer works as well as X-API-Key.
+    let bearer = format!("Bearer {}", server.key);
+    let a = request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json; charset=utf-8"), ("Authorization", &bearer)], &good);
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
+#[test]
+fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_fields() {
+    let server = TestServer::start(|_| {});
+    // A second client with a small quota.
+    let mut keys = flowgate::auth::KeysFile::read(&server.data.join("keys.yaml")).unwrap();
+    let key = keys.add("Small SIP", "SMAL", flowgate::auth::Rate { per_second: 1, burst: 3 }).unwrap();
+    keys.write(&server.data.join("keys.yaml")).unwrap();
+    server.wait_for("the keys reload", || server.app.keys.load().keys.authenticate(&key).is_some());
+    let post = || request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", &key)], b"{}");
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let a = post();
+        statuses.push(a.status);
+        if a.status == 429 {
+            limited = Some(a);
+        }
+    }
+    assert_eq!(&statuses[..3], &[400, 400, 400], "the burst of 3 passes: {statuses:?}");
+    let a = limited.expect("a 429 within 6 requests");
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert!(a.header("ratelimit-policy").unwrap().contains("q=3"));
+    assert!(a.header("ratelimit").unwrap().contains("r=0"));
+    // The default client is not affected.
+    assert_eq!(server.post(b"{}").status, 400);
+}
+
+#[test]
+fn the_same_body_again_replays_the_first_answer_and_a_different_body_conflicts_also_after_restart() {
+    let server = TestServer::start(|_| {});
+    let body = case("public-energisation-only");
+    let first = server.post(&body);
+    assert_eq!(first.status, 200, "{}", first.text());
+    // Same JSON value, other key order and white space.
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    let pretty = serde_json::to_vec_pretty(&value).unwrap();
+    let again = server.post(&pretty);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["request_id"], first.json()["request_id"]);
+    assert_eq!(again.json()["flows"], first.json()["flows"]);
+    let mut changed = value.clone();
+    changed["job_completion"]["job_notes"] = Value::String("changed".into());
+    let conflict = server.post(&serde_json::to_vec(&changed).unwrap());
+    assert_eq!(conflict.status, 409, "{}", conflict.text());
+    assert_eq!(conflict.json()["existing_request_id"], first.json()["request_id"]);
+
+    let data = server.stop();
+    let server = TestServer::start_in(data, |_| {});
+    let after = server.post(&body);
+    assert_eq!(after.status, 200);
+    assert_eq!(after.header("idempotent-replayed"), Some("true"));
+    assert_eq!(after.json()["request_id"], first.json()["request_id"]);
+    assert_eq!(server.post(&serde_json::to_vec(&changed).unwrap()).status, 409);
+    // One set of files: two flows, written once each.
+    server.wait_for("delivery", || common::usr_files(&server.data.join("dtn")).len() == 2);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(common::usr_files(&server.data.join("dtn")).len(), 2);
+}
+
+#[test]
+fn accepted_flows_are_delivered_to_the_local_dtn_folder_under_their_object_names() {
+    let server = TestServer::start(|_| {});
+    let a = server.post(&case("s01-all-flows"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let body = a.json();
+    let flows = body["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 4);
+    server.wait_for("all four files", || common::usr_files(&server.data.join("dtn")).len() == 4);
+    for f in flows {
+        let object = f["object"].as_str().unwrap();
+        let to = f["to"].as_str().unwrap().replace('/', "");
+        let expected = format!("out/{to}/{}_DEMO_{}.usr", f["flow"].as_str().unwrap(), f["file_id"].as_str().unwrap());
+        assert_eq!(object, expected);
+        let text = std::fs::read_to_string(server.data.join("dtn").join(object)).unwrap();
+        assert!(text.starts_with(&format!("ZHV|{}|", f["file_id"].as_str().unwrap())));
+        assert!(text.lines().last().unwrap().starts_with(&format!("ZPT|{}|", f["file_id"].as_str().unwrap())));
+    }
+    // The status route shows each delivered.
+    let id = body["request_id"].as_str().unwrap();
+    server.wait_for("delivered states", || {
+        let s = server.get(&format!("/v4/sip/{id}")).json();
+        s["flows"].as_array().unwrap().iter().all(|f| f["state"] == "delivered")
+    });
+    // Another key's id is not found.
+    let other = request(server.addr, "GET", "/v4/sip/01JNOTANID", &[("X-API-Key", &server.key)], b"");
+    assert_eq!(other.status, 404);
+}
+
+#[test]
+fn health_readiness_metrics_and_openapi_answer() {
+    let server = TestServer::start(|_| {});
+    assert_eq!(server.get("/healthz").status, 200);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200);
+    assert!(ready.json()["ruleset"].as_str().is_some());
+    assert_eq!(server.post(&case("public-completed-isolation")).status, 200);
+    assert_eq!(server.post(&case("public-bad-mpan-check-digit")).status, 400);
+    let m = server.get("/metrics").text();
+    assert!(m.contains("flowgate_http_requests_total{route=\"/v4/sip\",status=\"200\"} 1"), "{m}");
+    assert!(m.contains("flowgate_scenarios_total{scenario=\"S01\"} 1"), "{m}");
+    assert!(m.contains("flowgate_validation_findings_total{rule=\"mpan-check-digit\"} 1"), "{m}");
+    let api = server.get("/v4/openapi.json").json();
+    assert_eq!(api["openapi"], "3.1.0");
+    assert_eq!(api["components"]["schemas"]["SipRequest"]["properties"]["job_details"]["type"], "object");
+}
