@@ -39,8 +39,9 @@ say() { echo "ceph.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 [ "$D" != / ] || die "FLOWGATE_CEPH_DIR must not be /"
-[[ $PORT =~ ^[0-9]+$ ]] && ((PORT > 0 && PORT < 65536)) || die "bad FLOWGATE_CEPH_PORT: $PORT"
-[[ $MON_PORT =~ ^[0-9]+$ ]] && ((MON_PORT > 0 && MON_PORT < 65536)) || die "bad FLOWGATE_CEPH_MON_PORT: $MON_PORT"
+valid_port() { [[ $1 =~ ^[0-9]+$ ]] && (($1 > 0 && $1 < 65536)); }
+valid_port "$PORT" || die "bad FLOWGATE_CEPH_PORT: $PORT"
+valid_port "$MON_PORT" || die "bad FLOWGATE_CEPH_MON_PORT: $MON_PORT"
 [[ $BUCKET =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ ]] || die "bad FLOWGATE_S3_BUCKET: $BUCKET"
 
 # --- processes --------------------------------------------------------------------------------
@@ -51,7 +52,8 @@ daemon_pids() {
   local -a argv
   for p in /proc/[0-9]*; do
     mapfile -d '' -t argv 2>/dev/null < "$p/cmdline" || continue
-    [ "${#argv[@]}" -gt 0 ] && [ "${argv[0]##*/}" = "$name" ] || continue
+    [ "${#argv[@]}" -gt 0 ] || continue
+    [ "${argv[0]##*/}" = "$name" ] || continue
     ours=0
     for a in "${argv[@]}"; do [ "$a" = "$CONF" ] && ours=1 && break; done
     [ $ours = 1 ] || continue
@@ -95,16 +97,18 @@ show_logs() {
 
 # stop_daemon NAME: SIGTERM, wait up to 60 s for a clean exit, then SIGKILL.
 stop_daemon() {
-  local name=$1 pids end
-  pids=$(daemon_pids "$name")
-  [ -n "$pids" ] || return 0
-  say "stopping $name (pid $(echo $pids))"
-  kill -TERM $pids 2> /dev/null || true
+  local name=$1 end
+  local -a pids
+  mapfile -t pids < <(daemon_pids "$name")
+  [ ${#pids[@]} -gt 0 ] || return 0
+  say "stopping $name (pid ${pids[*]})"
+  kill -TERM "${pids[@]}" 2> /dev/null || true
   end=$((SECONDS + 60))
   while running "$name"; do
     if ((SECONDS >= end)); then
       say "$name did not exit in 60 s: killing it"
-      kill -KILL $(daemon_pids "$name") 2> /dev/null || true
+      mapfile -t pids < <(daemon_pids "$name")
+      [ ${#pids[@]} -eq 0 ] || kill -KILL "${pids[@]}" 2> /dev/null || true
       sleep 0.5
       break
     fi
@@ -122,7 +126,7 @@ lock() {
 # --- install ----------------------------------------------------------------------------------
 install() {
   local c missing=()
-  for c in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl; do
+  for c in ceph-mon ceph-osd radosgw radosgw-admin ceph rados ceph-authtool monmaptool curl; do
     command -v "$c" > /dev/null || missing+=("$c")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -154,6 +158,21 @@ http_code() { curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/"
 answers() { local c; c=$(http_code "$1"); [ -n "$c" ] && [ "$c" != 000 ]; }
 rgw_port() { cat "$D/rgw.port" 2> /dev/null || true; }
 
+# A radosgw that died without a clean shutdown (kill -9, machine reset) leaves its watches on the
+# cache-notify objects; the OSD keeps them for osd_client_watch_timeout (30 s) after it comes up,
+# and until then every metadata write (CreateBucket) hangs ~30 s waiting for the dead watcher.
+# Called only while none of our radosgw runs, so every watcher is stale: blocklisting its address
+# makes the OSD drop its watches at once. (Every radosgw watches all notify.N, so notify.0 lists all.)
+evict_stale_rgw_watchers() {
+  local a addrs
+  addrs=$(timeout 20 rados "${C[@]}" -p default.rgw.control listwatchers notify.0 2> /dev/null \
+    | sed -n 's/^watcher=\([^ ]*\) .*/\1/p') || true
+  for a in $addrs; do
+    say "blocklisting stale radosgw client $a"
+    ceph_ osd blocklist add "$a" 3600 > /dev/null 2>&1 || say "warning: could not blocklist $a"
+  done
+}
+
 start_rgw() {
   if running radosgw && [ "$(rgw_port)" != "$PORT" ]; then
     say "radosgw listens on port $(rgw_port); restarting it on $PORT"
@@ -161,6 +180,7 @@ start_rgw() {
   fi
   if ! running radosgw; then
     ! answers "$PORT" || die "something else already answers on 127.0.0.1:$PORT (set FLOWGATE_CEPH_PORT)"
+    evict_stale_rgw_watchers
     say "starting radosgw on 127.0.0.1:$PORT"
     echo "$PORT" > "$D/rgw.port"
     spawn rgw "$D/log/rgw.out" radosgw "${C[@]}" -n client.rgw.gw -f \

@@ -15,6 +15,8 @@
 //! - [`store`]: the durable store (redb): requests, idempotency, file ids, the outbox;
 //!   group commit so concurrent requests share an fsync.
 //! - [`dispatch`]: delivers outbox files to the sink (a local DTN folder, or S3) exactly once.
+//! - [`reader`]: the DTC reader: a flow file to a typed tree, or findings with line numbers.
+//! - [`inbound`]: polls the DTN inbox, reads each file, matches D0126/D0002 to accepted requests.
 //! - [`config`]: the YAML configuration and its defaults.
 //! - [`finding`]: the finding type shared by schema and rules.
 //! - [`clock`]: wall clock, Europe/London dates, and a fixed clock for golden tests.
@@ -28,12 +30,14 @@ pub mod dispatch;
 pub mod explain;
 pub mod finding;
 pub mod flows;
+pub mod inbound;
 pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod golden;
 pub mod pipeline;
 pub mod problem;
+pub mod reader;
 pub mod rules;
 pub mod ruleset;
 pub mod server;

@@ -1,0 +1,59 @@
+//! Per-request cost of each step on the 3 KB reference body (a completed S01 job with two
+//! readings), and on the same body carrying three 1 MB photos.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flowgate::auth::{Client, Rate};
+use flowgate::clock::Clock;
+
+fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>) {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut config = flowgate::config::Config::default();
+    config.rules_dir = repo.clone();
+    let set = flowgate::ruleset::load(&config).unwrap();
+    let reference = std::fs::read(repo.join("tests/bench/s01-reference.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&reference).unwrap();
+    // Three photos of 1 MB decoded each (base64: 4/3 of that).
+    let photo = "QUJD".repeat(1024 * 1024 / 3);
+    v["job_execution"]["pre_job_photo"] = photo.clone().into();
+    v["job_execution"]["post_job_photo"] = photo.clone().into();
+    v["job_execution"]["post_resealing_photo"] = photo.into();
+    (set, reference, serde_json::to_vec(&v).unwrap())
+}
+
+fn client() -> Client {
+    Client { name: "bench".into(), sip_id: "DEMO".into(), key_id: "bench".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false }
+}
+
+fn steps(c: &mut Criterion) {
+    let (set, reference, photos) = setup();
+    let client = client();
+    let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
+    for (name, body) in [("reference-3kb", &reference), ("three-1mb-photos", &photos)] {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(1));
+        if name != "reference-3kb" {
+            g.sample_size(20);
+        }
+        g.bench_function("parse", |b| b.iter(|| flowgate::pipeline::parse(body).unwrap()));
+        let value = flowgate::pipeline::parse(body).unwrap();
+        g.bench_function("schema", |b| b.iter(|| set.schema.findings(&value)));
+        g.bench_function("rules-scope", |b| b.iter(|| flowgate::rules::scope_for(&value, "2025-12-31")));
+        g.bench_function("decide-whole", |b| {
+            b.iter(|| {
+                let d = flowgate::pipeline::decide(&set, &client, body, now, false);
+                assert!(matches!(d.verdict, flowgate::pipeline::Verdict::Accepted(_)));
+            })
+        });
+        if let flowgate::pipeline::Verdict::Accepted(a) = flowgate::pipeline::decide(&set, &client, body, now, false).verdict {
+            let flow = a.flows[0].clone();
+            g.bench_function("finish-file", |b| b.iter(|| flow.finish("FG00000001", now.now(), &set.envelope)));
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, steps);
+criterion_main!(benches);
