@@ -41,6 +41,7 @@ pub struct Config {
     pub flows: FlowSettings,
     pub sink: SinkConfig,
     pub dispatch: DispatchSettings,
+    pub inbound: InboundSettings,
     /// `json` for one JSON object per log line; `text` otherwise.
     pub log_format: String,
 }
@@ -112,6 +113,13 @@ pub struct DispatchSettings {
     pub retry_max_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundSettings {
+    /// How often `<data_dir>/dtn/in/` is read for incoming flows.
+    pub poll_ms: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -128,6 +136,7 @@ impl Default for Config {
             flows: FlowSettings::default(),
             sink: SinkConfig::default(),
             dispatch: DispatchSettings::default(),
+            inbound: InboundSettings::default(),
             log_format: "text".into(),
         }
     }
@@ -192,6 +201,12 @@ impl Default for S3Config {
 impl Default for DispatchSettings {
     fn default() -> Self {
         DispatchSettings { concurrency: 8, retry_base_ms: 200, retry_max_ms: 30_000 }
+    }
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        InboundSettings { poll_ms: 2000 }
     }
 }
 

@@ -241,7 +241,8 @@ pub struct FieldDef {
 
 struct Field {
     cat: CatField,
-    value: Option<Condition>,
+    /// `()` for a field the template leaves empty.
+    value: Condition,
     format: FieldFormat,
 }
 
@@ -250,6 +251,8 @@ struct Group {
     when: Option<Condition>,
     repeat: Option<Condition>,
     fields: Vec<Field>,
+    /// The field values of one record, evaluated together.
+    values: crate::rules::Batch,
     groups: Vec<Group>,
 }
 
@@ -305,10 +308,12 @@ fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<&str>, cat: &Cat
             if cf.required && f.value.is_none() {
                 return Err(format!("{file}: group {} item {} ({}) is required but has no value", g.code, cf.item, cf.name));
             }
-            let value = f.value.as_deref().map(|v| compile(format!("{file}: {} {}", g.code, f.item), v)).transpose()?;
+            let value = compile(format!("{file}: {} {}", g.code, f.item), f.value.as_deref().unwrap_or("()"))?;
             fields.push(Field { cat: cf.clone(), value, format: f.format });
         }
+        let values = rules.batch(fields.iter().map(|f: &Field| &f.value));
         out.push(Group {
+            values,
             code: g.code.clone(),
             when: g.when.as_deref().map(|w| compile(format!("{file}: {} when", g.code), w)).transpose()?,
             repeat: g.repeat.as_deref().map(|w| compile(format!("{file}: {} repeat", g.code), w)).transpose()?,
@@ -350,11 +355,10 @@ fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<
                 scope.push_constant_dynamic("each", each);
             }
             let mut record = vec![g.code.clone()];
-            for f in &g.fields {
-                let raw = match &f.value {
-                    Some(c) => rules.run(scope, c).map_err(|m| fail(&format!(" {}", f.cat.item), m))?,
-                    None => Dynamic::UNIT,
-                };
+            let conditions: Vec<&Condition> = g.fields.iter().map(|f| &f.value).collect();
+            let values = rules.run_batch(scope, &g.values, &conditions);
+            for (f, value) in g.fields.iter().zip(values) {
+                let raw = value.map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
                 let text = write_value(raw, f.format).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
                 check_value(&f.cat, &text).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
                 record.push(text);

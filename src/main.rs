@@ -1,4 +1,4 @@
-//! The `flowgate` command: `serve`, `keys`, `check`, `test`. Parsing only; the work is in the library.
+//! The `flowgate` command: `serve`, `keys`, `check`, `parse`, `test`. Parsing only; the work is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,7 @@ usage:
   flowgate keys list [--data-dir DIR] [--config FILE]
   flowgate keys revoke NAME|KEY_ID [--data-dir DIR] [--config FILE]
   flowgate check REQUEST.json [--sip-id ABCD] [--config FILE] [--rules-dir DIR]
+  flowgate parse FLOW_FILE [--config FILE] [--rules-dir DIR]
   flowgate test [DIR] [--junit FILE] [--bless] [--config FILE] [--rules-dir DIR]
 
 Defaults: listen 127.0.0.1:8080, data dir ./data, rules dir . (the folder holding schemas/,
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
         "serve" => serve(&args),
         "keys" => keys(&args),
         "check" => check(&args),
+        "parse" => parse(&args),
         "test" => test(&args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -237,6 +239,27 @@ fn check(args: &Args) -> Result<ExitCode, String> {
     let report = flowgate::explain::report(&set, &client, &body, config.clock());
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads one DTC flow file: the parsed tree as JSON, or the findings and exit status 1.
+fn parse(args: &Args) -> Result<ExitCode, String> {
+    args.only(&["--config", "--rules-dir"])?;
+    let config = args.config()?;
+    let path = args.words.first().ok_or("parse needs a flow file")?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let catalogue = flowgate::flows::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
+    match flowgate::reader::read(&bytes, &catalogue) {
+        Ok(flow) => {
+            println!("{}", serde_json::to_string_pretty(&flow).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(findings) => {
+            for f in &findings {
+                println!("{path}: {f}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn test(args: &Args) -> Result<ExitCode, String> {

@@ -33,6 +33,10 @@ pub struct Accepted {
     pub flows: Vec<FlowBody>,
     /// SHA-256 of the body's canonical JSON (keys sorted, no white space): the idempotency check.
     pub body_hash: String,
+    /// The MPAN core and the date of action (`YYYY-MM-DD`, empty if absent): incoming flows
+    /// are matched to the request on these.
+    pub mpan: String,
+    pub date_of_action: String,
 }
 
 /// A verdict and, on request, what every rule did.
@@ -92,8 +96,10 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
     };
 
     let mut scenario = None;
-    for s in &rules.scenarios {
-        match rules.truth(&mut scope, &s.when) {
+    let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
+    let values = rules.run_batch(&mut scope, &rules.scenarios_batch, &conditions);
+    for (s, value) in rules.scenarios.iter().zip(values) {
+        match value.and_then(crate::rules::truth_of) {
             Ok(true) => {
                 note(&s.id, "scenario", &s.when.source, true, None);
                 scenario = Some(s);
@@ -107,8 +113,10 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
     let scenario_id: Dynamic = scenario.map(|s| Dynamic::from(ImmutableString::from(s.id.as_str()))).unwrap_or(Dynamic::UNIT);
     scope.push_constant_dynamic("scenario", scenario_id);
 
-    for r in &rules.rules {
-        let result = rules.run(&mut scope, &r.when).and_then(|v| findings_of(&r.def, v));
+    let conditions: Vec<_> = rules.rules.iter().map(|r| &r.when).collect();
+    let values = rules.run_batch(&mut scope, &rules.rules_batch, &conditions);
+    for (r, value) in rules.rules.iter().zip(values) {
+        let result = value.and_then(|v| findings_of(&r.def, v));
         match result {
             Ok(found) => {
                 note(&r.def.id, "rule", &r.when.source, !found.is_empty(), None);
@@ -133,8 +141,10 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
 
     scope.push_constant("sender", ImmutableString::from(client.sip_id.as_str()));
     let mut flows = Vec::new();
-    for choice in &rules.flows {
-        match rules.truth(&mut scope, &choice.when) {
+    let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
+    let values = rules.run_batch(&mut scope, &rules.flows_batch, &conditions);
+    for (choice, value) in rules.flows.iter().zip(values) {
+        match value.and_then(crate::rules::truth_of) {
             Ok(false) => {
                 note(&choice.def.id, "flow", &choice.when.source, false, None);
                 continue;
@@ -174,7 +184,8 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
         }
     }
 
-    let job_id = value.pointer("/job_details/job_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
+    let job_id = text("/job_details/job_id");
     let accepted = Accepted {
         job_id,
         scenario: scenario.id.clone(),
@@ -182,6 +193,8 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
         warnings,
         flows,
         body_hash: canonical_hash(&value),
+        mpan: text("/job_details/mpan"),
+        date_of_action: text("/job_completion/date_of_action"),
     };
     done(Verdict::Accepted(accepted), trace)
 }

@@ -162,7 +162,9 @@ impl Findings {
         self.0.push(ReadFinding { line, message: message.into() });
     }
 
+    /// The findings in line order (the file as a whole last), capped.
     fn finish(mut self) -> Vec<ReadFinding> {
+        self.0.sort_by_key(|f| if f.line == 0 { usize::MAX } else { f.line });
         if self.0.len() > MAX_FINDINGS {
             let more = self.0.len() - MAX_FINDINGS;
             self.0.truncate(MAX_FINDINGS);
@@ -230,9 +232,11 @@ pub fn read(bytes: &[u8], catalogue: &Catalogue) -> Result<ParsedFlow, Vec<ReadF
 }
 
 /// Splits on LF (a CR before it is part of the line ending) and decodes each line as UTF-8.
-/// Every line must end the same way; a final line ending is optional.
+/// Every line must end the same way; a final line ending is optional. A file with any line
+/// that is not UTF-8 gets only those findings (binary garbage would give little else).
 fn split_lines(bytes: &[u8]) -> Result<(Vec<&str>, bool), Findings> {
     let mut out = Findings::default();
+    let mut encoding = Findings::default();
     let mut raw: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     if raw.last().is_some_and(|l| l.is_empty()) {
         raw.pop();
@@ -253,15 +257,17 @@ fn split_lines(bytes: &[u8]) -> Result<(Vec<&str>, bool), Findings> {
             Err(e) => {
                 let at = e.valid_up_to();
                 let byte = l.get(at).copied().unwrap_or_default();
-                out.add(line, format!("not UTF-8 text (byte 0x{byte:02X} at column {})", at + 1));
+                encoding.add(line, format!("not UTF-8 text (byte 0x{byte:02X} at column {})", at + 1));
                 lines.push("");
             }
         }
     }
-    if out.0.is_empty() {
-        Ok((lines, crlf))
-    } else {
+    if !encoding.0.is_empty() {
+        Err(encoding)
+    } else if !out.0.is_empty() {
         Err(out)
+    } else {
+        Ok((lines, crlf))
     }
 }
 

@@ -114,6 +114,15 @@ pub struct Rule {
     pub when: Condition,
 }
 
+/// Several conditions compiled into one script that gives all their values as an array: one
+/// evaluation instead of many (the fixed cost of an evaluation dominates small conditions).
+/// Each condition is a block of its own, so its `let`s do not leak into the next. When the
+/// batch fails, the conditions are run one by one to name the one that failed.
+pub struct Batch {
+    ast: Option<AST>,
+    len: usize,
+}
+
 pub struct Scenario {
     pub id: String,
     pub name: String,
@@ -154,6 +163,9 @@ pub struct Trace {
 pub struct Rules {
     pub engine: Engine,
     pub rules: Vec<Rule>,
+    pub rules_batch: Batch,
+    pub scenarios_batch: Batch,
+    pub flows_batch: Batch,
     pub scenarios: Vec<Scenario>,
     pub flows: Vec<FlowChoice>,
     pub recipients: BTreeMap<String, Recipient>,
@@ -191,7 +203,11 @@ pub fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distri
     engine.set_max_string_size(limits.max_string_size);
     engine.set_max_array_size(limits.max_array_size);
     engine.set_max_map_size(limits.max_map_size);
-    engine.on_progress(|_| {
+    // Reading the clock costs more than a small operation: look at it every 256 operations.
+    engine.on_progress(|ops| {
+        if ops % 256 != 0 {
+            return None;
+        }
         let late = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() > t));
         late.then(|| Dynamic::from("deadline"))
     });
@@ -286,6 +302,13 @@ fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Dist
     engine.register_fn("is_date", |d: Dynamic| text_of(&d).is_some_and(|s| crate::clock::parse_date(&s).is_some()));
     engine.register_fn("address_lines", |d: Dynamic| -> Array {
         text_of(&d).map(|s| address_lines(&s).into_iter().map(Dynamic::from).collect()).unwrap_or_default()
+    });
+    // Line `k` (0-based) of the DTC address: the address split on commas into lines of at most
+    // 40 characters, then the town; () past the last line.
+    engine.register_fn("address_line", |address: Dynamic, town: Dynamic, k: INT| -> Dynamic {
+        let mut lines = text_of(&address).map(|s| address_lines(&s)).unwrap_or_default();
+        lines.extend(text_of(&town));
+        usize::try_from(k).ok().and_then(|k| lines.into_iter().nth(k)).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
     });
     engine.register_fn("postcode", |d: Dynamic| -> Dynamic { text_of(&d).map(|s| postcode(&s).into()).unwrap_or(Dynamic::UNIT) });
     engine.register_fn("clip", |d: Dynamic, n: INT| -> Dynamic {
@@ -399,12 +422,49 @@ impl Rules {
             let when = compile(&format!("flow choice {:?}", def.id), &def.when)?;
             flows.push(FlowChoice { def, when });
         }
-        Ok(Rules { engine, rules, scenarios, flows, recipients, distributors, timeout: Duration::from_millis(limits.timeout_ms) })
+        let rules_batch = batch(&engine, rules.iter().map(|r| &r.when));
+        let scenarios_batch = batch(&engine, scenarios.iter().map(|s| &s.when));
+        let flows_batch = batch(&engine, flows.iter().map(|f| &f.when));
+        Ok(Rules {
+            engine,
+            rules,
+            rules_batch,
+            scenarios_batch,
+            flows_batch,
+            scenarios,
+            flows,
+            recipients,
+            distributors,
+            timeout: Duration::from_millis(limits.timeout_ms),
+        })
     }
 
     /// Compiles an expression with this rule set's engine (templates use it too).
     pub fn compile_condition(&self, what: &str, src: &str) -> Result<Condition, String> {
         compile_condition(&self.engine, what, src)
+    }
+
+    /// Compiles a batch of conditions with this rule set's engine.
+    pub fn batch<'a>(&self, conditions: impl Iterator<Item = &'a Condition>) -> Batch {
+        batch(&self.engine, conditions)
+    }
+
+    /// The values of every condition of a batch, each as `run` would give it: one evaluation
+    /// when all goes well, one per condition (to name the failing one) when it does not.
+    pub fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, String>> {
+        if let Some(ast) = &batch.ast {
+            let mark = scope.len();
+            DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
+            let result = self.engine.eval_ast_with_scope::<Array>(scope, ast);
+            DEADLINE.with(|d| d.set(None));
+            scope.rewind(mark);
+            if let Ok(values) = result {
+                if values.len() == batch.len {
+                    return values.into_iter().map(Ok).collect();
+                }
+            }
+        }
+        conditions.iter().map(|c| self.run(scope, c)).collect()
     }
 
     /// Runs one condition under the deadline; new variables it declares are dropped after.
@@ -419,12 +479,30 @@ impl Rules {
 
     /// Evaluates a condition as a yes/no question: () counts as no.
     pub fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, String> {
-        let v = self.run(scope, cond)?;
-        if v.is_unit() {
-            return Ok(false);
-        }
-        v.as_bool().map_err(|t| format!("the condition gave a {t}, not true or false"))
+        truth_of(self.run(scope, cond)?)
     }
+}
+
+fn batch<'a>(engine: &Engine, conditions: impl Iterator<Item = &'a Condition>) -> Batch {
+    let mut script = String::from("[\n");
+    let mut len = 0;
+    for c in conditions {
+        script.push_str("{\n");
+        script.push_str(&c.source);
+        script.push_str("\n},\n");
+        len += 1;
+    }
+    script.push(']');
+    // A condition that does not fit a block (it declares a function, say) runs on its own.
+    Batch { ast: engine.compile(&script).ok(), len }
+}
+
+/// A value as a yes/no answer: () counts as no.
+pub fn truth_of(v: Dynamic) -> Result<bool, String> {
+    if v.is_unit() {
+        return Ok(false);
+    }
+    v.as_bool().map_err(|t| format!("the condition gave a {t}, not true or false"))
 }
 
 fn compile_condition(engine: &Engine, what: &str, src: &str) -> Result<Condition, String> {

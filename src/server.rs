@@ -144,51 +144,56 @@ fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+fn keys_fingerprint(path: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Ok(m) = std::fs::metadata(path) {
+        m.len().hash(&mut h);
+        m.modified().ok().hash(&mut h);
+    }
+    if let Ok(bytes) = std::fs::read(path) {
+        bytes.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Watches the rule folders and the keys file; debounced, then reloads whatever changed.
-pub async fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// The starting fingerprints are taken now, before the task runs, so no edit made right after
+/// start is missed.
+pub fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
     let poll = Duration::from_millis(app.config.reload.poll_ms.max(50));
     let debounce = Duration::from_millis(app.config.reload.debounce_ms);
     let dirs = ruleset::watched_dirs(&app.config.rules_dir);
-    let keys = vec![app.config.keys_path()];
-    let keys_print = |paths: &[std::path::PathBuf]| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for p in paths {
-            if let Ok(m) = std::fs::metadata(p) {
-                m.len().hash(&mut h);
-                m.modified().ok().hash(&mut h);
-            }
-        }
-        h.finish()
-    };
+    let keys = app.config.keys_path();
     let mut rules_seen = ruleset::fingerprint(&dirs);
-    let mut keys_seen = keys_print(&keys);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = ruleset::fingerprint(&dirs);
-        if now != rules_seen {
-            // Editors write several times per save: wait until the files stop changing.
-            let mut settled = now;
-            loop {
-                tokio::time::sleep(debounce).await;
-                let again = ruleset::fingerprint(&dirs);
-                if again == settled {
-                    break;
-                }
-                settled = again;
+    let mut keys_seen = keys_fingerprint(&keys);
+    async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => return,
             }
-            rules_seen = settled;
-            let app = app.clone();
-            let _ = tokio::task::spawn_blocking(move || app.reload_rules()).await;
-        }
-        let k = keys_print(&keys);
-        if k != keys_seen {
-            tokio::time::sleep(debounce).await;
-            keys_seen = keys_print(&keys);
-            let _ = app.reload_keys();
+            let now = ruleset::fingerprint(&dirs);
+            if now != rules_seen {
+                // Editors write several times per save: wait until the files stop changing.
+                let mut settled = now;
+                loop {
+                    tokio::time::sleep(debounce).await;
+                    let again = ruleset::fingerprint(&dirs);
+                    if again == settled {
+                        break;
+                    }
+                    settled = again;
+                }
+                rules_seen = settled;
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload_rules()).await;
+            }
+            if keys_fingerprint(&keys) != keys_seen {
+                tokio::time::sleep(debounce).await;
+                keys_seen = keys_fingerprint(&keys);
+                let _ = app.reload_keys();
+            }
         }
     }
 }
@@ -357,6 +362,9 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
                 ruleset: set.revision.clone(),
                 envelope: set.envelope.clone(),
                 now: app.clock.now(),
+                sip_id: client.sip_id.clone(),
+                mpan: a.mpan,
+                date_of_action: a.date_of_action,
             };
             match app.store.accept(new).await {
                 Ok(AcceptOutcome::Accepted(record)) => {
@@ -411,13 +419,17 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
             }));
         }
     }
+    let incoming = match app.store.incoming(&record.request_id) {
+        Ok(v) => v,
+        Err(_) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+    };
     let body = json!({
         "request_id": record.request_id,
         "job_id": record.job_id,
         "received_at": record.received_at,
         "answer": record.answer,
         "flows": flows,
-        "incoming": [],
+        "incoming": incoming,
     });
     json_answer(StatusCode::OK, "application/json", &body)
 }
@@ -494,7 +506,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sy
     Ok(())
 }
 
-/// Starts what runs beside the HTTP server: the rule and key watcher, and the dispatcher.
+/// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, and the
+/// inbound poller.
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let sink = match app.config.sink.kind.as_str() {
         "local" => crate::dispatch::Sink::Local(crate::dispatch::LocalSink::new(app.config.data_dir.join("dtn"))),
@@ -505,6 +518,8 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
     };
     let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
+    let inbound = crate::inbound::Poller::new(&app.config, app.store.clone(), app.rules.clone())?;
+    let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
     let dispatcher = tokio::spawn(crate::dispatch::run(
         app.store.clone(),
         sink,
@@ -513,5 +528,5 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
         app.dispatch.clone(),
         stop,
     ));
-    Ok(vec![watcher, dispatcher])
+    Ok(vec![watcher, dispatcher, inbound])
 }

@@ -7,7 +7,9 @@
 //!
 //! Tables: `requests` (id → record), `bodies` (id → raw body), `jobs` (client + job id → id),
 //! `outbox` (object name → file), `pending` (object names not yet delivered), `meta` (the file
-//! id counter).
+//! id counter), `mpans` (MPAN + request id → SIP ID and date of action, to match incoming
+//! flows), `incoming` (request id + file name → the matched incoming flow), `inbound_seen`
+//! (file name + SHA-256 → what became of an inbound file, so a file is recorded once).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +30,9 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const MPANS: TableDefinition<&str, &[u8]> = TableDefinition::new("mpans");
+const INCOMING: TableDefinition<&str, &[u8]> = TableDefinition::new("incoming");
+const INBOUND_SEEN: TableDefinition<&str, &[u8]> = TableDefinition::new("inbound_seen");
 const FILE_COUNTER: &str = "file_id_next";
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,35 @@ pub struct NewRequest {
     pub ruleset: String,
     pub envelope: Envelope,
     pub now: OffsetDateTime,
+    /// The client's SIP ID, the MPAN core and the date of action (`YYYY-MM-DD`, empty if the
+    /// body has none): what incoming flows are matched on.
+    pub sip_id: String,
+    pub mpan: String,
+    pub date_of_action: String,
+}
+
+/// An accepted request an MPAN points at (the `mpans` table).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MpanEntry {
+    pub request_id: String,
+    pub sip_id: String,
+    /// `YYYY-MM-DD`, or empty.
+    pub date_of_action: String,
+}
+
+/// What to record for one inbound file, in one transaction.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    /// `<file name>\u{1f}<sha256>`.
+    pub seen_key: String,
+    /// What became of the file (matched, unmatched, rejected), as shown to operators.
+    pub outcome: Value,
+    /// `(request id, file name, matched flow summary)`.
+    pub incoming: Vec<(String, String, Value)>,
+}
+
+fn mpan_key(mpan: &str, request_id: &str) -> String {
+    format!("{mpan}\u{1f}{request_id}")
 }
 
 #[derive(Debug)]
@@ -131,6 +165,8 @@ pub enum Delivery {
 enum Job {
     Accept(Box<NewRequest>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
     Mark(Vec<(String, Delivery)>, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    /// An inbound file's outcome and matches; the reply says whether it was new.
+    Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
 }
 
 /// Counters of the group commit.
@@ -179,6 +215,9 @@ impl Store {
             w.open_table(OUTBOX).db()?;
             w.open_table(PENDING).db()?;
             w.open_table(META).db()?;
+            w.open_table(MPANS).db()?;
+            w.open_table(INCOMING).db()?;
+            w.open_table(INBOUND_SEEN).db()?;
             w.commit().db()?;
         }
         let (tx, rx) = mpsc::channel();
@@ -205,6 +244,48 @@ impl Store {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Mark(results, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records an inbound file durably: its outcome and its matches, once per name and content.
+    /// `false` if it was recorded before.
+    pub async fn record_inbound(&self, record: InboundRecord) -> Result<bool, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Job::Inbound(Box::new(record), reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// What became of an inbound file seen before (by name and SHA-256).
+    pub fn inbound_seen(&self, seen_key: &str) -> Result<Option<Value>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let t = r.open_table(INBOUND_SEEN).db()?;
+        let Some(v) = t.get(seen_key).db()? else { return Ok(None) };
+        serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The accepted requests for an MPAN core, oldest key first.
+    pub fn requests_for_mpan(&self, mpan: &str) -> Result<Vec<MpanEntry>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let t = r.open_table(MPANS).db()?;
+        let (from, to) = (format!("{mpan}\u{1f}"), format!("{mpan}\u{20}"));
+        let mut out = Vec::new();
+        for item in t.range(from.as_str()..to.as_str()).db()? {
+            let (_, v) = item.db()?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// The incoming flows matched to a request, by file name.
+    pub fn incoming(&self, request_id: &str) -> Result<Vec<Value>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let t = r.open_table(INCOMING).db()?;
+        let (from, to) = (format!("{request_id}\u{1f}"), format!("{request_id}\u{20}"));
+        let mut out = Vec::new();
+        for item in t.range(from.as_str()..to.as_str()).db()? {
+            let (_, v) = item.db()?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
     }
 
     /// The request first accepted for this client and job id.
@@ -283,6 +364,7 @@ struct Writer {
 enum Pending {
     Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Result<AcceptOutcome, StoreError>),
     Mark(tokio::sync::oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Inbound(tokio::sync::oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
 }
 
 impl Writer {
@@ -312,6 +394,9 @@ impl Writer {
                     outbox: w.open_table(OUTBOX).db()?,
                     pending: w.open_table(PENDING).db()?,
                     meta: w.open_table(META).db()?,
+                    mpans: w.open_table(MPANS).db()?,
+                    incoming: w.open_table(INCOMING).db()?,
+                    inbound_seen: w.open_table(INBOUND_SEEN).db()?,
                 };
                 for job in batch {
                     match job {
@@ -325,6 +410,10 @@ impl Writer {
                         Job::Mark(results, reply) => {
                             let r = mark(&mut t, results);
                             replies.push(Pending::Mark(reply, r));
+                        }
+                        Job::Inbound(record, reply) => {
+                            let r = inbound(&mut t, *record);
+                            replies.push(Pending::Inbound(reply, r));
                         }
                     }
                 }
@@ -349,6 +438,12 @@ impl Writer {
                     });
                 }
                 Pending::Mark(reply, r) => {
+                    let _ = reply.send(match &outcome {
+                        Ok(()) => r,
+                        Err(e) => Err(StoreError::Db(e.to_string())),
+                    });
+                }
+                Pending::Inbound(reply, r) => {
                     let _ = reply.send(match &outcome {
                         Ok(()) => r,
                         Err(e) => Err(StoreError::Db(e.to_string())),
@@ -427,6 +522,10 @@ impl Writer {
         t.requests.insert(req.request_id.as_str(), serde_json::to_vec(&record).db()?.as_slice()).db()?;
         t.bodies.insert(req.request_id.as_str(), req.body.as_ref()).db()?;
         t.jobs.insert(key.as_str(), req.request_id.as_str()).db()?;
+        if !req.mpan.is_empty() {
+            let entry = MpanEntry { request_id: req.request_id.clone(), sip_id: req.sip_id, date_of_action: req.date_of_action };
+            t.mpans.insert(mpan_key(&req.mpan, &req.request_id).as_str(), serde_json::to_vec(&entry).db()?.as_slice()).db()?;
+        }
         Ok(AcceptOutcome::Accepted(record))
     }
 }
@@ -438,6 +537,22 @@ struct Tables<'t> {
     outbox: redb::Table<'t, &'static str, &'static [u8]>,
     pending: redb::Table<'t, &'static str, u64>,
     meta: redb::Table<'t, &'static str, u64>,
+    mpans: redb::Table<'t, &'static str, &'static [u8]>,
+    incoming: redb::Table<'t, &'static str, &'static [u8]>,
+    inbound_seen: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+/// Records an inbound file unless the same name and content was recorded before.
+fn inbound(t: &mut Tables<'_>, record: InboundRecord) -> Result<bool, StoreError> {
+    if t.inbound_seen.get(record.seen_key.as_str()).db()?.is_some() {
+        return Ok(false);
+    }
+    for (request_id, file, summary) in &record.incoming {
+        let key = format!("{request_id}\u{1f}{file}");
+        t.incoming.insert(key.as_str(), serde_json::to_vec(summary).db()?.as_slice()).db()?;
+    }
+    t.inbound_seen.insert(record.seen_key.as_str(), serde_json::to_vec(&record.outcome).db()?.as_slice()).db()?;
+    Ok(true)
 }
 
 fn mark(t: &mut Tables<'_>, results: Vec<(String, Delivery)>) -> Result<(), StoreError> {
