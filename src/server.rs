@@ -16,6 +16,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::auth::{Client, KeysFile};
 use crate::clock::Clock;
@@ -248,20 +249,34 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Inf
     let path = req.uri().path().to_string();
     let route = route_of(&method, &path);
     let request_id = ulid::Ulid::new().to_string();
-    let answer = match (method.clone(), path.as_str()) {
-        (Method::POST, "/v4/sip") => post_sip(&app, req, &request_id).await,
-        (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], &request_id),
+    // One span per request; the client and rule set are recorded once known. Never the key,
+    // the body, or anything personal.
+    let span = tracing::info_span!("request", %request_id, %route, client = tracing::field::Empty, key_id = tracing::field::Empty, ruleset = tracing::field::Empty);
+    let answer = route_request(&app, req, method, &path, &request_id).instrument(span.clone()).await;
+    let status = answer.status().as_u16();
+    let elapsed = started.elapsed();
+    span.in_scope(|| tracing::info!(status, micros = elapsed.as_micros() as u64, "answered"));
+    let status = status.to_string();
+    app.metrics.inc("flowgate_http_requests_total", "HTTP requests by route and status", &[("route", route), ("status", &status)], 1.0);
+    app.metrics.observe("flowgate_http_request_duration_seconds", "Time to answer, by route", &[("route", route)], elapsed.as_secs_f64());
+    Ok(answer)
+}
+
+async fn route_request(app: &Arc<App>, req: Request<Incoming>, method: Method, path: &str, request_id: &str) -> Answer {
+    let app = app.clone();
+    let request_id = request_id.to_string();
+    let request_id = request_id.as_str();
+    let path = path.to_string();
+    match (method, path.as_str()) {
+        (Method::POST, "/v4/sip") => post_sip(&app, req, request_id).await,
+        (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], request_id),
         (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
         (Method::GET, "/readyz") => readyz(&app),
         (Method::GET, "/metrics") => metrics(&app),
         (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::openapi::document(&app.rules.load())),
-        (_, "/v4/sip" | "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json") => problem(&Problem::MethodNotAllowed, &path, &request_id),
-        _ => problem(&Problem::NotFound, &path, &request_id),
-    };
-    let status = answer.status().as_u16().to_string();
-    app.metrics.inc("flowgate_http_requests_total", "HTTP requests by route and status", &[("route", route), ("status", &status)], 1.0);
-    app.metrics.observe("flowgate_http_request_duration_seconds", "Time to answer, by route", &[("route", route)], started.elapsed().as_secs_f64());
-    Ok(answer)
+        (_, "/v4/sip" | "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json") => problem(&Problem::MethodNotAllowed, &path, request_id),
+        _ => problem(&Problem::NotFound, &path, request_id),
+    }
 }
 
 fn is_json(req: &Request<Incoming>) -> bool {
@@ -305,6 +320,7 @@ async fn post_sip(app: &App, req: Request<Incoming>, request_id: &str) -> Answer
     let Some(client) = authenticate(app, &req) else {
         return problem(&Problem::Unauthorized, instance, request_id);
     };
+    tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
     let limit = app.keys.load().limits.check(&client.key_id);
     if let Limit::Limited { retry_after, .. } = limit {
         app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
@@ -326,8 +342,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     };
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
-    let span = tracing::info_span!("request", %request_id, client = %client.name, key_id = %client.key_id, ruleset = %set.revision);
-    let _enter = span.enter();
+    tracing::Span::current().record("ruleset", set.revision.as_str());
     let decision = decide(&set, client, &body, app.clock, false);
     match decision.verdict {
         Verdict::Rejected(errors) => {
