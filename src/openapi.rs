@@ -18,6 +18,8 @@ pub fn document(set: &RuleSet) -> Value {
         o.remove("$schema");
         o.remove("$id");
     }
+    // Local references now resolve against the OpenAPI document.
+    rebase_refs(&mut body_schema, "#/$defs/", "#/components/schemas/SipRequest/$defs/");
     let limit_headers = json!({
         "RateLimit": { "description": "What is left of this key's quota (IETF RateLimit fields)", "schema": { "type": "string" } },
         "RateLimit-Policy": { "description": "This key's quota: burst and window", "schema": { "type": "string" } }
@@ -113,4 +115,19 @@ pub fn document(set: &RuleSet) -> Value {
             "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition" } } } }
         }
     })
+}
+
+fn rebase_refs(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                match child {
+                    Value::String(s) if k == "$ref" && s.starts_with(from) => *s = format!("{to}{}", &s[from.len()..]),
+                    other => rebase_refs(other, from, to),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rebase_refs(x, from, to)),
+        _ => {}
+    }
 }
