@@ -44,6 +44,15 @@ pub struct Config {
     pub inbound: InboundSettings,
     /// `json` for one JSON object per log line; `text` otherwise.
     pub log_format: String,
+    /// HTTPS: PEM certificate chain and key; reloaded when they change. Absent: plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +147,7 @@ impl Default for Config {
             dispatch: DispatchSettings::default(),
             inbound: InboundSettings::default(),
             log_format: "text".into(),
+            tls: None,
         }
     }
 }

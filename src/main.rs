@@ -143,7 +143,8 @@ fn serve(args: &Args) -> Result<ExitCode, String> {
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, ruleset = %app.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
-        println!("flowgate listening on http://{addr}");
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        println!("flowgate listening on {scheme}://{addr}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let background = flowgate::server::start_background(&app, stopped.clone()).map_err(|e| e.to_string())?;
         tokio::spawn(async move {

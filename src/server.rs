@@ -54,6 +54,30 @@ pub struct App {
     pub dispatch: Arc<DispatchStats>,
     pub rules_reload: Mutex<ReloadStatus>,
     pub keys_reload: Mutex<ReloadStatus>,
+    /// The TLS acceptor when HTTPS is configured; swapped when the PEM files change.
+    pub tls: Option<ArcSwap<tokio_rustls::TlsAcceptor>>,
+}
+
+/// A TLS acceptor from PEM files (HTTP/2 and HTTP/1.1 offered by ALPN).
+pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", files.cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +88,8 @@ pub enum StartError {
     Keys(#[from] crate::auth::KeysError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl App {
@@ -75,6 +101,10 @@ impl App {
         let store = Store::open(&config.data_dir.join("store"), &config.flows.instance_prefix)?;
         let clock = config.clock();
         let now = Some(rfc3339_now());
+        let tls = match &config.tls {
+            Some(files) => Some(ArcSwap::from_pointee(tls_acceptor(files).map_err(StartError::Tls)?)),
+            None => None,
+        };
         let app = App {
             rules: Arc::new(ArcSwap::from_pointee(set)),
             keys: Arc::new(ArcSwap::from_pointee(KeyState { keys, limits })),
@@ -84,6 +114,7 @@ impl App {
             dispatch: Arc::new(DispatchStats::default()),
             rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
             keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
+            tls,
             config,
         };
         app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
@@ -168,6 +199,9 @@ pub fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) ->
     let keys = app.config.keys_path();
     let mut rules_seen = ruleset::fingerprint(&dirs);
     let mut keys_seen = keys_fingerprint(&keys);
+    let tls_files = app.config.tls.clone();
+    let tls_print = move |files: &Option<crate::config::TlsFiles>| files.as_ref().map(|f| keys_fingerprint(&f.cert_file) ^ keys_fingerprint(&f.key_file).rotate_left(1));
+    let mut tls_seen = tls_print(&tls_files);
     async move {
         loop {
             tokio::select! {
@@ -194,6 +228,19 @@ pub fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) ->
                 tokio::time::sleep(debounce).await;
                 keys_seen = keys_fingerprint(&keys);
                 let _ = app.reload_keys();
+            }
+            if tls_print(&tls_files) != tls_seen {
+                tokio::time::sleep(debounce).await;
+                tls_seen = tls_print(&tls_files);
+                if let (Some(files), Some(current)) = (&tls_files, &app.tls) {
+                    match tls_acceptor(files) {
+                        Ok(acceptor) => {
+                            current.store(Arc::new(acceptor));
+                            tracing::info!("TLS certificate reloaded");
+                        }
+                        Err(e) => tracing::error!(error = %e, "TLS files refused; the running certificate stays"),
+                    }
+                }
             }
         }
     }
@@ -503,13 +550,29 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sy
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let service = hyper::service::service_fn(move |req| handle(app.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let service = {
+                    let app = app.clone();
+                    hyper::service::service_fn(move |req| handle(app.clone(), req))
+                };
+                match &app.tls {
+                    None => {
+                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    Some(tls) => {
+                        // The handshake runs in its own task, bounded like a header read.
+                        let acceptor = tls.load_full();
+                        let (builder, watcher) = (builder.clone(), graceful.watcher());
+                        let limit = Duration::from_secs(app.config.header_timeout_secs);
+                        tokio::spawn(async move {
+                            let Ok(Ok(tls_stream)) = tokio::time::timeout(limit, acceptor.accept(stream)).await else { return };
+                            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned());
+                            let _ = conn.await;
+                        });
+                    }
+                }
             }
             _ = shutdown.changed() => break,
         }
