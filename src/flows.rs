@@ -61,10 +61,10 @@ impl Format {
             Format::Num { digits: n, decimals: d } if d > 0 => {
                 let (int, frac) = v.split_once('.').unwrap_or((v, ""));
                 let frac_ok = frac.is_empty() && !v.contains('.') || digits(frac) && frac.len() <= d;
-                if digits(int) && int.len() <= n - d && frac_ok { Ok(()) } else { Err(format!("not NUM({n},{d})")) }
+                if digits(int) && int.len() <= n.saturating_sub(d) && frac_ok { Ok(()) } else { Err(format!("not NUM({n},{d})")) }
             }
             Format::Num { digits: n, .. } => Err(format!("not NUM({n})")),
-            Format::Date if v.len() == 8 && crate::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => Ok(()),
+            Format::Date if v.len() == 8 && v.is_ascii() && crate::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => Ok(()),
             Format::Date => Err("not a ccyymmdd date".into()),
             Format::DateTime if v.len() == 14 && digits(v) && Format::Date.check(&v[..8]).is_ok() => Ok(()),
             Format::DateTime => Err("not a ccyymmddhhmmss date-time".into()),
@@ -521,6 +521,10 @@ mod tests {
         assert!(Format::Date.check("20250108").is_ok());
         assert!(Format::Date.check("20250230").is_err());
         assert!(Format::Char(4).check("TESTS").is_err());
+        // Non-ASCII and odd formats are findings, never a panic.
+        assert!(Format::Date.check("2025£01").is_err());
+        assert!(Format::DateTime.check("2025010£1200").is_err());
+        assert!(Format::Num { digits: 1, decimals: 3 }.check("1.5").is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::ruleset::Live;
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.
-const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The folder of code lists, under the rules folder.
 pub const CODE_LISTS_DIR: &str = "flow-templates/code-lists";
@@ -99,15 +99,7 @@ impl Poller {
     pub fn new(config: &Config, store: Store, rules: Live) -> Result<Poller, String> {
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
-        Ok(Poller {
-            inbox: config.data_dir.join("dtn").join("in"),
-            store,
-            rules,
-            sip_role: config.flows.sender_role.clone(),
-            codes_dir,
-            codes,
-            codes_error: None,
-        })
+        Ok(Poller { inbox: config.data_dir.join("dtn").join("in"), store, rules, sip_role: config.flows.sender_role.clone(), codes_dir, codes, codes_error: None })
     }
 
     /// Polls every `every` until `stop` fires.
@@ -179,7 +171,7 @@ impl Poller {
         let path = self.inbox.join(name);
         let size = tokio::fs::metadata(&path).await.map_err(|e| e.to_string())?.len();
         let bytes = if size > MAX_FILE_BYTES { Vec::new() } else { tokio::fs::read(&path).await.map_err(|e| e.to_string())? };
-        let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha: String = if size > MAX_FILE_BYTES { format!("unread, {size} bytes") } else { Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect() };
         let seen_key = format!("{name}\u{1f}{sha}");
         let received_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let set = self.rules.load_full();
@@ -193,12 +185,11 @@ impl Poller {
             Ok(flow) => match_flow(flow, name, &received_at, &self.sip_role, &self.codes, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?,
         };
         let flow_id = read.as_ref().map(|f| f.header.flow.clone()).ok();
-        let shown = match &outcome {
+        let mut shown = match &outcome {
             FileOutcome::Matched(ids) => json!({ "outcome": "matched", "requests": ids }),
             FileOutcome::Unmatched(why) => json!({ "outcome": "unmatched", "reason": why }),
             FileOutcome::Rejected(findings) => json!({ "outcome": "rejected", "findings": findings }),
         };
-        let mut shown = shown;
         if let Some(obj) = shown.as_object_mut() {
             obj.insert("file".into(), json!(name));
             obj.insert("sha256".into(), json!(sha));
@@ -225,8 +216,9 @@ impl Poller {
                 let target = free_name(&dir, name);
                 tokio::fs::rename(&path, dir.join(&target)).await.map_err(|e| e.to_string())?;
                 match other {
-                    FileOutcome::Matched(ids) => tracing::info!(file = %name, flow = ?flow_id, requests = ids.len(), new, "inbound flow matched"),
-                    _ => tracing::info!(file = %name, flow = ?flow_id, new, "inbound flow matched no request"),
+                    FileOutcome::Matched(ids) => tracing::info!(file = %name, flow = flow_id.as_deref().unwrap_or("-"), requests = ids.len(), new, "inbound flow matched"),
+                    FileOutcome::Unmatched(why) => tracing::warn!(file = %name, flow = flow_id.as_deref().unwrap_or("-"), reason = %why, new, "inbound flow matched no request"),
+                    FileOutcome::Rejected(_) => {}
                 }
             }
         }
@@ -239,10 +231,7 @@ fn free_name(dir: &Path, name: &str) -> String {
     if !dir.join(name).exists() {
         return name.to_string();
     }
-    (1..10_000u32)
-        .map(|i| format!("{name}.{i}"))
-        .find(|n| !dir.join(n).exists())
-        .unwrap_or_else(|| format!("{name}.{}", ulid::Ulid::new()))
+    (1..10_000u32).map(|i| format!("{name}.{i}")).find(|n| !dir.join(n).exists()).unwrap_or_else(|| format!("{name}.{}", ulid::Ulid::new()))
 }
 
 /// The requests a clean flow file belongs to, each with the summary shown on
@@ -401,6 +390,20 @@ mod tests {
         assert_eq!(s["asset_condition_code"], "B01");
         assert_eq!(s["additional_information"][0], "Carrier was welded");
         assert_eq!(s["report_date"], "2025-01-08");
+    }
+
+    #[test]
+    fn d0002_matches_by_fault_date_and_shows_its_texts() {
+        let text = std::fs::read_to_string(repo().join("tests/reader/valid/D0002-supplier-decision.usr")).unwrap();
+        let flow = parse(&text);
+        let lookup = |_: &str| Ok(vec![entry("A", "DEMO", "2025-01-08"), entry("B", "DEMO", "2025-01-07")]);
+        let (outcome, incoming) = match_flow(&flow, "d.usr", "now", "M", &CodeLists::default(), lookup).unwrap();
+        assert_eq!(outcome, FileOutcome::Matched(vec!["A".into()]));
+        let s = &incoming[0].1;
+        assert_eq!(s["sender"], "X/TEST");
+        assert_eq!(s["reason"], "Meter case cracked: replace meter and confirm readings");
+        assert_eq!(s["additional_information"], json!(["Case cracked at the terminal cover", "Damage seen by the SIP engineer"]));
+        assert_eq!(s["fault_date"], "2025-01-08");
     }
 
     #[test]

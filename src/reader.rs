@@ -162,14 +162,14 @@ impl Findings {
         self.0.push(ReadFinding { line, message: message.into() });
     }
 
-    /// The findings in line order (the file as a whole last), capped.
+    /// Enough to say what is wrong: reading stops here, so garbage costs no more than this.
+    fn full(&self) -> bool {
+        self.0.len() >= MAX_FINDINGS
+    }
+
+    /// The findings in line order (the file as a whole last).
     fn finish(mut self) -> Vec<ReadFinding> {
         self.0.sort_by_key(|f| if f.line == 0 { usize::MAX } else { f.line });
-        if self.0.len() > MAX_FINDINGS {
-            let more = self.0.len() - MAX_FINDINGS;
-            self.0.truncate(MAX_FINDINGS);
-            self.0.push(ReadFinding { line: 0, message: format!("and {more} more findings") });
-        }
         self.0
     }
 }
@@ -181,94 +181,109 @@ struct Record<'a> {
 }
 
 /// Reads one flow file.
+///
+/// One pass, one record at a time (the last record seen is held back: it may be the ZPT), so
+/// memory beyond the tree it returns stays small whatever the input; reading stops after
+/// `MAX_FINDINGS` findings.
 pub fn read(bytes: &[u8], catalogue: &Catalogue) -> Result<ParsedFlow, Vec<ReadFinding>> {
     let mut out = Findings::default();
     if bytes.is_empty() {
         out.add(0, "the file is empty");
         return Err(out.finish());
     }
-    let (lines, crlf) = match split_lines(bytes) {
-        Ok(l) => l,
-        Err(f) => return Err(f.finish()),
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(_) => return Err(encoding_findings(bytes).finish()),
     };
-    let mut records = Vec::with_capacity(lines.len());
-    for (i, text) in lines.iter().enumerate() {
+    let crlf = text.split_inclusive('\n').next().is_some_and(|l| l.ends_with("\r\n"));
+    let mut head: Option<(Header, &CatFlow)> = None;
+    let mut held: Option<Record<'_>> = None;
+    let mut groups: Option<GroupReader<'_>> = None;
+    let mut last_line = 0;
+    for (i, piece) in text.split_inclusive('\n').enumerate() {
         let line = i + 1;
-        if text.is_empty() {
+        last_line = line;
+        if out.full() {
+            out.add(0, format!("stopped reading at line {line}: too many findings"));
+            return Err(out.finish());
+        }
+        // A line ends with LF or CR LF, as line 1 does; the last line may lack its ending.
+        let (content, ending) = match piece.strip_suffix('\n') {
+            Some(c) => match c.strip_suffix('\r') {
+                Some(c) => (c, Some(true)),
+                None => (c, Some(false)),
+            },
+            None => (piece.strip_suffix('\r').unwrap_or(piece), None),
+        };
+        if ending.is_some_and(|cr| cr != crlf) {
+            out.add(line, if crlf { "ends with LF, line 1 with CR LF" } else { "ends with CR LF, line 1 with LF" });
+        }
+        if content.is_empty() {
             out.add(line, "empty line");
             continue;
         }
-        match text.strip_suffix('|') {
-            Some(body) => records.push(Record { line, fields: body.split('|').collect() }),
-            None => out.add(line, "record does not end with '|' (truncated?)"),
+        let Some(content) = content.strip_suffix('|') else {
+            out.add(line, "record does not end with '|' (truncated?)");
+            continue;
+        };
+        let rec = Record { line, fields: content.split('|').collect() };
+        match (&head, &mut groups) {
+            (None, _) => {
+                if rec.fields.first() != Some(&"ZHV") {
+                    out.add(line, format!("the first record must be ZHV, not {}", shown(rec.fields.first().copied().unwrap_or_default())));
+                    return Err(out.finish());
+                }
+                let Some((header, flow)) = read_header(&rec, catalogue, &mut out) else {
+                    return Err(out.finish());
+                };
+                head = Some((header, flow));
+                groups = Some(GroupReader::new(flow));
+            }
+            (Some(_), Some(reader)) => {
+                if let Some(previous) = held.replace(rec) {
+                    reader.record(&previous, &mut out);
+                }
+            }
+            (Some(_), None) => {}
         }
     }
-    let Some(first) = records.first() else {
+    let (Some((header, _)), Some(mut reader)) = (head, groups) else {
         out.add(0, "no records");
         return Err(out.finish());
     };
-    if first.fields.first() != Some(&"ZHV") {
-        out.add(first.line, format!("the first record must be ZHV, not {}", shown(first.fields.first().copied().unwrap_or_default())));
-        return Err(out.finish());
-    }
-    let Some((header, flow)) = read_header(first, catalogue, &mut out) else {
-        return Err(out.finish());
-    };
-    let rest = records.get(1..).unwrap_or_default();
-    let (body, zpt) = match rest.split_last() {
-        Some((last, body)) if last.fields.first() == Some(&"ZPT") => (body, Some(last)),
-        _ => {
-            let end = lines.len();
-            out.add(end, "the file ends without a ZPT trailer (truncated?)");
-            (rest, None)
+    let zpt = match held {
+        Some(last) if last.fields.first() == Some(&"ZPT") => Some(last),
+        other => {
+            if let Some(last) = other {
+                reader.record(&last, &mut out);
+            }
+            out.add(last_line, "the file ends without a ZPT trailer (truncated?)");
+            None
         }
     };
-    let (groups, top) = read_groups(body, flow, &mut out);
-    let trailer = zpt.and_then(|z| read_trailer(z, &header, body.len(), top, &mut out));
+    let (groups, top, count) = reader.finish(&mut out);
+    let trailer = zpt.and_then(|z| read_trailer(&z, &header, count, top, &mut out));
     match trailer {
         Some(trailer) if out.0.is_empty() => Ok(ParsedFlow { header, groups, trailer, crlf }),
         _ => Err(out.finish()),
     }
 }
 
-/// Splits on LF (a CR before it is part of the line ending) and decodes each line as UTF-8.
-/// Every line must end the same way; a final line ending is optional. A file with any line
-/// that is not UTF-8 gets only those findings (binary garbage would give little else).
-fn split_lines(bytes: &[u8]) -> Result<(Vec<&str>, bool), Findings> {
+/// Where a file is not UTF-8: one finding per line (LF-separated) that is not.
+fn encoding_findings(bytes: &[u8]) -> Findings {
     let mut out = Findings::default();
-    let mut encoding = Findings::default();
-    let mut raw: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-    if raw.last().is_some_and(|l| l.is_empty()) {
-        raw.pop();
-    }
-    let crlf = raw.first().is_some_and(|l| l.ends_with(b"\r"));
-    let mut lines = Vec::with_capacity(raw.len());
-    for (i, l) in raw.iter().enumerate() {
-        let line = i + 1;
-        let ends_cr = l.ends_with(b"\r");
-        let l = if ends_cr { l.get(..l.len() - 1).unwrap_or_default() } else { l };
-        // The last line may lack its line ending altogether; any other must match line 1's.
-        let has_eol = line < raw.len() || bytes.ends_with(b"\n");
-        if has_eol && ends_cr != crlf {
-            out.add(line, if crlf { "ends with LF, line 1 with CR LF" } else { "ends with CR LF, line 1 with LF" });
-        }
-        match std::str::from_utf8(l) {
-            Ok(s) => lines.push(s),
-            Err(e) => {
-                let at = e.valid_up_to();
-                let byte = l.get(at).copied().unwrap_or_default();
-                encoding.add(line, format!("not UTF-8 text (byte 0x{byte:02X} at column {})", at + 1));
-                lines.push("");
+    for (i, l) in bytes.split(|b| *b == b'\n').enumerate() {
+        if let Err(e) = std::str::from_utf8(l) {
+            if out.full() {
+                out.add(0, format!("stopped reading at line {}: too many findings", i + 1));
+                break;
             }
+            let at = e.valid_up_to();
+            let byte = l.get(at).copied().unwrap_or_default();
+            out.add(i + 1, format!("not UTF-8 text (byte 0x{byte:02X} at column {})", at + 1));
         }
     }
-    if !encoding.0.is_empty() {
-        Err(encoding)
-    } else if !out.0.is_empty() {
-        Err(out)
-    } else {
-        Ok((lines, crlf))
-    }
+    out
 }
 
 /// A value as shown in a finding: quoted, escaped, and cut short if long.
@@ -340,11 +355,9 @@ fn read_header<'c>(rec: &Record<'_>, catalogue: &'c Catalogue, out: &mut Finding
     if let Err(why) = check_format(Format::DateTime, &header.created) {
         out.add(line, format!("ZHV creation timestamp {}: {why}", shown(&header.created)));
     }
-    for (name, v, n) in [
-        ("sending application id", &header.sending_application, 5),
-        ("receiving application id", &header.receiving_application, 5),
-        ("broadcast", &header.broadcast, 1),
-    ] {
+    for (name, v, n) in
+        [("sending application id", &header.sending_application, 5), ("receiving application id", &header.receiving_application, 5), ("broadcast", &header.broadcast, 1)]
+    {
         if v.chars().count() > n || v.chars().any(char::is_control) {
             out.add(line, format!("ZHV {name} {} must be at most {n} characters", shown(v)));
         }
@@ -365,14 +378,26 @@ struct Open<'c> {
     children: BTreeMap<&'c str, u64>,
 }
 
-/// Reads the group records; returns the tree and the number of top-level records.
-fn read_groups(body: &[Record<'_>], flow: &CatFlow, out: &mut Findings) -> (Vec<Group>, u64) {
-    let mut top_groups = Vec::new();
-    let mut top_counts: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut stack: Vec<Open<'_>> = Vec::new();
-    let mut top = 0u64;
-    for rec in body {
+/// Group records in, a tree out: nesting by a stack of open groups, one per level.
+struct GroupReader<'c> {
+    flow: &'c CatFlow,
+    stack: Vec<Open<'c>>,
+    top_groups: Vec<Group>,
+    top_counts: BTreeMap<&'c str, u64>,
+    /// Top-level records, and all group records (the ZPT counts).
+    top: u64,
+    count: usize,
+}
+
+impl<'c> GroupReader<'c> {
+    fn new(flow: &'c CatFlow) -> GroupReader<'c> {
+        GroupReader { flow, stack: Vec::new(), top_groups: Vec::new(), top_counts: BTreeMap::new(), top: 0, count: 0 }
+    }
+
+    fn record(&mut self, rec: &Record<'_>, out: &mut Findings) {
+        let flow = self.flow;
         let line = rec.line;
+        self.count += 1;
         let code = rec.fields.first().copied().unwrap_or_default();
         let Some(cat) = flow.groups.get(code) else {
             let what = match code {
@@ -380,22 +405,22 @@ fn read_groups(body: &[Record<'_>], flow: &CatFlow, out: &mut Findings) -> (Vec<
                 _ => format!("group {} is not part of {}", shown(code), flow.id),
             };
             out.add(line, what);
-            continue;
+            return;
         };
         let level = cat.level.max(1);
-        if level > stack.len() + 1 {
+        if level > self.stack.len() + 1 {
             let parent = cat.parent.as_deref().unwrap_or("-");
             out.add(line, format!("group {code} (level {level}) has no {parent} record above it"));
-            continue;
+            return;
         }
-        close(&mut stack, level - 1, flow, &mut top_groups, out);
-        match stack.last_mut() {
+        close(&mut self.stack, level - 1, flow, &mut self.top_groups, out);
+        match self.stack.last_mut() {
             None => {
-                top += 1;
+                self.top += 1;
                 if cat.parent.is_some() {
                     out.add(line, format!("group {code} must sit under {}, not at the top", cat.parent.as_deref().unwrap_or_default()));
                 }
-                *top_counts.entry(cat.code.as_str()).or_default() += 1;
+                *self.top_counts.entry(cat.code.as_str()).or_default() += 1;
             }
             Some(parent) => {
                 if cat.parent.as_deref() != Some(parent.cat.code.as_str()) {
@@ -417,16 +442,21 @@ fn read_groups(body: &[Record<'_>], flow: &CatFlow, out: &mut Findings) -> (Vec<
             }
         }
         let group = Group { code: cat.code.clone(), fields, children: Vec::new() };
-        stack.push(Open { cat, line, group, children: BTreeMap::new() });
+        self.stack.push(Open { cat, line, group, children: BTreeMap::new() });
     }
-    close(&mut stack, 0, flow, &mut top_groups, out);
-    for g in flow.groups.values().filter(|g| g.parent.is_none()) {
-        let n = top_counts.get(g.code.as_str()).copied().unwrap_or(0);
-        if let Some(range) = outside(n, g) {
-            out.add(0, format!("the file has {n} {} groups, allowed {range}", g.code));
+
+    /// Closes every open group and checks the top-level counts: the tree, the top-level
+    /// record count and the group record count.
+    fn finish(mut self, out: &mut Findings) -> (Vec<Group>, u64, usize) {
+        close(&mut self.stack, 0, self.flow, &mut self.top_groups, out);
+        for g in self.flow.groups.values().filter(|g| g.parent.is_none()) {
+            let n = self.top_counts.get(g.code.as_str()).copied().unwrap_or(0);
+            if let Some(range) = outside(n, g) {
+                out.add(0, format!("the file has {n} {} groups, allowed {range}", g.code));
+            }
         }
+        (self.top_groups, self.top, self.count)
     }
-    (top_groups, top)
 }
 
 /// The allowed range of a group, if `n` is outside it.
@@ -444,6 +474,10 @@ fn close<'c>(stack: &mut Vec<Open<'c>>, depth: usize, flow: &'c CatFlow, top: &m
             if let Some(range) = outside(n, child) {
                 out.add(open.line, format!("group {} has {n} {} groups under it, allowed {range}", open.cat.code, child.code));
             }
+        }
+        // A file with findings gives no tree: keep none, so garbage costs no memory.
+        if !out.0.is_empty() {
+            continue;
         }
         match stack.last_mut() {
             Some(parent) => parent.group.children.push(open.group),
@@ -646,6 +680,6 @@ mod tests {
         }
         let m = messages(s.as_bytes());
         assert_eq!(m.len(), MAX_FINDINGS + 1);
-        assert!(m[MAX_FINDINGS].starts_with("file: and "));
+        assert_eq!(m[MAX_FINDINGS], "file: stopped reading at line 103: too many findings");
     }
 }

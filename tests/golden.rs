@@ -1,5 +1,6 @@
 //! One generated test per golden case folder in `tests/cases/`: the decision (status, scenario,
-//! flows, pointers, warnings) and the flow files, byte for byte.
+//! flows, pointers, warnings) and the flow files, byte for byte; every flow file written also
+//! reads back without a finding through the DTC reader (catalogue check).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -27,6 +28,13 @@ fn main() {
                 let produces = expect["flows"].as_array().is_some_and(|f| !f.is_empty());
                 if produces && !dir.join("flows").is_dir() {
                     return Err(Failed::from("the case produces flows but has no flows/ folder"));
+                }
+                // Every file written also reads back cleanly through the catalogue-driven reader.
+                for (name, content) in &result.files {
+                    if let Err(findings) = flowgate::reader::read(content.as_bytes(), &set.catalogue) {
+                        let listed: Vec<String> = findings.iter().map(|f| format!("{f:?}")).collect();
+                        return Err(Failed::from(format!("{name} fails the catalogue check: {}", listed.join("; "))));
+                    }
                 }
                 Ok(())
             })

@@ -19,10 +19,8 @@ fn repo() -> PathBuf {
 /// One HTTP/1.1 request on its own connection; the status and the JSON body.
 async fn call(addr: SocketAddr, method: &str, path: &str, key: &str, body: &[u8]) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
@@ -65,10 +63,7 @@ const D0126: &str = "ZHV|EM00000042|D0126001|J|EMEB|M|DEMO|20250110093000||||TR0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     let data = std::env::temp_dir().join(format!("flowgate-inbound-{}", ulid::Ulid::new()));
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = data.clone();
-    config.rules_dir = repo();
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), data_dir: data.clone(), rules_dir: repo(), ..Config::default() };
     config.inbound.poll_ms = 50;
     let mut keys = KeysFile::default();
     let key = keys.add("Inbound test SIP", "DEMO", Rate { per_second: 1000, burst: 1000 }).unwrap();

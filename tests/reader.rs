@@ -18,11 +18,8 @@ fn catalogue() -> Catalogue {
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == ext))
-        .collect();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == ext)).collect();
     out.sort();
     out
 }
@@ -44,12 +41,7 @@ fn read_clean(path: &Path, cat: &Catalogue) -> ParsedFlow {
     let bytes = std::fs::read(path).unwrap();
     match read(&bytes, cat) {
         Ok(flow) => {
-            assert_eq!(
-                String::from_utf8_lossy(&flow.to_bytes()),
-                String::from_utf8_lossy(&bytes),
-                "{}: written again, the bytes differ",
-                path.display()
-            );
+            assert_eq!(String::from_utf8_lossy(&flow.to_bytes()), String::from_utf8_lossy(&bytes), "{}: written again, the bytes differ", path.display());
             flow
         }
         Err(findings) => panic!("{}: {}", path.display(), findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
@@ -187,7 +179,7 @@ fn mutate(rng: &mut Rng, b: &mut Vec<u8>) {
                 b.insert(pos, rng.next() as u8);
             }
         }
-        4 | 5 | 6 => {
+        4..=6 => {
             let spans = line_spans(b);
             if spans.is_empty() {
                 return;
