@@ -75,6 +75,8 @@ impl Schema {
                         K::MinItems { limit } => format!("must have at least {limit} items"),
                         K::MaxItems { limit } => format!("must have at most {limit} items"),
                         K::UniqueItems => "must not repeat an item".to_string(),
+                        // The schema's only `not` keeps out what a DTC flow file cannot carry.
+                        K::Not { .. } => "contains a character a flow file cannot carry (a control character or the '|' separator)".to_string(),
                         _ => error.masked().to_string(),
                     };
                     let message = match expected {

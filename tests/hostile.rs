@@ -1,0 +1,92 @@
+//! Hostile input: each bad body gets its expected status and a specific problem; slow clients
+//! are cut off; none of it affects the next request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::Value;
+
+fn good() -> Value {
+    serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases/public-completed-isolation/request.json")).unwrap()).unwrap()
+}
+
+fn with(path: &str, v: Value) -> Vec<u8> {
+    let mut b = good();
+    *b.pointer_mut(path).unwrap() = v;
+    serde_json::to_vec(&b).unwrap()
+}
+
+#[test]
+fn each_bad_input_gets_its_status_and_a_specific_problem() {
+    let server = TestServer::start(|c| c.body_limit_bytes = 4 * 1024 * 1024);
+    let deep_array = format!("{{\"a\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(300), "}".repeat(300));
+    let dup = String::from_utf8(serde_json::to_vec(&good()).unwrap()).unwrap().replacen("\"job_details\":{", "\"job_details\":{\"job_id\":\"X\",", 1);
+    let many: Vec<Value> = (0..10_000).map(|i| Value::String(format!("Other {i}"))).collect();
+    // (what, body, status, a pointer the errors must include, a word the message must include)
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>, &str)> = vec![
+        ("empty body", vec![], 400, None, "JSON"),
+        ("white space only", b"   \n ".to_vec(), 400, None, "JSON"),
+        ("deeply nested arrays", deep_array.into_bytes(), 400, None, "recursion"),
+        ("deeply nested objects", deep_object.into_bytes(), 400, None, "recursion"),
+        ("invalid UTF-8", b"{\"job_details\": \"\xc3\x28\"}".to_vec(), 400, None, "JSON"),
+        ("a raw NUL byte", b"{\"a\": \"x\x00y\"}".to_vec(), 400, None, "JSON"),
+        ("duplicate keys", dup.into_bytes(), 400, None, "duplicate"),
+        ("a number out of range", b"{\"a\": 1e400}".to_vec(), 400, None, "JSON"),
+        ("a huge integer", with("/meter/number_of_dials", serde_json::json!(99999999999999999999u128 as f64)), 400, Some("/meter/number_of_dials"), "at most"),
+        ("a 1 MB name", with("/job_details/contact_name", Value::String("A".repeat(1 << 20))), 400, Some("/job_details/contact_name"), "at most 50"),
+        ("an escaped NUL in a name", with("/job_details/contact_name", Value::String("Bob\u{0}Smith".into())), 400, Some("/job_details/contact_name"), "control character"),
+        ("the DTC separator in notes", with("/job_completion/job_notes", Value::String("fitted | tested".into())), 400, Some("/job_completion/job_notes"), "separator"),
+        ("a 10,000-element array", with("/risk_assessment/site_risk_list", Value::Array(many)), 400, Some("/risk_assessment/site_risk_list"), "at most"),
+        ("an array for an object", with("/meter", serde_json::json!([1, 2])), 400, Some("/meter"), "type"),
+        ("null for a required string", with("/job_details/mpan", Value::Null), 400, Some("/job_details/mpan"), "type"),
+    ];
+    for (what, body, status, pointer, word) in cases {
+        let started = Instant::now();
+        let a = server.post(&body);
+        assert_eq!(a.status, status, "{what}: {}", a.text().chars().take(400).collect::<String>());
+        assert!(started.elapsed() < Duration::from_secs(5), "{what} took {:?}", started.elapsed());
+        assert!(a.body.len() < 64 * 1024, "{what}: the answer echoes the input ({} bytes)", a.body.len());
+        let p = a.json();
+        let errors = p["errors"].as_array().unwrap();
+        let text = p.to_string();
+        assert!(text.to_lowercase().contains(&word.to_lowercase()), "{what}: no {word:?} in {text}");
+        if let Some(ptr) = pointer {
+            assert!(errors.iter().any(|e| e["pointer"] == ptr), "{what}: no error at {ptr}: {text}");
+        }
+        assert_eq!(server.post(&with("/job_details/job_id", Value::String(format!("ok-after-{}", what.replace(' ', "-"))))).status, 200, "after {what}");
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_do_not_hold_others_up() {
+    let server = TestServer::start(|c| {
+        c.header_timeout_secs = 1;
+        c.body_timeout_secs = 1;
+    });
+    // Headers that never end.
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"POST /v4/sip HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A body that never comes.
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    let head = format!("POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: 1000\r\n\r\n{{", server.key);
+    stalled.write_all(head.as_bytes()).unwrap();
+    // Meanwhile others are served.
+    assert_eq!(server.get("/healthz").status, 200);
+    let started = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(started.elapsed() < Duration::from_secs(5), "the header-slow client was held {:?}", started.elapsed());
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = stalled.read_to_end(&mut buf);
+    let a = common::parse_answer(&buf);
+    assert_eq!(a.status, 408, "{}", a.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
