@@ -1,0 +1,28 @@
+//! Any bytes as a request body through the whole decision (parse, schema, rules, flows): it
+//! must answer, never panic, and never blame a rule for failing on a body the schema accepted.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use flowgate::auth::{Client, Rate};
+use flowgate::clock::Clock;
+use flowgate::pipeline::{decide, Verdict};
+use flowgate::ruleset::RuleSet;
+use libfuzzer_sys::fuzz_target;
+
+fn set() -> &'static RuleSet {
+    static SET: OnceLock<RuleSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        let mut config = flowgate::config::Config::default();
+        config.rules_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        flowgate::ruleset::load(&config).unwrap_or_else(|e| panic!("rule set: {e}"))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let client = Client { name: "fuzz".into(), sip_id: "DEMO".into(), key_id: "fuzz".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false };
+    let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap_or_else(|| panic!("clock")));
+    if let Verdict::Failed(f) = decide(set(), &client, data, now, false).verdict {
+        panic!("rule {} failed: {}", f.rule, f.message);
+    }
+});
