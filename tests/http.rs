@@ -15,6 +15,7 @@ fn case(name: &str) -> Vec<u8> {
 fn every_golden_case_gets_its_answer_over_http() {
     let server = TestServer::start(|_| {});
     let mut failures = Vec::new();
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
     let cases = flowgate::golden::cases(&common::repo().join("tests/cases"));
     assert!(cases.len() >= 13);
     for dir in &cases {
@@ -22,6 +23,14 @@ fn every_golden_case_gets_its_answer_over_http() {
         let answer = server.post(&std::fs::read(dir.join("request.json")).unwrap());
         let body = answer.json();
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        *expected.entry(format!("flowgate_http_requests_total{{route=\"/v4/sip\",status=\"{}\"}}", expect["status"])).or_default() += 1;
+        if let Some(s) = expect["scenario"].as_str() {
+            *expected.entry(format!("flowgate_scenarios_total{{scenario=\"{s}\"}}")).or_default() += 1;
+        }
+        for f in expect["flows"].as_array().into_iter().flatten() {
+            let flow = f.as_str().unwrap().split('>').next().unwrap();
+            *expected.entry(format!("flowgate_flows_queued_total{{flow=\"{flow}\"}}")).or_default() += 1;
+        }
         if u64::from(answer.status) != expect["status"].as_u64().unwrap() {
             failures.push(format!("{name}: status {} {}", answer.status, answer.text()));
             continue;
@@ -55,6 +64,12 @@ fn every_golden_case_gets_its_answer_over_http() {
         }
     }
     assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+    // The metrics moved as the cases say they should.
+    let metrics = server.get("/metrics").text();
+    for (series, n) in &expected {
+        assert!(metrics.lines().any(|l| l == format!("{series} {n}")), "metrics lack `{series} {n}`:\n{metrics}");
+    }
+    assert!(metrics.contains("flowgate_http_request_duration_seconds_bucket{route=\"/v4/sip\",le=\"+Inf\"}"));
 }
 
 #[test]

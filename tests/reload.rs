@@ -92,3 +92,67 @@ fn a_rule_that_loops_forever_is_a_500_naming_it_within_its_deadline_and_others_a
     let m = server.get("/metrics").text();
     assert!(m.contains("flowgate_rule_failures_total{rule=\"spin-forever\"} 1"), "{m}");
 }
+
+#[test]
+fn a_broken_rule_file_written_under_load_fails_no_request() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = std::sync::Arc::new(TestServer::start(move |c| c.rules_dir = r));
+    let before = server.app.rules.load().revision.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let (server, stop) = (server.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || {
+            let (mut ok, mut other) = (0, Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let a = server.post(&body("public-energisation-only", &format!("load-{w}-{n}")));
+                n += 1;
+                if a.status == 200 {
+                    ok += 1;
+                } else {
+                    other.push(a.status);
+                }
+            }
+            (ok, other)
+        }));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Half-written, then broken, then an unknown field: each refused while requests flow.
+    let path = rules.join("rules/scenarios.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    server.wait_for("the first refusal", || server.get("/readyz").json()["last_rules_reload"]["ok"] == false);
+    std::fs::write(&path, good.replace("scenarios:", "scenarioz:")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(server.app.rules.load().revision, before, "a broken edit replaced the running set");
+    // Put right again: accepted.
+    std::fs::write(&path, good.replace("name: \"Aborted: during work\"", "name: \"Aborted: during the work\"")).unwrap();
+    server.wait_for("the good edit", || server.app.rules.load().revision != before);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut other) = (0, Vec::new());
+    for w in workers {
+        let (o, x) = w.join().unwrap();
+        ok += o;
+        other.extend(x);
+    }
+    println!("broken rule under load: {ok} requests answered 200, {} otherwise", other.len());
+    assert!(ok > 20, "the load ran: {ok}");
+    assert!(other.is_empty(), "requests failed while rules were edited: {other:?}");
+}
+
+#[test]
+fn a_revoked_key_is_refused_without_a_restart() {
+    let server = TestServer::start(|_| {});
+    assert_eq!(server.post(&body("public-completed-isolation", "before-revoke")).status, 200);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate")).args(["keys", "revoke", "Test SIP", "--data-dir"]).arg(&server.data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.wait_for("the revocation", || server.post(&body("public-completed-isolation", "after-revoke")).status == 401);
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_flowgate")).args(["keys", "list", "--data-dir"]).arg(&server.data).output().unwrap();
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert!(text.contains("revoked") && text.contains("Test SIP"), "{text}");
+    assert!(!text.contains(&server.key), "keys list shows a key");
+}
