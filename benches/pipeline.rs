@@ -10,8 +10,7 @@ use flowgate::clock::Clock;
 
 fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut config = flowgate::config::Config::default();
-    config.rules_dir = repo.clone();
+    let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
     let set = flowgate::ruleset::load(&config).unwrap();
     let reference = std::fs::read(repo.join("tests/bench/s01-reference.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&reference).unwrap();

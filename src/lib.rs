@@ -21,7 +21,8 @@
 //! - [`finding`]: the finding type shared by schema and rules.
 //! - [`clock`]: wall clock, Europe/London dates, and a fixed clock for golden tests.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Nothing a client or a rule file sends may panic the server (unit tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod auth;
 pub mod clock;

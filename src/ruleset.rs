@@ -99,6 +99,12 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         Ok(text)
     };
 
+    if !root.join("schemas").is_dir() || !root.join("rules").is_dir() || !root.join("flow-templates").is_dir() {
+        return Err(format!(
+            "{} does not hold schemas/, rules/ and flow-templates/: run from the repository root or pass --rules-dir",
+            root.display()
+        ));
+    }
     let schema_path = root.join("schemas").join(SCHEMA_FILE);
     let schema_doc: serde_json::Value =
         serde_json::from_str(&take(&schema_path)?).map_err(|e| format!("{}: {e}", schema_path.display()))?;

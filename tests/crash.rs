@@ -5,48 +5,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_flowgate");
-
-fn add_key(data: &Path) -> String {
-    let out = Command::new(BIN).args(["keys", "add", "--name", "Crash SIP", "--sip-id", "DEMO", "--rate", "10000", "--burst", "10000", "--data-dir"]).arg(data).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_string()
-}
-
-/// Starts `flowgate serve` on a free port; returns the child and its address.
-fn serve(data: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--rules-dir")
-        .arg(common::repo())
-        .env("FLOWGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "the server did not start");
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(addr) = line.strip_prefix("flowgate listening on http://") {
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines.by_ref() {});
-            return (child, addr.parse().unwrap());
-        }
-    }
-}
 
 fn body(n: usize, round: usize) -> Vec<u8> {
     let name = ["public-energisation-only", "s01-all-flows", "public-completed-isolation", "s08-left-de-energised-with-fault"][n % 4];
@@ -58,14 +20,14 @@ fn body(n: usize, round: usize) -> Vec<u8> {
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_flow_and_writes_none_twice() {
     let data = common::temp_dir("crash");
-    let key = add_key(&data);
+    let key = common::add_key_cli(&data, "Crash SIP");
     // file id → (request, object) for every flow of every 200.
     let acknowledged: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let rounds = 4;
     let per_round = 24;
     let mut seed: u64 = 0x5eed_f10e;
     for round in 0..rounds {
-        let (mut child, addr) = serve(&data);
+        let (mut child, addr) = common::serve_binary(&data, &[]);
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let kill_after = Duration::from_millis(20 + (seed >> 33) % 150);
         let mut workers = Vec::new();
@@ -92,7 +54,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_flow_and_writes_none_twice() 
         }
     }
     // A last clean start delivers whatever was still in the outbox.
-    let (mut child, addr) = serve(&data);
+    let (mut child, addr) = common::serve_binary(&data, &[]);
     let dtn = data.join("dtn");
     let expected: BTreeSet<String> = acknowledged.lock().unwrap().values().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);

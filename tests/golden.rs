@@ -11,8 +11,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 fn main() {
     let args = Arguments::from_args();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut config = flowgate::config::Config::default();
-    config.rules_dir = repo.clone();
+    let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
     let set = Arc::new(flowgate::ruleset::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
     let trials = flowgate::golden::cases(&repo.join("tests/cases"))
         .into_iter()

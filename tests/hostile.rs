@@ -29,7 +29,8 @@ fn each_bad_input_gets_its_status_and_a_specific_problem() {
     let dup = String::from_utf8(serde_json::to_vec(&good()).unwrap()).unwrap().replacen("\"job_details\":{", "\"job_details\":{\"job_id\":\"X\",", 1);
     let many: Vec<Value> = (0..10_000).map(|i| Value::String(format!("Other {i}"))).collect();
     // (what, body, status, a pointer the errors must include, a word the message must include)
-    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, u16, Option<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         ("empty body", vec![], 400, None, "JSON"),
         ("white space only", b"   \n ".to_vec(), 400, None, "JSON"),
         ("deeply nested arrays", deep_array.into_bytes(), 400, None, "recursion"),

@@ -78,7 +78,8 @@ fn each_kind_of_bad_request_gets_its_own_status_and_the_next_request_is_unaffect
     let good = case("public-completed-isolation");
     let key = server.key.clone();
     let json = [("Content-Type", "application/json"), ("X-API-Key", key.as_str())];
-    let cases: Vec<(&str, u16, Box<dyn Fn() -> common::Answer>)> = vec![
+    type Send<'a> = Box<dyn Fn() -> common::Answer + 'a>;
+    let cases: Vec<(&str, u16, Send)> = vec![
         ("malformed JSON", 400, Box::new(|| server.post(b"{\"job_details\": "))),
         ("not an object", 400, Box::new(|| server.post(b"[1,2,3]"))),
         ("invalid UTF-8", 400, Box::new(|| server.post(b"{\"a\": \"\xff\xfe\"}"))),

@@ -77,8 +77,7 @@ fn mutate(body: &mut Value, rng: &mut Rng) {
 
 #[test]
 fn mutated_bodies_never_make_a_rule_fail_or_the_pipeline_panic() {
-    let mut config = flowgate::config::Config::default();
-    config.rules_dir = common::repo();
+    let config = flowgate::config::Config { rules_dir: common::repo(), ..Default::default() };
     let set = flowgate::ruleset::load(&config).unwrap();
     let client = Client { name: "m".into(), sip_id: "DEMO".into(), key_id: "m".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false };
     let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());

@@ -4,43 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flowgate");
-
-fn serve(data: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--rules-dir")
-        .arg(common::repo())
-        .env("FLOWGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("server output").unwrap();
-        if let Some(addr) = line.strip_prefix("flowgate listening on http://") {
-            std::thread::spawn(move || for _ in lines.by_ref() {});
-            return (child, addr.parse().unwrap());
-        }
-    }
-}
-
 #[test]
 fn sigterm_under_load_exits_zero_in_time_and_keeps_every_acknowledged_request() {
     let data = common::temp_dir("sigterm");
-    let out = Command::new(BIN).args(["keys", "add", "--name", "Load", "--sip-id", "DEMO", "--rate", "100000", "--burst", "100000", "--data-dir"]).arg(&data).output().unwrap();
-    let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
-    let (mut child, addr) = serve(&data);
+    let key = common::add_key_cli(&data, "Load");
+    let (mut child, addr) = common::serve_binary(&data, &[]);
     let body: serde_json::Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases/public-energisation-only/request.json")).unwrap()).unwrap();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,7 +52,7 @@ fn sigterm_under_load_exits_zero_in_time_and_keeps_every_acknowledged_request() 
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 10, "the load got {} answers", acknowledged.len());
     // Restart: every acknowledged request is there.
-    let (mut child, addr) = serve(&data);
+    let (mut child, addr) = common::serve_binary(&data, &[]);
     for id in &acknowledged {
         let a = common::request(addr, "GET", &format!("/v4/sip/{id}"), &[("X-API-Key", &key)], b"");
         assert_eq!(a.status, 200, "request {id} is missing after the restart");

@@ -13,8 +13,7 @@ use libfuzzer_sys::fuzz_target;
 fn set() -> &'static RuleSet {
     static SET: OnceLock<RuleSet> = OnceLock::new();
     SET.get_or_init(|| {
-        let mut config = flowgate::config::Config::default();
-        config.rules_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = flowgate::config::Config { rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), ..Default::default() };
         flowgate::ruleset::load(&config).unwrap_or_else(|e| panic!("rule set: {e}"))
     })
 }

@@ -2,7 +2,7 @@
 //! HTTP/1.1 client (one request per connection), so tests need no client crate.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,12 +132,13 @@ impl TestServer {
     }
 
     pub fn start_in(data: PathBuf, configure: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.data_dir = data.clone();
-        config.rules_dir = repo();
-        config.reload.poll_ms = 100;
-        config.reload.debounce_ms = 100;
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data.clone(),
+            rules_dir: repo(),
+            reload: flowgate::config::Reload { poll_ms: 100, debounce_ms: 100 },
+            ..Config::default()
+        };
         configure(&mut config);
         // One test key (added once per data folder), at a rate no test reaches by accident.
         let keys_path = config.keys_path();
@@ -229,4 +230,47 @@ pub fn usr_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The built `flowgate` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_flowgate");
+
+/// `flowgate keys add` into a data folder; the key it prints.
+pub fn add_key_cli(data: &Path, name: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["keys", "add", "--name", name, "--sip-id", "DEMO", "--rate", "100000", "--burst", "100000", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_string()
+}
+
+/// Starts the real binary, `flowgate serve` on a free loopback port with `extra` arguments;
+/// returns the child (the caller kills and waits for it) and its address.
+#[allow(clippy::zombie_processes)]
+pub fn serve_binary(data: &Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--rules-dir")
+        .arg(repo())
+        .args(extra)
+        .env("FLOWGATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        let line = lines.next().expect("server output").unwrap();
+        if let Some(addr) = line.strip_prefix("flowgate listening on http://") {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return (child, addr.parse().unwrap());
+        }
+    }
 }
