@@ -467,6 +467,15 @@ pub struct Envelope {
     pub object_name: String,
 }
 
+/// Appends one record: each field followed by `|`, then the line ending.
+pub fn push_record(out: &mut String, fields: &[&str], eol: &str) {
+    for f in fields {
+        out.push_str(f);
+        out.push('|');
+    }
+    out.push_str(eol);
+}
+
 impl FlowBody {
     /// `<to role><to MPID>` as the answer shows it: `X/TEST`.
     pub fn to_label(&self) -> String {
@@ -478,13 +487,7 @@ impl FlowBody {
         let eol = if env.crlf { "\r\n" } else { "\n" };
         let ts = crate::clock::dtc_datetime(crate::clock::london(created));
         let mut out = String::new();
-        let mut line = |fields: &[&str]| {
-            for f in fields {
-                out.push_str(f);
-                out.push('|');
-            }
-            out.push_str(eol);
-        };
+        let mut line = |fields: &[&str]| push_record(&mut out, fields, eol);
         let flow_version = format!("{}{}", self.flow, self.version);
         line(&["ZHV", file_id, &flow_version, &self.from_role, &self.from_mpid, &self.to_role, &self.to_mpid, &ts, "", "", "", &env.test_flag]);
         for r in &self.records {

@@ -99,13 +99,7 @@ impl ParsedFlow {
     pub fn to_bytes(&self) -> Vec<u8> {
         let eol = if self.crlf { "\r\n" } else { "\n" };
         let mut out = String::new();
-        let mut line = |fields: &[&str]| {
-            for f in fields {
-                out.push_str(f);
-                out.push('|');
-            }
-            out.push_str(eol);
-        };
+        let mut line = |fields: &[&str]| crate::flows::push_record(&mut out, fields, eol);
         let h = &self.header;
         let flow_version = format!("{}{}", h.flow, h.version);
         line(&[

@@ -195,6 +195,8 @@ const LONG_STRING: usize = 4096;
 pub fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
     let mut engine = Engine::new();
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    // No evaluating strings as scripts: every rule is compiled (and checked) when the set loads.
+    engine.disable_symbol("eval");
     engine.on_print(|_| {});
     engine.on_debug(|_, _, _| {});
     engine.set_max_operations(limits.max_operations);
