@@ -266,6 +266,14 @@ fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
     r
 }
 
+/// A problem the rule set decided: it names the revision (200s carry it already).
+fn decided(p: &Problem, instance: &str, request_id: &str, revision: &str) -> Answer {
+    let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = p.body(instance, request_id);
+    body["ruleset"] = Value::String(revision.to_string());
+    json_answer(status, "application/problem+json", &body)
+}
+
 fn with_limit_headers(mut r: Answer, d: &Limit) -> Answer {
     if let Ok(v) = HeaderValue::from_str(&d.policy_header()) {
         r.headers_mut().insert("ratelimit-policy", v);
@@ -397,12 +405,12 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
                 app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &e.rule)], 1.0);
             }
             tracing::info!(status = 400, findings = errors.len(), "rejected");
-            problem(&Problem::Invalid(errors), instance, request_id)
+            decided(&Problem::Invalid(errors), instance, request_id, &set.revision)
         }
         Verdict::Failed(f) => {
             app.metrics.inc("flowgate_rule_failures_total", "Rules that failed at run time", &[("rule", &f.rule)], 1.0);
             tracing::error!(status = 500, rule = %f.rule, error = %f.message, "a rule failed at run time");
-            problem(&Problem::RuleFailed { rule: f.rule }, instance, request_id)
+            decided(&Problem::RuleFailed { rule: f.rule }, instance, request_id, &set.revision)
         }
         Verdict::Accepted(a) => {
             for w in &a.warnings {

@@ -58,6 +58,7 @@ fn every_golden_case_gets_its_answer_over_http() {
             if got != want {
                 failures.push(format!("{name}: pointers {got:?}, want {want:?}"));
             }
+            assert!(body["ruleset"].as_str().is_some_and(|s| !s.is_empty()), "{name}: a 400 names the rule set");
             for e in body["errors"].as_array().unwrap() {
                 assert!(e["rule"].as_str().is_some_and(|r| !r.is_empty()) && e["message"].as_str().is_some_and(|m| !m.is_empty()));
             }
