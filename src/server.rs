@@ -395,6 +395,11 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
         Ok(b) => b,
         Err(p) => return problem(&p, instance, request_id),
     };
+    // The same body again for a job already accepted gets the first answer, whatever the rules
+    // say now, without deciding it again.
+    if let Some(first) = earlier_answer(app, client, &body) {
+        return replayed(&first);
+    }
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
     tracing::Span::current().record("ruleset", set.revision.as_str());
@@ -445,12 +450,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
                     tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
                     json_answer(StatusCode::OK, "application/json", &record.answer)
                 }
-                Ok(AcceptOutcome::Replayed(record)) => {
-                    tracing::info!(status = 200, first = %record.request_id, "idempotent replay");
-                    let mut r = json_answer(StatusCode::OK, "application/json", &record.answer);
-                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    r
-                }
+                Ok(AcceptOutcome::Replayed(record)) => replayed(&record),
                 Ok(AcceptOutcome::Conflict { request_id: first }) => {
                     tracing::info!(status = 409, first = %first, "job_id conflict");
                     problem(&Problem::Conflict { request_id: first }, instance, request_id)
@@ -462,6 +462,21 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             }
         }
     }
+}
+
+/// The first answer to this very body, if the client's job was accepted before.
+fn earlier_answer(app: &App, client: &Client, body: &[u8]) -> Option<crate::store::RequestRecord> {
+    let value = crate::pipeline::parse(body).ok()?;
+    let job_id = value.pointer("/job_details/job_id")?.as_str()?;
+    let first = app.store.job(&client.name, job_id).ok()??;
+    (first.body_hash == crate::pipeline::canonical_hash(&value)).then_some(first)
+}
+
+fn replayed(record: &crate::store::RequestRecord) -> Answer {
+    tracing::info!(status = 200, first = %record.request_id, "idempotent replay");
+    let mut r = json_answer(StatusCode::OK, "application/json", &record.answer);
+    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    r
 }
 
 fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
@@ -493,12 +508,26 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
         Ok(v) => v,
         Err(_) => return problem(&Problem::StoreUnavailable, &instance, request_id),
     };
+    // The job archive settles which instance owns the job; `duplicate_of` names the winner.
+    let archive = match record.archive.as_deref().map(|a| app.store.outbox_file(a)) {
+        Some(Ok(Some(f))) => json!({
+            "object": f.object,
+            "state": f.state,
+            "attempts": f.attempts,
+            "delivered_at": f.delivered_at,
+            "last_error": f.last_error,
+        }),
+        Some(Err(_)) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+        _ => Value::Null,
+    };
     let body = json!({
         "request_id": record.request_id,
         "job_id": record.job_id,
         "received_at": record.received_at,
         "answer": record.answer,
         "flows": flows,
+        "archive": archive,
+        "duplicate_of": record.duplicate_of,
         "incoming": incoming,
     });
     json_answer(StatusCode::OK, "application/json", &body)
@@ -535,7 +564,12 @@ fn metrics(app: &App) -> Answer {
     m.set("flowgate_flows_found_delivered", "Flow files found already delivered (same bytes)", &[], d.already_there.load(Relaxed) as f64);
     m.set("flowgate_flow_delivery_failures", "Failed delivery attempts since start", &[], d.failed_attempts.load(Relaxed) as f64);
     m.set("flowgate_flow_conflicts", "Objects found with different bytes (alarms)", &[], d.conflicts.load(Relaxed) as f64);
-    let mut r = Response::new(Full::new(Bytes::from(m.render())));
+    m.set("flowgate_job_archives_delivered", "Job archives written (or found with the same bytes) since start", &[], d.archived.load(Relaxed) as f64);
+    m.set("flowgate_job_duplicates", "Requests whose job another instance had archived first (flows not sent)", &[], d.duplicates.load(Relaxed) as f64);
+    // Per-flow delivery counters live with the dispatcher; the names differ, so appending is safe.
+    let mut text = m.render();
+    text.push_str(&d.metrics.render());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }
@@ -595,10 +629,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sy
 /// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, and the
 /// inbound poller.
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let sink = match app.config.sink.kind.as_str() {
-        "local" => crate::dispatch::Sink::Local(crate::dispatch::LocalSink::new(app.config.data_dir.join("dtn"))),
-        other => return Err(format!("sink {other} is not built into this binary")),
-    };
+    let sink = crate::dispatch::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
     let backoff = crate::dispatch::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
