@@ -5,7 +5,8 @@
 -- MODE "unique" (the default) gives every request its own job_details.job_id
 -- ("<job_id>-<run>-<thread>-<counter>"), so each one is decided and stored: the gateway is
 -- idempotent by job_id and the same body again is only a replay. MODE "replay" sends the body
--- unchanged, which measures that replay path. done() prints the percentiles as one line that
+-- unchanged, which measures that replay path. MODE "get" sends `GET /` (the hello-world
+-- baseline's classic request). done() prints the percentiles as one line that
 -- load.sh parses.
 
 local threads = {}
@@ -39,6 +40,8 @@ function init(args)
    after = body:sub(vstart + #value)
    if mode == "replay" then
       fixed = wrk.format("POST", "/v4/sip", headers(), body)
+   elseif mode == "get" then
+      fixed = wrk.format("GET", "/")
    end
 end
 

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: unit, golden, HTTP, reload and crash tests.
+# The whole test suite, as CI runs it: unit, golden, HTTP, reload, crash and S3 tests.
+#
+# The S3 tests need a real object store: a single-node Ceph (scripts/ceph.sh) is started first
+# (installed and initialised on a fresh machine, as root) and stopped again on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --all-targets
-cargo test --all-targets -- --test-threads 2
+
+out=$(scripts/ceph.sh start) || exit 1
+eval "$out"
+log=$(mktemp)
+trap 'rm -f "$log"; scripts/ceph.sh stop || echo "test.sh: could not stop Ceph" >&2' EXIT
+
+# Two test threads (2-core machines); output not captured, so the fault tests' counts show.
+# Set through the environment rather than `-- --test-threads 2`: the criterion bench, run once
+# as a test, takes no libtest flags.
+RUST_TEST_THREADS=2 RUST_TEST_NOCAPTURE=1 cargo test --all-targets 2>&1 | tee "$log"
+# One closing line for the whole suite (the last target, an example, runs no test of its own).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"

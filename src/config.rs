@@ -1,7 +1,11 @@
 //! Configuration: one YAML file, every key optional, unknown keys rejected.
 //!
 //! Precedence, lowest first: built-in defaults, the file (`--config`), environment variables
-//! (`FLOWGATE_LISTEN`, `FLOWGATE_DATA_DIR`, `FLOWGATE_RULES_DIR`), command-line flags.
+//! (`FLOWGATE_LISTEN`, `FLOWGATE_DATA_DIR`, `FLOWGATE_RULES_DIR`, and for the S3 sink
+//! `FLOWGATE_S3_ENDPOINT` and `FLOWGATE_S3_BUCKET`), command-line flags.
+//!
+//! S3 credentials are not configuration: they come from the standard AWS environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`), see [`crate::s3`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -107,10 +111,13 @@ pub struct SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
+    /// `http(s)://host:port` of a self-hosted store (Ceph RGW); absent: AWS S3 for `region`.
     pub endpoint: Option<String>,
     pub region: String,
     pub bucket: String,
+    /// Put before every object name (`site-a/` → `site-a/out/...`); a `/` is added if missing.
     pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as self-hosted stores need.
     pub path_style: bool,
 }
 
@@ -241,6 +248,12 @@ impl Config {
         if let Ok(v) = std::env::var("FLOWGATE_RULES_DIR") {
             config.rules_dir = v.into();
         }
+        if let Ok(v) = std::env::var("FLOWGATE_S3_ENDPOINT") {
+            config.sink.s3.endpoint = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Ok(v) = std::env::var("FLOWGATE_S3_BUCKET") {
+            config.sink.s3.bucket = v;
+        }
         config.check()?;
         Ok(config)
     }
@@ -271,6 +284,20 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format must be text or json".into()));
+        }
+        if self.sink.kind == "s3" {
+            let s3 = &self.sink.s3;
+            if s3.bucket.is_empty() {
+                return Err(ConfigError::Invalid("sink.s3.bucket must be set".into()));
+            }
+            if let Some(e) = &s3.endpoint {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return Err(ConfigError::Invalid("sink.s3.endpoint must start with http:// or https://".into()));
+                }
+            }
+            if s3.prefix.starts_with('/') || s3.prefix.split('/').any(|p| p == "." || p == "..") {
+                return Err(ConfigError::Invalid("sink.s3.prefix must be relative, without . or .. parts".into()));
+            }
         }
         if self.dispatch.concurrency == 0 {
             return Err(ConfigError::Invalid("dispatch.concurrency must be at least 1".into()));

@@ -1,18 +1,24 @@
-//! Delivery: takes flow files from the durable outbox and writes each to the sink exactly once.
+//! Delivery: takes files from the durable outbox and writes each to the sink exactly once.
 //!
 //! Each file goes out with one create-only write under its deterministic object name. If the
 //! name is already taken, the existing bytes are read: the same bytes mean it was delivered
 //! (by an earlier attempt that died before recording it); different bytes are an alarm, never an
 //! overwrite. Failures back off exponentially with jitter; results are recorded durably, so a
 //! restart resumes where it stopped. Accepting requests never waits on the sink.
-
+//!
+//! A request's job archive (`jobs/<client>/<job id>.json`) goes first, and its flows only once the
+//! archive is known delivered: created now, or found with the same bytes. The archive name is the
+//! same on every instance, so when two instances accepted the same job only one archive write
+//! wins; the loser finds different bytes, records whose request won (`duplicate_of`) and never
+//! sends its flows.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::store::{Delivery, Store};
+use crate::metrics::Metrics;
+use crate::store::{Delivery, DeliveryState, FileKind, OutboxFile, Store};
 
 /// What a create-only write found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +26,8 @@ pub enum PutOutcome {
     Created,
     /// The object was there already with the same bytes.
     AlreadyThere,
-    /// The object was there with different bytes.
-    Different,
+    /// The object was there with different bytes: these.
+    Different(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +77,7 @@ impl LocalSink {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let existing = std::fs::read(&path).map_err(err)?;
-                Ok(if existing == bytes { PutOutcome::AlreadyThere } else { PutOutcome::Different })
+                Ok(if existing == bytes { PutOutcome::AlreadyThere } else { PutOutcome::Different(existing) })
             }
             Err(e) => Err(err(e)),
         }
@@ -90,13 +96,23 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Where flow files go.
+/// Where flow files and job archives go.
 #[derive(Clone)]
 pub enum Sink {
     Local(LocalSink),
+    S3(crate::s3::S3Sink),
 }
 
 impl Sink {
+    /// The sink `sink.kind` names: the local folder `<data_dir>/dtn/`, or the S3 bucket.
+    pub fn from_config(config: &crate::config::Config) -> Result<Sink, SinkError> {
+        match config.sink.kind.as_str() {
+            "local" => Ok(Sink::Local(LocalSink::new(config.data_dir.join("dtn")))),
+            "s3" => Ok(Sink::S3(crate::s3::S3Sink::new(&config.sink.s3)?)),
+            other => Err(SinkError(format!("sink {other} is not built into this binary"))),
+        }
+    }
+
     pub async fn put_if_absent(&self, name: &str, bytes: Vec<u8>) -> Result<PutOutcome, SinkError> {
         match self {
             Sink::Local(l) => {
@@ -105,17 +121,41 @@ impl Sink {
                     .await
                     .map_err(|e| SinkError(e.to_string()))?
             }
+            Sink::S3(s) => s.put_if_absent(name, bytes).await,
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, SinkError> {
+        match self {
+            Sink::Local(l) => {
+                let (l, name) = (l.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || l.get(&name)).await.map_err(|e| SinkError(e.to_string()))?
+            }
+            Sink::S3(s) => s.get(name).await,
         }
     }
 }
 
 /// Counters of delivery, for metrics and the closing figures.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DispatchStats {
     pub delivered: AtomicU64,
     pub already_there: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub conflicts: AtomicU64,
+    /// Job archives written (or found with the same bytes).
+    pub archived: AtomicU64,
+    /// Requests whose job another instance had archived first: their flows are not sent.
+    pub duplicates: AtomicU64,
+    /// Per-flow counters (`flowgate_flows_delivered_total{flow}` and the like), rendered with
+    /// the server's metrics.
+    pub metrics: Metrics,
+}
+
+impl DispatchStats {
+    fn count(&self, name: &str, help: &'static str, flow: &str) {
+        self.metrics.inc(name, help, &[("flow", flow)], 1.0);
+    }
 }
 
 /// Settings of the dispatcher.
@@ -136,6 +176,32 @@ impl Backoff {
     }
 }
 
+/// Whether a request's flows may go: its archive is delivered, or it has none (stored before
+/// job archives existed). Answers are kept for one pass of the loop.
+fn archive_cleared(store: &Store, request_id: &str, seen: &mut HashMap<String, bool>) -> bool {
+    if let Some(ok) = seen.get(request_id) {
+        return *ok;
+    }
+    let ok = match store.archive_state(request_id) {
+        Ok(None) => true,
+        Ok(Some(state)) => state == DeliveryState::Delivered,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a request's archive state");
+            false
+        }
+    };
+    seen.insert(request_id.to_string(), ok);
+    ok
+}
+
+/// What one attempt was about, carried through the join.
+struct Attempt {
+    object: String,
+    flow: String,
+    kind: FileKind,
+    request_id: String,
+}
+
 /// Runs until `shutdown` fires: delivers pending files, `concurrency` at a time.
 pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff, stats: Arc<DispatchStats>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut not_before: HashMap<String, (u32, Instant)> = HashMap::new();
@@ -151,36 +217,66 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
                 Vec::new()
             }
         };
-        let due: Vec<_> = batch.into_iter().filter(|f| not_before.get(&f.object).is_none_or(|(_, t)| *t <= now)).collect();
+        let mut cleared = HashMap::new();
+        let due: Vec<OutboxFile> = batch
+            .into_iter()
+            .filter(|f| not_before.get(&f.object).is_none_or(|(_, t)| *t <= now))
+            .filter(|f| f.kind == FileKind::Archive || archive_cleared(&store, &f.request_id, &mut cleared))
+            .collect();
         let mut results = Vec::new();
-        for chunk in due.chunks(concurrency) {
+        for chunk in due.chunks(concurrency.max(1)) {
+            if *shutdown.borrow() {
+                break;
+            }
             let mut set = tokio::task::JoinSet::new();
             for f in chunk {
-                let (sink, name, bytes) = (sink.clone(), f.object.clone(), f.content.clone().into_bytes());
+                let sink = sink.clone();
+                let bytes = f.content.clone().into_bytes();
+                let attempt = Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() };
                 set.spawn(async move {
-                    let r = sink.put_if_absent(&name, bytes).await;
-                    (name, r)
+                    let r = sink.put_if_absent(&attempt.object, bytes).await;
+                    (attempt, r)
                 });
             }
             while let Some(joined) = set.join_next().await {
-                let Ok((name, r)) = joined else { continue };
+                let Ok((attempt, r)) = joined else { continue };
                 let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-                let delivery = match r {
-                    Ok(PutOutcome::Created) => {
+                let name = attempt.object.clone();
+                let delivery = match (attempt.kind, r) {
+                    (FileKind::Archive, Ok(PutOutcome::Created | PutOutcome::AlreadyThere)) => {
+                        stats.archived.fetch_add(1, Ordering::Relaxed);
+                        Delivery::Delivered { at }
+                    }
+                    (FileKind::Archive, Ok(PutOutcome::Different(existing))) => {
+                        // Another instance accepted this job first: its flows are the ones sent.
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        let winner = crate::store::archive_request_id(&existing).unwrap_or_else(|| "unknown (not a flowgate job archive)".into());
+                        if winner == attempt.request_id {
+                            tracing::error!(object = %name, "ALARM: the job archive holds different bytes under this request's own id");
+                        }
+                        tracing::warn!(object = %name, request = %attempt.request_id, duplicate_of = %winner, "job already accepted by another instance; this request's flows are not sent");
+                        Delivery::Duplicate { winner }
+                    }
+                    (FileKind::Flow, Ok(PutOutcome::Created)) => {
                         stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        stats.count("flowgate_flows_delivered_total", "Flow files delivered, by flow", &attempt.flow);
                         Delivery::Delivered { at }
                     }
-                    Ok(PutOutcome::AlreadyThere) => {
+                    (FileKind::Flow, Ok(PutOutcome::AlreadyThere)) => {
                         stats.already_there.fetch_add(1, Ordering::Relaxed);
+                        stats.count("flowgate_flows_delivered_total", "Flow files delivered, by flow", &attempt.flow);
                         Delivery::Delivered { at }
                     }
-                    Ok(PutOutcome::Different) => {
+                    (FileKind::Flow, Ok(PutOutcome::Different(_))) => {
                         stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                        stats.count("flowgate_flow_conflicts_total", "Flow files found with different bytes in the store (alarms), by flow", &attempt.flow);
                         tracing::error!(object = %name, "ALARM: the store holds different bytes under this object name; not overwritten");
                         Delivery::Conflict { error: "the store holds different bytes under this name".into() }
                     }
-                    Err(e) => {
+                    (kind, Err(e)) => {
                         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        let label = if kind == FileKind::Archive { "archive" } else { attempt.flow.as_str() };
+                        stats.count("flowgate_flow_delivery_failures_total", "Failed delivery attempts, by flow (archive: job archives)", label);
                         let entry = not_before.entry(name.clone()).or_insert((0, now));
                         entry.0 += 1;
                         entry.1 = Instant::now() + backoff.delay(entry.0);
@@ -214,4 +310,131 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
 
 fn results_pending_now(store: &Store) -> bool {
     store.pending_count().map(|n| n > 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::{Envelope, FlowBody};
+    use crate::store::{AcceptOutcome, NewRequest};
+
+    fn request(request_id: &str, job_id: &str) -> NewRequest {
+        let flow = FlowBody {
+            flow: "D0396".into(),
+            version: "001".into(),
+            from_role: "M".into(),
+            from_mpid: "DEMO".into(),
+            to_role: "X".into(),
+            to_mpid: "TEST".into(),
+            records: vec![vec!["04A".into(), "1234".into()]],
+            top_level: 1,
+        };
+        NewRequest {
+            request_id: request_id.into(),
+            client: "Test SIP".into(),
+            key_id: "k".into(),
+            job_id: job_id.into(),
+            body_hash: "h".into(),
+            body: bytes::Bytes::from_static(b"{\"job_details\": {\"job_id\": \"J\"}}"),
+            scenario: "S01".into(),
+            scenario_name: "s".into(),
+            warnings: vec![],
+            flows: vec![flow],
+            ruleset: "r".into(),
+            envelope: Envelope { test_flag: "TR01".into(), crlf: false, object_name: "out/{to_role}{to_mpid}/{flow}_{from_mpid}_{file_id}.usr".into() },
+            now: time::OffsetDateTime::UNIX_EPOCH,
+            sip_id: "DEMO".into(),
+            mpan: String::new(),
+            date_of_action: String::new(),
+        }
+    }
+
+    /// Runs a dispatcher on `store` until its outbox is empty.
+    async fn drain(store: &Store, sink: &Sink) -> Arc<DispatchStats> {
+        let stats = Arc::new(DispatchStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let backoff = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(50) };
+        let task = tokio::spawn(run(store.clone(), sink.clone(), 4, backoff, stats.clone(), stopped));
+        for _ in 0..500 {
+            if store.pending_count().unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.pending_count().unwrap(), 0);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        stats
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_job_archive_goes_first_and_the_second_instance_with_the_same_job_sends_nothing() {
+        let dir = std::env::temp_dir().join(format!("flowgate-dispatch-{}", ulid::Ulid::new()));
+        let sink = Sink::Local(LocalSink::new(dir.join("dtn")));
+        let a = Store::open(&dir.join("a"), "A1").unwrap();
+        let b = Store::open(&dir.join("b"), "B2").unwrap();
+        let AcceptOutcome::Accepted(ra) = a.accept(request("REQ-A", "J1")).await.unwrap() else { panic!("not accepted") };
+        let AcceptOutcome::Accepted(rb) = b.accept(request("REQ-B", "J1")).await.unwrap() else { panic!("not accepted") };
+        let archive = ra.archive.clone().unwrap();
+        assert!(archive.starts_with("jobs/test-sip-") && archive.ends_with("/J1.json"), "{archive}");
+        assert_eq!(a.archive_state("REQ-A").unwrap(), Some(DeliveryState::Queued));
+
+        let sa = drain(&a, &sink).await;
+        assert_eq!((sa.archived.load(Ordering::Relaxed), sa.delivered.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(a.outbox_file(&ra.objects[0]).unwrap().unwrap().state, DeliveryState::Delivered);
+        assert_eq!(a.outbox_file(&archive).unwrap().unwrap().content, "", "a settled archive keeps no copy of the body");
+
+        let sb = drain(&b, &sink).await;
+        assert_eq!((sb.duplicates.load(Ordering::Relaxed), sb.delivered.load(Ordering::Relaxed)), (1, 0));
+        let lost = b.request("REQ-B").unwrap().unwrap();
+        assert_eq!(lost.duplicate_of.as_deref(), Some("REQ-A"));
+        assert_eq!(b.outbox_file(&rb.objects[0]).unwrap().unwrap().state, DeliveryState::Duplicate);
+        assert_eq!(b.archive_state("REQ-B").unwrap(), Some(DeliveryState::Duplicate));
+
+        // Only instance A's flow file is in the sink, beside the one archive (which names REQ-A).
+        let sink_files = |sub: &str| std::fs::read_dir(dir.join("dtn").join(sub)).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(sink_files("out/XTEST"), 1);
+        assert!(LocalSink::new(dir.join("dtn")).get(&rb.objects[0]).unwrap().is_none());
+        let stored = LocalSink::new(dir.join("dtn")).get(&archive).unwrap().unwrap();
+        assert_eq!(crate::store::archive_request_id(&stored).as_deref(), Some("REQ-A"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flows_wait_while_their_archive_cannot_be_written() {
+        let dir = std::env::temp_dir().join(format!("flowgate-dispatch-{}", ulid::Ulid::new()));
+        // A file where the `jobs/` folder should be: every archive write fails.
+        std::fs::create_dir_all(dir.join("dtn")).unwrap();
+        std::fs::write(dir.join("dtn/jobs"), b"in the way").unwrap();
+        let sink = Sink::Local(LocalSink::new(dir.join("dtn")));
+        let store = Store::open(&dir.join("a"), "A1").unwrap();
+        let AcceptOutcome::Accepted(r) = store.accept(request("REQ-A", "J1")).await.unwrap() else { panic!("not accepted") };
+        let stats = Arc::new(DispatchStats::default());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let backoff = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(50) };
+        let task = tokio::spawn(run(store.clone(), sink.clone(), 4, backoff, stats.clone(), stopped));
+        for _ in 0..500 {
+            if stats.failed_attempts.load(Ordering::Relaxed) >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(stats.failed_attempts.load(Ordering::Relaxed) >= 3);
+        assert_eq!(store.archive_state("REQ-A").unwrap(), Some(DeliveryState::Failing));
+        assert_eq!(store.outbox_file(&r.objects[0]).unwrap().unwrap().state, DeliveryState::Queued, "no flow before its archive");
+        assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        std::fs::remove_file(dir.join("dtn/jobs")).unwrap();
+        let stats = drain(&store, &sink).await;
+        assert_eq!((stats.archived.load(Ordering::Relaxed), stats.delivered.load(Ordering::Relaxed)), (1, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn outbox_files_written_before_archives_existed_still_read_as_flows() {
+        let old = r#"{"request_id":"R","flow":"D0396","to":"X/TEST","file_id":"FG00000001","object":"out/x.usr","content":"ZHV|","state":"queued"}"#;
+        let f: OutboxFile = serde_json::from_str(old).unwrap();
+        assert_eq!(f.kind, FileKind::Flow);
+    }
 }

@@ -14,7 +14,9 @@
 //!   and hot-reloads it whole through arc-swap.
 //! - [`store`]: the durable store (redb): requests, idempotency, file ids, the outbox;
 //!   group commit so concurrent requests share an fsync.
-//! - [`dispatch`]: delivers outbox files to the sink (a local DTN folder, or S3) exactly once.
+//! - [`dispatch`]: delivers outbox files to the sink (a local DTN folder, or S3) exactly once;
+//!   a request's job archive first, which settles which instance owns a job.
+//! - [`s3`]: the S3 sink (aws-sdk-s3): create-only `PutObject` with `If-None-Match: *`.
 //! - [`reader`]: the DTC reader: a flow file to a typed tree, or findings with line numbers.
 //! - [`inbound`]: polls the DTN inbox, reads each file, matches D0126/D0002 to accepted requests.
 //! - [`config`]: the YAML configuration and its defaults.
@@ -41,6 +43,7 @@ pub mod problem;
 pub mod reader;
 pub mod rules;
 pub mod ruleset;
+pub mod s3;
 pub mod server;
 pub mod store;
 pub mod validate;

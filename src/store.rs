@@ -5,11 +5,17 @@
 //! A request's record, its body, its job-id claim, its file ids and its rendered flow files (the
 //! outbox) are committed together: a 200 is only sent after that commit returns.
 //!
+//! Each accepted request also puts its job archive in the outbox, in the same commit: one
+//! create-only object `jobs/<client>/<job id>.json` holding a JSON envelope (request id, instance
+//! prefix, client, job id, time received, the body). Its name is the same on every instance, so
+//! the store it is delivered to decides which instance's request owns a job (see [`crate::dispatch`]).
+//!
 //! Tables: `requests` (id → record), `bodies` (id → raw body), `jobs` (client + job id → id),
-//! `outbox` (object name → file), `pending` (object names not yet delivered), `meta` (the file
-//! id counter), `mpans` (MPAN + request id → SIP ID and date of action, to match incoming
-//! flows), `incoming` (request id + file name → the matched incoming flow), `inbound_seen`
-//! (file name + SHA-256 → what became of an inbound file, so a file is recorded once).
+//! `outbox` (object name → file: flows and job archives), `pending` (object names not yet
+//! delivered), `meta` (the file id counter), `mpans` (MPAN + request id → SIP ID and date of
+//! action, to match incoming flows), `incoming` (request id + file name → the matched incoming
+//! flow), `inbound_seen` (file name + SHA-256 → what became of an inbound file, so a file is
+//! recorded once).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,14 +61,31 @@ impl<T, E: std::fmt::Display> Db<T> for Result<T, E> {
     }
 }
 
-/// A flow file in the outbox.
+/// What an outbox file is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A request's job archive: goes first; its flows wait until it is delivered.
+    Archive,
+    /// A DTC flow file.
+    #[default]
+    Flow,
+}
+
+/// A file in the outbox: a flow file or a job archive.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutboxFile {
     pub request_id: String,
+    /// `flow` (the default, so stores written before archives existed still read) or `archive`.
+    #[serde(default)]
+    pub kind: FileKind,
+    /// The flow id (D0139...); `archive` for a job archive.
     pub flow: String,
     pub to: String,
     pub file_id: String,
     pub object: String,
+    /// The bytes to deliver. A job archive's are dropped once it is settled (the body stays in
+    /// `bodies`), so the outbox keeps no second copy of photos.
     pub content: String,
     pub state: DeliveryState,
     #[serde(default)]
@@ -81,6 +104,9 @@ pub enum DeliveryState {
     Failing,
     /// The store already held different bytes under this name: never overwritten; an alarm.
     Conflict,
+    /// Another instance had accepted the same job first (its job archive was there with other
+    /// bytes): never sent.
+    Duplicate,
 }
 
 /// An accepted request as stored.
@@ -96,6 +122,13 @@ pub struct RequestRecord {
     pub answer: Value,
     /// Object names of its flow files.
     pub objects: Vec<String>,
+    /// Object name of its job archive (absent in stores written before archives existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// The request (of another instance) that owns this job: set when this request's archive
+    /// found that one's; its flows are then never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 /// What to store for an accepted request.
@@ -160,10 +193,13 @@ pub enum Delivery {
     Delivered { at: String },
     Failed { error: String },
     Conflict { error: String },
+    /// A job archive found another request's archive: `winner` is that request's id.
+    Duplicate { winner: String },
 }
 
 enum Job {
-    Accept(Box<NewRequest>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
+    /// A request and its job archive's bytes.
+    Accept(Box<(NewRequest, String)>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
     Mark(Vec<(String, Delivery)>, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     /// An inbound file's outcome and matches; the reply says whether it was new.
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
@@ -202,6 +238,78 @@ fn job_key(client: &str, job_id: &str) -> String {
     format!("{client}\u{1f}{job_id}")
 }
 
+/// A client name as one object-key segment: lower-case `[a-z0-9-]`. A name that is not already
+/// in that form gets a short hash of the exact name, so two different names never share a key.
+pub fn safe_client(name: &str) -> String {
+    use sha2::Digest;
+    let mut slug = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-').to_string();
+    if slug == name {
+        return slug;
+    }
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let short: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    if slug.is_empty() {
+        short
+    } else {
+        format!("{slug}-{short}")
+    }
+}
+
+/// A job id as one object-key segment: `[A-Za-z0-9._-]` kept, every other byte `%XX`.
+fn safe_job_id(job_id: &str) -> String {
+    let mut out = String::new();
+    for b in job_id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !out.is_empty()) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The object name of a job's archive: the same for the same client and job id on every instance.
+pub fn archive_name(client: &str, job_id: &str) -> String {
+    format!("jobs/{}/{}.json", safe_client(client), safe_job_id(job_id))
+}
+
+/// The bytes of a job archive: `{request_id, instance, client, job_id, received_at, body}`, the
+/// body embedded as it was accepted (JSON the pipeline has parsed). A retry by the same instance
+/// writes the same bytes; another instance's request differs at least in its request id.
+pub fn archive_envelope(request_id: &str, instance: &str, client: &str, job_id: &str, received_at: &str, body: &[u8]) -> String {
+    let text = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim();
+    let body = if body.is_empty() { "null" } else { body };
+    format!(
+        "{{\"request_id\":{},\"instance\":{},\"client\":{},\"job_id\":{},\"received_at\":{},\"body\":{}}}\n",
+        text(request_id),
+        text(instance),
+        text(client),
+        text(job_id),
+        text(received_at),
+        body
+    )
+}
+
+/// The request id in a job archive's bytes, if they are one.
+pub fn archive_request_id(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        request_id: String,
+    }
+    serde_json::from_slice::<Head>(bytes).ok().map(|h| h.request_id)
+}
+
 impl Store {
     /// Opens (or creates) the store under `dir` and starts its writer thread.
     pub fn open(dir: &Path, instance_prefix: &str) -> Result<Store, StoreError> {
@@ -234,8 +342,11 @@ impl Store {
         if let Some(first) = self.job(&req.client, &req.job_id)? {
             return Ok(if first.body_hash == req.body_hash { AcceptOutcome::Replayed(first) } else { AcceptOutcome::Conflict { request_id: first.request_id } });
         }
+        // The archive's bytes (the body again, photos included) are made here, not in the writer.
+        let received_at = req.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let archive = archive_envelope(&req.request_id, &self.prefix, &req.client, &req.job_id, &received_at, &req.body);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(Job::Accept(Box::new(req), reply)).map_err(|_| StoreError::Closed)?;
+        self.tx.send(Job::Accept(Box::new((req, archive)), reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -310,6 +421,19 @@ impl Store {
         Ok(t.get(request_id).db()?.map(|v| v.value().to_vec()))
     }
 
+    /// The state of a request's job archive; `None` if the request has none (or is unknown).
+    pub fn archive_state(&self, request_id: &str) -> Result<Option<DeliveryState>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let requests = r.open_table(REQUESTS).db()?;
+        let Some(v) = requests.get(request_id).db()? else { return Ok(None) };
+        let record: RequestRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Some(name) = record.archive else { return Ok(None) };
+        let outbox = r.open_table(OUTBOX).db()?;
+        let Some(v) = outbox.get(name.as_str()).db()? else { return Ok(None) };
+        let file: OutboxFile = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(file.state))
+    }
+
     pub fn outbox_file(&self, object: &str) -> Result<Option<OutboxFile>, StoreError> {
         let r = self.db.begin_read().db()?;
         let t = r.open_table(OUTBOX).db()?;
@@ -362,7 +486,7 @@ struct Writer {
 
 /// The reply a job waits for, filled once the batch's commit is known.
 enum Pending {
-    Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Result<AcceptOutcome, StoreError>),
+    Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Box<Result<AcceptOutcome, StoreError>>),
     Mark(tokio::sync::oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Inbound(tokio::sync::oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
 }
@@ -400,12 +524,13 @@ impl Writer {
                 };
                 for job in batch {
                     match job {
-                        Job::Accept(req, reply) => {
-                            let r = self.accept_one(&mut t, *req);
+                        Job::Accept(job, reply) => {
+                            let (req, archive) = *job;
+                            let r = self.accept_one(&mut t, req, archive);
                             if matches!(r, Ok(AcceptOutcome::Accepted(_))) {
                                 accepted += 1;
                             }
-                            replies.push(Pending::Accept(reply, r));
+                            replies.push(Pending::Accept(reply, Box::new(r)));
                         }
                         Job::Mark(results, reply) => {
                             let r = mark(&mut t, results);
@@ -433,7 +558,7 @@ impl Writer {
             match p {
                 Pending::Accept(reply, r) => {
                     let _ = reply.send(match &outcome {
-                        Ok(()) => r,
+                        Ok(()) => *r,
                         Err(e) => Err(StoreError::Db(e.to_string())),
                     });
                 }
@@ -453,7 +578,7 @@ impl Writer {
         }
     }
 
-    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
+    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest, archive: String) -> Result<AcceptOutcome, StoreError> {
         let key = job_key(&req.client, &req.job_id);
         let earlier = t.jobs.get(key.as_str()).db()?.map(|v| v.value().to_string());
         if let Some(id) = earlier {
@@ -467,6 +592,26 @@ impl Writer {
         let mut flows_json = Vec::new();
         let mut objects = Vec::new();
         let seq_base = next;
+        // The job archive first, in the same commit as the flows.
+        let archive_object = archive_name(&req.client, &req.job_id);
+        if t.outbox.get(archive_object.as_str()).db()?.is_some() {
+            return Err(StoreError::Corrupt(format!("job archive {archive_object:?} is already in the outbox")));
+        }
+        let archive_file = OutboxFile {
+            request_id: req.request_id.clone(),
+            kind: FileKind::Archive,
+            flow: "archive".into(),
+            to: "archive".into(),
+            file_id: String::new(),
+            object: archive_object.clone(),
+            content: archive,
+            state: DeliveryState::Queued,
+            attempts: 0,
+            last_error: None,
+            delivered_at: None,
+        };
+        t.outbox.insert(archive_object.as_str(), serde_json::to_vec(&archive_file).db()?.as_slice()).db()?;
+        t.pending.insert(archive_object.as_str(), seq_base).db()?;
         for flow in &req.flows {
             let file_id = format!("{}{}", self.prefix, base36(next, 8));
             next += 1;
@@ -474,6 +619,7 @@ impl Writer {
             let content = flow.finish(&file_id, req.now, &req.envelope);
             let file = OutboxFile {
                 request_id: req.request_id.clone(),
+                kind: FileKind::Flow,
                 flow: flow.flow.clone(),
                 to: flow.to_label(),
                 file_id: file_id.clone(),
@@ -518,6 +664,8 @@ impl Writer {
             received_at,
             answer,
             objects,
+            archive: Some(archive_object),
+            duplicate_of: None,
         };
         t.requests.insert(req.request_id.as_str(), serde_json::to_vec(&record).db()?.as_slice()).db()?;
         t.bodies.insert(req.request_id.as_str(), req.body.as_ref()).db()?;
@@ -568,6 +716,18 @@ fn mark(t: &mut Tables<'_>, results: Vec<(String, Delivery)>) -> Result<(), Stor
                 file.delivered_at = Some(at);
                 file.last_error = None;
                 t.pending.remove(name.as_str()).db()?;
+                if file.kind == FileKind::Archive {
+                    file.content = String::new();
+                }
+            }
+            Delivery::Duplicate { winner } => {
+                file.state = DeliveryState::Duplicate;
+                file.last_error = Some(format!("the job was accepted first by request {winner}"));
+                t.pending.remove(name.as_str()).db()?;
+                if file.kind == FileKind::Archive {
+                    file.content = String::new();
+                    duplicate(t, &file.request_id, &winner)?;
+                }
             }
             Delivery::Failed { error } => {
                 file.state = DeliveryState::Failing;
@@ -584,9 +744,58 @@ fn mark(t: &mut Tables<'_>, results: Vec<(String, Delivery)>) -> Result<(), Stor
     Ok(())
 }
 
+/// A request that lost its job to another instance's: recorded on the request, and its flows
+/// leave the outbox unsent.
+fn duplicate(t: &mut Tables<'_>, request_id: &str, winner: &str) -> Result<(), StoreError> {
+    let mut record: RequestRecord = match t.requests.get(request_id).db()? {
+        Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        None => return Ok(()),
+    };
+    for object in &record.objects {
+        let mut file: OutboxFile = match t.outbox.get(object.as_str()).db()? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => continue,
+        };
+        if file.state == DeliveryState::Delivered {
+            // Sent before the archive existed (a store from before archives): nothing to undo.
+            continue;
+        }
+        file.state = DeliveryState::Duplicate;
+        file.last_error = Some(format!("not sent: the job was accepted first by request {winner}"));
+        t.pending.remove(object.as_str()).db()?;
+        t.outbox.insert(object.as_str(), serde_json::to_vec(&file).db()?.as_slice()).db()?;
+    }
+    record.duplicate_of = Some(winner.to_string());
+    t.requests.insert(request_id, serde_json::to_vec(&record).db()?.as_slice()).db()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names_are_safe_and_distinct() {
+        assert_eq!(archive_name("test-sip", "JOB-1"), "jobs/test-sip/JOB-1.json");
+        let a = archive_name("Test SIP", "a/b ..");
+        assert!(a.starts_with("jobs/test-sip-"), "{a}");
+        assert!(a.ends_with("/a%2Fb%20...json"), "{a}");
+        assert_ne!(archive_name("Test SIP", "x"), archive_name("test sip", "x"));
+        assert_ne!(archive_name("Test SIP", "x"), archive_name("test-sip", "x"));
+        assert_eq!(safe_job_id(".."), "%2E.");
+        let weird = archive_name("Ünïcode / ..", "..");
+        assert!(weird.split('/').all(|p| !p.is_empty() && p != "." && p != ".."), "{weird}");
+    }
+
+    #[test]
+    fn archive_envelopes_are_json_and_name_their_request() {
+        let e = archive_envelope("01J", "FG", "Test SIP", "JOB-1", "2025-01-01T00:00:00Z", b"{\"a\": [1, \"\\u00e9\"]}");
+        let v: Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(v["instance"], "FG");
+        assert_eq!(v["body"]["a"][1], "\u{e9}");
+        assert_eq!(archive_request_id(e.as_bytes()).as_deref(), Some("01J"));
+        assert_eq!(archive_request_id(b"not json"), None);
+    }
 
     #[test]
     fn file_ids_are_ten_characters() {

@@ -1,0 +1,503 @@
+//! Delivery to a real object store (Ceph RADOS Gateway, started by `scripts/ceph.sh`): create-only
+//! writes, a store outage, SIGKILL of the real binary mid-dispatch, two instances given the same
+//! job, and the public cases read back from the bucket. Each test writes under its own prefix.
+//!
+//! Needs `FLOWGATE_S3_ENDPOINT`, `FLOWGATE_S3_BUCKET`, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY`: `eval "$(scripts/ceph.sh start)"` (scripts/test.sh does it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowgate::config::{Config, S3Config};
+use flowgate::dispatch::PutOutcome;
+use flowgate::s3::S3Sink;
+use serde_json::Value;
+
+/// The store's endpoint and bucket from the environment; fails loudly without them.
+fn s3_env() -> (String, String) {
+    let names = ["FLOWGATE_S3_ENDPOINT", "FLOWGATE_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+    let missing: Vec<&str> = names.iter().copied().filter(|k| std::env::var(k).map_or(true, |v| v.is_empty())).collect();
+    assert!(
+        missing.is_empty(),
+        "the S3 tests need a real store, but these are not set: {missing:?}. Start the local Ceph first with\n    eval \"$(scripts/ceph.sh start)\"\n(scripts/test.sh does this, and stops it afterwards)"
+    );
+    (std::env::var("FLOWGATE_S3_ENDPOINT").unwrap(), std::env::var("FLOWGATE_S3_BUCKET").unwrap())
+}
+
+/// A prefix no other test (or earlier run) uses.
+fn unique_prefix(tag: &str) -> String {
+    format!("test-{tag}-{}/", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
+    let (_, bucket) = s3_env();
+    S3Config { endpoint: Some(endpoint.to_string()), region: "us-east-1".into(), bucket, prefix: prefix.to_string(), path_style: true }
+}
+
+/// The bucket under one prefix, read directly (not through any proxy), with its own runtime.
+struct Bucket {
+    sink: S3Sink,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    fn new(prefix: &str) -> Bucket {
+        let (endpoint, _) = s3_env();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let sink = {
+            let _guard = rt.enter();
+            S3Sink::new(&s3_config(&endpoint, prefix)).unwrap()
+        };
+        Bucket { sink, rt }
+    }
+
+    fn list(&self, under: &str) -> Vec<String> {
+        self.rt.block_on(self.sink.list(under)).unwrap()
+    }
+
+    fn get(&self, name: &str) -> Option<Vec<u8>> {
+        self.rt.block_on(self.sink.get(name)).unwrap()
+    }
+}
+
+/// Configures a test server for the S3 sink at `endpoint` under `prefix`, with quick retries.
+fn use_s3(config: &mut Config, endpoint: &str, prefix: &str) {
+    config.sink.kind = "s3".into();
+    config.sink.s3 = s3_config(endpoint, prefix);
+    config.dispatch.retry_base_ms = 50;
+    config.dispatch.retry_max_ms = 400;
+}
+
+/// A public or golden case's body with its job id replaced.
+fn body(case: &str, job_id: &str) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases").join(case).join("request.json")).unwrap()).unwrap();
+    v["job_details"]["job_id"] = Value::String(job_id.to_string());
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Accepted cases with one to four flows each.
+const CASES: [&str; 4] = ["public-energisation-only", "s01-all-flows", "public-completed-isolation", "public-aborted-dno-category-b"];
+
+/// The object names a 200 answer promises.
+fn flow_objects(answer: &Value) -> Vec<String> {
+    answer["flows"].as_array().unwrap().iter().map(|f| f["object"].as_str().unwrap().to_string()).collect()
+}
+
+/// One value from the Prometheus text (0 if absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn s3_puts_are_create_only_and_concurrent_writers_have_one_winner() {
+    let prefix = unique_prefix("put");
+    let b = Bucket::new(&prefix);
+    let s = &b.sink;
+    let (first, other) = (b"ZHV|first|\n".to_vec(), b"ZHV|other|\n".to_vec());
+    b.rt.block_on(async {
+        assert_eq!(s.put_if_absent("out/a.usr", first.clone()).await.unwrap(), PutOutcome::Created);
+        assert_eq!(s.put_if_absent("out/a.usr", first.clone()).await.unwrap(), PutOutcome::AlreadyThere);
+        assert_eq!(s.put_if_absent("out/a.usr", other.clone()).await.unwrap(), PutOutcome::Different(first.clone()));
+        assert_eq!(s.get("out/a.usr").await.unwrap(), Some(first.clone()), "never overwritten");
+        assert_eq!(s.get("out/missing.usr").await.unwrap(), None);
+    });
+    // Eight writers race for each name: one creates it, the others find its bytes.
+    let rounds = 6;
+    for round in 0..rounds {
+        let name = format!("race/{round}.usr");
+        let outcomes = b.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for w in 0..8u8 {
+                let (s, name) = (s.clone(), name.clone());
+                set.spawn(async move { (w, s.put_if_absent(&name, vec![b'0' + w; 64]).await.unwrap()) });
+            }
+            set.join_all().await
+        });
+        let winners: Vec<u8> = outcomes.iter().filter(|(_, o)| *o == PutOutcome::Created).map(|(w, _)| *w).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let stored = b.get(&name).unwrap();
+        assert_eq!(stored, vec![b'0' + winners[0]; 64]);
+        assert!(outcomes.iter().all(|(_, o)| *o == PutOutcome::Created || *o == PutOutcome::Different(stored.clone())));
+    }
+    assert_eq!(b.list("").len(), 1 + rounds);
+    println!("s3 create-only: {rounds} races of 8 writers, one winner each, 0 overwrites");
+}
+
+/// A loopback TCP proxy in front of the store that can be cut (every connection dropped, new
+/// ones closed at once) and restored: a store outage without touching Ceph.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr) -> Proxy {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let is_up = up.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { continue };
+                if !is_up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, cut, _rt: rt }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn upstream() -> SocketAddr {
+    let (endpoint, _) = s3_env();
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    host.parse().unwrap_or_else(|_| panic!("the outage test needs a loopback http:// endpoint with an IP, not {endpoint}"))
+}
+
+#[test]
+fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing() {
+    let prefix = unique_prefix("outage");
+    let proxy = Proxy::start(upstream());
+    let endpoint = proxy.endpoint();
+    let server = common::TestServer::start(|c| use_s3(c, &endpoint, &prefix));
+    let bucket = Bucket::new(&prefix);
+    let mut objects = BTreeSet::new();
+    let mut accepted = 0;
+    let mut post = |job: String, case: &str| {
+        let a = server.post(&body(case, &job));
+        assert_eq!(a.status, 200, "{}", a.text());
+        objects.extend(flow_objects(&a.json()));
+        objects.insert(flowgate::store::archive_name("Test SIP", &job));
+        accepted += 1;
+    };
+    // Half while the store is up, half while it is down: accepting never waits on the store.
+    for n in 0..8 {
+        post(format!("outage-{n}"), CASES[n % 4]);
+    }
+    proxy.down();
+    for n in 8..16 {
+        post(format!("outage-{n}"), CASES[n % 4]);
+    }
+    let d = &server.app.dispatch;
+    server.wait_for("failed attempts during the outage", || d.failed_attempts.load(Ordering::Relaxed) >= 3);
+    let waiting = server.app.store.pending_count().unwrap();
+    assert!(waiting > 0, "the outage should hold files in the outbox");
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.restore();
+    wait_until("the outbox to drain after the outage", Duration::from_secs(60), || server.app.store.pending_count().unwrap() == 0);
+    // Exactly the promised objects are in the bucket, each with the bytes the outbox holds.
+    let stored: BTreeSet<String> = bucket.list("").into_iter().collect();
+    let extra: Vec<&String> = stored.difference(&objects).collect();
+    let missing: Vec<&String> = objects.difference(&stored).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let mut flows = 0;
+    for name in objects.iter().filter(|o| o.starts_with("out/")) {
+        let f = server.app.store.outbox_file(name).unwrap().unwrap();
+        assert_eq!(f.state, flowgate::store::DeliveryState::Delivered);
+        assert_eq!(bucket.get(name).unwrap(), f.content.into_bytes(), "{name}");
+        flows += 1;
+    }
+    let delivered = d.delivered.load(Ordering::Relaxed) + d.already_there.load(Ordering::Relaxed);
+    assert_eq!(delivered, flows);
+    assert_eq!(d.conflicts.load(Ordering::Relaxed), 0);
+    assert_eq!(d.duplicates.load(Ordering::Relaxed), 0);
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("flowgate_flows_delivered_total{flow=\"D0396\"}"), "{metrics}");
+    assert!(metrics.contains("flowgate_flow_delivery_failures_total{flow="), "{metrics}");
+    println!(
+        "s3 outage: accepted {accepted} requests ({flows} flow files), {waiting} files held during the outage, {} failed attempts, delivered {delivered}, duplicates 0",
+        d.failed_attempts.load(Ordering::Relaxed)
+    );
+}
+
+/// Writes a YAML config for the real binary: the S3 sink under `prefix`.
+fn s3_config_file(dir: &std::path::Path, prefix: &str, instance: &str) -> std::path::PathBuf {
+    let (endpoint, bucket) = s3_env();
+    let path = dir.join("flowgate.yaml");
+    let yaml = format!(
+        "flows:\n  instance_prefix: {instance}\nsink:\n  kind: s3\n  s3:\n    endpoint: {endpoint}\n    region: us-east-1\n    bucket: {bucket}\n    prefix: {prefix}\n    path_style: true\ndispatch:\n  concurrency: 1\n  retry_base_ms: 50\n  retry_max_ms: 400\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn sigkill_mid_dispatch_then_restart_delivers_every_acknowledged_flow_once() {
+    let prefix = unique_prefix("kill");
+    let data = common::temp_dir("s3-kill");
+    let config = s3_config_file(&data, &prefix, "K1");
+    let config_arg = config.display().to_string();
+    let client = "S3 Kill SIP";
+    let key = common::add_key_cli(&data, client);
+    let acknowledged: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let rounds = 4;
+    let per_round = 16;
+    let mut mid_dispatch = 0;
+    let mut seed: u64 = 0x5eed_0053;
+    for round in 0..rounds {
+        let (mut child, addr) = common::serve_binary(&data, &["--config", &config_arg]);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let threshold = 1.0 + ((seed >> 33) % 6) as f64;
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let (key, acknowledged) = (key.clone(), acknowledged.clone());
+            workers.push(std::thread::spawn(move || {
+                for n in (w..per_round).step_by(4) {
+                    let job = format!("kill-{round}-{n}");
+                    let b = body(CASES[n % 4], &job);
+                    let r = common::try_request(addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", &key)], &b);
+                    let Ok(a) = r else { return };
+                    if a.status == 200 {
+                        let mut ack = acknowledged.lock().unwrap();
+                        ack.extend(flow_objects(&a.json()));
+                        ack.insert(flowgate::store::archive_name(client, &job));
+                    }
+                }
+            }));
+        }
+        // SIGKILL once some files are out and more are still waiting: in the middle of dispatching.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(m) = common::try_request(addr, "GET", "/metrics", &[], b"") {
+            let m = m.text();
+            let out = metric(&m, "flowgate_flows_delivered") + metric(&m, "flowgate_job_archives_delivered");
+            let depth = metric(&m, "flowgate_outbox_depth");
+            if out >= threshold && depth > 0.0 {
+                mid_dispatch += 1;
+                break;
+            }
+            if Instant::now() > deadline || (workers.iter().all(|w| w.is_finished()) && depth == 0.0 && out > 0.0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+    // A last clean start delivers whatever was left.
+    let (mut child, addr) = common::serve_binary(&data, &["--config", &config_arg]);
+    let mut metrics = String::new();
+    wait_until("the outbox to drain after the restarts", Duration::from_secs(60), || {
+        metrics = common::request(addr, "GET", "/metrics", &[], b"").text();
+        metric(&metrics, "flowgate_outbox_depth") == 0.0 && metrics.contains("flowgate_outbox_depth 0")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(metric(&metrics, "flowgate_flow_conflicts"), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "flowgate_job_duplicates"), 0.0, "{metrics}");
+    let found_again = metric(&metrics, "flowgate_flows_found_delivered");
+
+    // Every acknowledged object is in the bucket with the bytes the outbox recorded; every flow
+    // file in the bucket is one of this store's, with distinct file ids.
+    let store = flowgate::store::Store::open(&data.join("store"), "K1").unwrap();
+    let bucket = Bucket::new(&prefix);
+    let listed = bucket.list("");
+    let in_bucket: BTreeSet<String> = listed.iter().cloned().collect();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let missing: Vec<&String> = acknowledged.difference(&in_bucket).collect();
+    assert!(missing.is_empty(), "acknowledged but not delivered: {missing:?}");
+    let mut file_ids = BTreeSet::new();
+    let mut flows = 0;
+    for name in &listed {
+        let f = store.outbox_file(name).unwrap().unwrap_or_else(|| panic!("{name} is in the bucket but not in the outbox"));
+        assert_eq!(f.state, flowgate::store::DeliveryState::Delivered, "{name}");
+        let bytes = bucket.get(name).unwrap();
+        if name.starts_with("jobs/") {
+            // The archive's bytes are not kept once delivered: made again from the record and body.
+            let r = store.request(&f.request_id).unwrap().unwrap();
+            let body = store.body(&f.request_id).unwrap().unwrap();
+            let expected = flowgate::store::archive_envelope(&r.request_id, "K1", &r.client, &r.job_id, &r.received_at, &body);
+            assert_eq!(String::from_utf8_lossy(&bytes), expected, "{name}: other bytes than the request's envelope");
+        } else {
+            assert_eq!(bytes, f.content.into_bytes(), "{name}: other bytes than recorded");
+            assert!(file_ids.insert(f.file_id.clone()), "file id {} written twice", f.file_id);
+            flows += 1;
+        }
+    }
+    let acked_flows = acknowledged.iter().filter(|o| o.starts_with("out/")).count();
+    println!(
+        "s3 sigkill: {rounds} SIGKILLs ({mid_dispatch} mid-dispatch), accepted {acked_flows} acknowledged flow files ({flows} stored, incl. 200s lost to the kill), delivered {flows}, found already delivered after restart {found_again}, duplicates 0, conflicts 0"
+    );
+}
+
+#[test]
+fn two_instances_given_the_same_job_write_one_set_of_flows() {
+    let prefix = unique_prefix("pair");
+    let (endpoint, _) = s3_env();
+    let a = common::TestServer::start(|c| {
+        use_s3(c, &endpoint, &prefix);
+        c.flows.instance_prefix = "A1".into();
+    });
+    let b = common::TestServer::start(|c| {
+        use_s3(c, &endpoint, &prefix);
+        c.flows.instance_prefix = "B2".into();
+    });
+    let jobs = 6;
+    // The same body to both instances at once.
+    let mut pairs = Vec::new();
+    for n in 0..jobs {
+        let bytes = body(CASES[n % 4], &format!("pair-{n}"));
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| a.post(&bytes));
+            let hb = s.spawn(|| b.post(&bytes));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert_eq!((ra.status, rb.status), (200, 200));
+        pairs.push((ra.json(), rb.json()));
+    }
+    let settled = |server: &common::TestServer, id: &str| {
+        let s = server.get(&format!("/v4/sip/{id}")).json();
+        let flows_done = s["flows"].as_array().unwrap().iter().all(|f| f["state"] == "delivered" || f["state"] == "duplicate");
+        (flows_done && matches!(s["archive"]["state"].as_str(), Some("delivered" | "duplicate"))).then_some(s)
+    };
+    let bucket = Bucket::new(&prefix);
+    let mut winners_flows = BTreeSet::new();
+    let mut duplicates_shown = 0;
+    let mut accepted = 0;
+    for (ra, rb) in &pairs {
+        let (ida, idb) = (ra["request_id"].as_str().unwrap(), rb["request_id"].as_str().unwrap());
+        let mut sa = None;
+        let mut sb = None;
+        wait_until("both instances to settle the job", Duration::from_secs(60), || {
+            sa = settled(&a, ida);
+            sb = settled(&b, idb);
+            sa.is_some() && sb.is_some()
+        });
+        let (sa, sb) = (sa.unwrap(), sb.unwrap());
+        accepted += 2;
+        // Exactly one wins; the other names it and sent nothing.
+        let (win, lose, win_answer) = match (sa["duplicate_of"].as_str(), sb["duplicate_of"].as_str()) {
+            (None, Some(w)) => {
+                assert_eq!(w, ida);
+                (&sa, &sb, ra)
+            }
+            (Some(w), None) => {
+                assert_eq!(w, idb);
+                (&sb, &sa, rb)
+            }
+            other => panic!("exactly one request should be the duplicate: {other:?}\n{sa}\n{sb}"),
+        };
+        duplicates_shown += 1;
+        assert_eq!(win["archive"]["state"], "delivered");
+        assert_eq!(lose["archive"]["state"], "duplicate");
+        assert!(win["flows"].as_array().unwrap().iter().all(|f| f["state"] == "delivered"), "{win}");
+        assert!(lose["flows"].as_array().unwrap().iter().all(|f| f["state"] == "duplicate"), "{lose}");
+        winners_flows.extend(flow_objects(win_answer));
+        let archive = bucket.get(&flowgate::store::archive_name("Test SIP", win["job_id"].as_str().unwrap())).unwrap();
+        assert_eq!(flowgate::store::archive_request_id(&archive).as_deref(), win["request_id"].as_str());
+    }
+    let in_bucket: BTreeSet<String> = bucket.list("out/").into_iter().collect();
+    assert_eq!(in_bucket, winners_flows, "the bucket should hold exactly the winners' flows");
+    assert_eq!(bucket.list("jobs/").len(), jobs);
+    let dups = a.app.dispatch.duplicates.load(Ordering::Relaxed) + b.app.dispatch.duplicates.load(Ordering::Relaxed);
+    assert_eq!(dups, jobs as u64);
+    let conflicts = a.app.dispatch.conflicts.load(Ordering::Relaxed) + b.app.dispatch.conflicts.load(Ordering::Relaxed);
+    assert_eq!(conflicts, 0);
+    println!(
+        "s3 two instances: {jobs} jobs posted to both, accepted {accepted}, delivered {} flow files (one set per job), {duplicates_shown} requests shown duplicate_of, duplicates 0",
+        in_bucket.len()
+    );
+}
+
+#[test]
+fn the_public_cases_replayed_through_s3_read_back_clean() {
+    let prefix = unique_prefix("public");
+    let (endpoint, _) = s3_env();
+    let server = common::TestServer::start(|c| use_s3(c, &endpoint, &prefix));
+    let catalogue = flowgate::flows::Catalogue::load(&common::repo().join("flow-templates/catalogue")).unwrap();
+    let cases: Vec<_> = flowgate::golden::cases(&common::repo().join("tests/cases"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("public-"))
+        .collect();
+    assert_eq!(cases.len(), 13);
+    // object → (case, "flow>to") for every flow file promised.
+    let mut promised: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let (mut accepted, mut rejected) = (0, 0);
+    for dir in &cases {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let expect: Value = serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap();
+        let a = server.post(&std::fs::read(dir.join("request.json")).unwrap());
+        assert_eq!(u64::from(a.status), expect["status"].as_u64().unwrap(), "{name}: {}", a.text());
+        if a.status != 200 {
+            rejected += 1;
+            continue;
+        }
+        accepted += 1;
+        let answer = a.json();
+        let mut got: Vec<String> = Vec::new();
+        for f in answer["flows"].as_array().unwrap() {
+            let label = format!("{}>{}", f["flow"].as_str().unwrap(), f["to"].as_str().unwrap());
+            promised.insert(f["object"].as_str().unwrap().to_string(), (name.clone(), label.clone()));
+            got.push(label);
+        }
+        got.sort();
+        let want: Vec<String> = expect["flows"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(got, want, "{name}");
+    }
+    wait_until("the public cases to be delivered", Duration::from_secs(60), || server.app.store.pending_count().unwrap() == 0);
+    let bucket = Bucket::new(&prefix);
+    let in_bucket: BTreeSet<String> = bucket.list("out/").into_iter().collect();
+    assert_eq!(in_bucket, promised.keys().cloned().collect::<BTreeSet<_>>(), "the bucket holds other flow files than promised");
+    let mut findings = Vec::new();
+    for (object, (case, label)) in &promised {
+        let bytes = bucket.get(object).unwrap();
+        match flowgate::reader::read(&bytes, &catalogue) {
+            Ok(parsed) => {
+                let h = &parsed.header;
+                assert_eq!(format!("{}>{}/{}", h.flow, h.to_role, h.to_mpid), *label, "{case}: {object}");
+            }
+            Err(f) => findings.extend(f.iter().map(|f| format!("{case}: {object}: {f}"))),
+        }
+    }
+    assert!(findings.is_empty(), "the reader found: {findings:#?}");
+    assert_eq!(bucket.list("jobs/").len(), accepted, "one job archive per accepted case");
+    println!(
+        "s3 public cases: {} cases, accepted {accepted}, rejected {rejected}, delivered {} flow files, read back with {} findings, duplicates 0",
+        cases.len(),
+        promised.len(),
+        findings.len()
+    );
+}
