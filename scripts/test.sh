@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 cargo build --all-targets
 
+# Bounded fuzzing of the request pipeline and the DTC reader (skipped, saying so, without nightly).
+scripts/fuzz.sh "${FLOWGATE_FUZZ_SECONDS:-30}"
+
 out=$(scripts/ceph.sh start) || exit 1
 eval "$out"
 log=$(mktemp)

@@ -21,7 +21,8 @@ usage:
   flowgate test [DIR] [--junit FILE] [--bless] [--config FILE] [--rules-dir DIR]
 
 Defaults: listen 127.0.0.1:8080, data dir ./data, rules dir . (the folder holding schemas/,
-rules/ and flow-templates/). Environment: FLOWGATE_LISTEN, FLOWGATE_DATA_DIR, FLOWGATE_RULES_DIR.
+rules/ and flow-templates/). Environment: FLOWGATE_LISTEN, FLOWGATE_DATA_DIR, FLOWGATE_RULES_DIR,
+FLOWGATE_S3_ENDPOINT, FLOWGATE_S3_BUCKET (with sink.kind: s3), FLOWGATE_LOG (log filter).
 ";
 
 /// Flags after the verb: `--name value` pairs, bare switches, and positional words.
