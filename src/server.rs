@@ -559,6 +559,13 @@ fn metrics(app: &App) -> Answer {
     if let Ok(n) = app.store.pending_count() {
         m.set("flowgate_outbox_depth", "Flow files waiting for delivery", &[], n as f64);
     }
+    // Age of the oldest undelivered file: when its request was accepted.
+    let oldest = app.store.pending(1).ok().and_then(|p| p.into_iter().next());
+    let accepted_at = oldest
+        .and_then(|f| app.store.request(&f.request_id).ok().flatten())
+        .and_then(|r| crate::clock::parse_rfc3339(&r.received_at));
+    let age = accepted_at.map_or(0.0, |t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0));
+    m.set("flowgate_outbox_oldest_age_seconds", "Age of the oldest undelivered flow file (0 when none)", &[], age);
     let d = &app.dispatch;
     m.set("flowgate_flows_delivered", "Flow files delivered since start", &[], d.delivered.load(Relaxed) as f64);
     m.set("flowgate_flows_found_delivered", "Flow files found already delivered (same bytes)", &[], d.already_there.load(Relaxed) as f64);

@@ -71,6 +71,7 @@ fn every_golden_case_gets_its_answer_over_http() {
         assert!(metrics.lines().any(|l| l == format!("{series} {n}")), "metrics lack `{series} {n}`:\n{metrics}");
     }
     assert!(metrics.contains("flowgate_http_request_duration_seconds_bucket{route=\"/v4/sip\",le=\"+Inf\"}"));
+    assert!(metrics.contains("flowgate_outbox_oldest_age_seconds "), "{metrics}");
 }
 
 #[test]
