@@ -225,13 +225,18 @@ if [[ "${PERF:-0}" == 1 ]]; then
     run timeout 60 perf record -F 499 -g --call-graph dwarf,8192 -o "$WORK/perf.data" -p "$GW_PID" -- sleep 10 2>/dev/null || true
     wait "$WRK_PERF" || true
     {
-        echo "# perf record -F 499 -g --call-graph dwarf of the gateway under wrk -t$THREADS -c$CONNS (unique job_id), $DATE"
-        echo "## samples by thread"
-        perf report -i "$WORK/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$'
-        echo "## inclusive (children) cost of the gateway's own functions"
-        perf report -i "$WORK/perf.data" --children --sort symbol --stdio -g none 2>/dev/null | grep -E 'flowgate::|redb::transactions|rhai::engine::Engine::get_interned|tracing_subscriber::fmt' | head -40
-        echo "## self cost, top 40 symbols"
-        perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+        echo "# Where the gateway's CPU goes under wrk -t$THREADS -c$CONNS (new job_id each), $DATE"
+        echo
+        echo "perf record -F 499 -g --call-graph dwarf -p GATEWAY -- sleep 10, summarised by bench/perf_summary.py."
+        echo
+        perf script -i "$WORK/perf.data" -F comm,tid,period,ip,sym --no-inline 2>/dev/null | python3 "$ROOT/bench/perf_summary.py"
+        echo
+        echo "## Self cost, top 30 symbols"
+        echo
+        echo '```'
+        perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
+            | grep -v '^#' | grep -v '^$' | head -30 | sed 's/  *- *- *$//; s/[[:space:]]*$//' | cut -c1-150
+        echo '```'
     } >"$ROOT/bench/perf.txt" || true
     echo "wrote bench/perf.txt" >&2
 fi
@@ -297,7 +302,8 @@ machine with the server under test.
 
 Body: \`$BODY\` (3 KB, scenario S01, one D0396 flow). Every saturation and fixed-rate request
 carries its own \`job_details.job_id\`, so each is decided, stored with an fsync'd group commit,
-and its flow file queued (the dispatcher delivers to the local sink during the run). Default
+and its job archive and flow file queued (the dispatcher delivers them to the local sink during
+the run, competing for the same 2 cores; it falls behind at saturation and catches up after). Default
 configuration and log level (\`info\`: one line per request to stderr, here a file).
 
 ## Figures
