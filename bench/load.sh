@@ -60,6 +60,7 @@ say() { printf '\n== %s\n' "$*" >&2; }
 run() {
     local shown="$*"
     shown=${shown//$ROOT\//}
+    shown=${shown//$WORK/\$WORK}
     [[ -n "${KEY:-}" ]] && shown=${shown//$KEY/\$KEY}
     COMMANDS+=("$shown")
     "$@"
@@ -222,7 +223,7 @@ if [[ "${PERF:-0}" == 1 ]]; then
     timeout $((SAT_SECS + 30)) wrk -t$THREADS -c$CONNS -d${SAT_SECS}s -s "$ROOT/bench/post.lua" "$GW_URL" -- "$BODY" "$KEY" unique "$RUN_ID-perf" >/dev/null &
     WRK_PERF=$!
     sleep 2
-    run timeout 60 perf record -F 499 -g --call-graph dwarf,8192 -o "$WORK/perf.data" -p "$GW_PID" -- sleep 10 2>/dev/null || true
+    run timeout 60 perf record -F 499 -g --call-graph dwarf,16384 -o "$WORK/perf.data" -p "$GW_PID" -- sleep 10 2>/dev/null || true
     wait "$WRK_PERF" || true
     {
         echo "# Where the gateway's CPU goes under wrk -t$THREADS -c$CONNS (new job_id each), $DATE"

@@ -27,6 +27,8 @@ STEPS = [
     ("decide: canonical hash", ["flowgate::pipeline::canonical_hash"]),
     ("decide: flow files", ["flowgate::flows::"]),
     ("decide: other", ["flowgate::pipeline::decide"]),
+    # rhai recursion can be deeper than the sampled stack: such samples never reach run_batch.
+    ("decide: rules (rhai, stack cut short)", ["rhai::"]),
     ("store: read path (replay lookup, record reads)", ["flowgate::store::Store::"]),
     ("logging (tracing fmt to stderr)", ["tracing_subscriber::"]),
     ("metrics", ["flowgate::metrics::"]),
@@ -60,11 +62,16 @@ def samples(lines):
 
 
 def main():
-    rows, threads, total = collections.Counter(), collections.Counter(), 0
+    # --other: also list the commonest stacks (5 frames from the leaf) that matched no step.
+    show_other = "--other" in sys.argv[1:]
+    rows, threads, others, total = collections.Counter(), collections.Counter(), collections.Counter(), 0
     for comm, stack in samples(sys.stdin):
         total += 1
         threads[comm] += 1
-        rows[classify(comm, stack)] += 1
+        row = classify(comm, stack)
+        rows[row] += 1
+        if row == "other":
+            others[comm + ": " + " < ".join(stack[:5])[:300]] += 1
     if not total:
         sys.exit("no samples on stdin")
     print(f"{total} samples")
@@ -74,6 +81,10 @@ def main():
     print("\n| thread | share of samples |\n|---|---|")
     for comm, n in threads.most_common():
         print(f"| {comm} | {100 * n / total:.1f}% |")
+    if show_other:
+        print("\nCommonest stacks in \"other\":\n")
+        for stack, n in others.most_common(15):
+            print(f"- {100 * n / total:.1f}% {stack}")
 
 
 if __name__ == "__main__":
