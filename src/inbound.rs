@@ -1,4 +1,5 @@
-//! Incoming flows: the DTN inbox (`<data_dir>/dtn/in/`) read every `inbound.poll_ms`.
+//! Incoming flows: the DTN inbox read every `inbound.poll_ms` — `<data_dir>/dtn/in/` with the
+//! local sink, `in/` in the bucket (under the sink's prefix) with the S3 sink.
 //!
 //! Each file is read with [`crate::reader`] against the running rule set's catalogue. A D0126
 //! (the DNO's answer to an asset condition report) or a D0002 (a Supplier's decision or request)
@@ -8,6 +9,14 @@
 //! durably first (once per name and content), then the file is moved: to `in/processed/`, or,
 //! if it does not read, to `in/rejected/` with `<name>.why.txt` listing the findings. Nothing is
 //! deleted. The meanings of code values (J1823) are rule data: `flow-templates/code-lists/`.
+//!
+//! In a bucket shared by several instances, each knowing only its own requests, the instance that
+//! takes a file does not match it: it copies it (create-only) to `in/processed/` or
+//! `in/rejected/`, writes a ledger entry `in/ledger/<time taken>-<instance>-<sha>.json` naming
+//! the copy, and only then deletes the original. Every instance reads the ledger from a margin
+//! before its stored position and matches each entry against its own requests. Every step can
+//! be repeated after a crash or by a second instance: the copy is create-only (the same bytes
+//! count as done), and files are recorded once by name and content.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +27,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::dispatch::PutOutcome;
+use crate::s3::{Listing, S3Sink};
 use crate::reader::{iso_date, Group, ParsedFlow};
 use crate::ruleset::Live;
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
@@ -83,23 +94,109 @@ pub enum FileOutcome {
     Rejected(Vec<String>),
 }
 
+/// Where incoming files arrive.
+enum Inbox {
+    /// `<data_dir>/dtn/in/`, with the local sink.
+    Local(PathBuf),
+    /// `in/` in the bucket (under the sink's prefix), with the S3 sink.
+    Bucket(S3Sink),
+}
+
 /// The inbox poller.
 pub struct Poller {
-    inbox: PathBuf,
+    inbox: Inbox,
     store: Store,
     rules: Live,
     sip_role: String,
+    instance: String,
     codes_dir: PathBuf,
     codes: CodeLists,
     codes_error: Option<String>,
+    /// Ledger entries read since their time fell within [`LEDGER_MARGIN_MS`] of the position.
+    ledger_done: BTreeMap<String, u64>,
+}
+
+/// A file read (or not: too large) and judged.
+struct Examined {
+    sha: String,
+    read: Result<ParsedFlow, Vec<String>>,
+}
+
+fn examine(bytes: Option<&[u8]>, size: u64, catalogue: &crate::flows::Catalogue) -> Examined {
+    match bytes {
+        None => Examined { sha: format!("unread, {size} bytes"), read: Err(vec![format!("file: larger than {MAX_FILE_BYTES} bytes")]) },
+        Some(bytes) => Examined {
+            sha: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
+            read: crate::reader::read(bytes, catalogue).map_err(|f| f.iter().map(ToString::to_string).collect()),
+        },
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// `20261127T213728123Z`: a ledger time that sorts as text.
+fn ledger_stamp(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}{:03}Z", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second(), t.millisecond())
+}
+
+/// The time of a ledger entry from its name (`in/ledger/<stamp>-…`).
+fn ledger_time(name: &str) -> Option<u64> {
+    let stamp = name.strip_prefix(LEDGER)?.get(..19)?;
+    let n = |r: std::ops::Range<usize>| stamp.get(r).and_then(|s| s.parse::<u32>().ok());
+    let month = time::Month::try_from(u8::try_from(n(4..6)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(n(0..4)?).ok()?, month, u8::try_from(n(6..8)?).ok()?).ok()?;
+    let hms = time::Time::from_hms_milli(u8::try_from(n(9..11)?).ok()?, u8::try_from(n(11..13)?).ok()?, u8::try_from(n(13..15)?).ok()?, u16::try_from(n(15..18)?).ok()?).ok()?;
+    u64::try_from(date.with_time(hms).assume_utc().unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Incoming files in the bucket: `in/<name>`; moved to `in/processed/` or `in/rejected/`.
+const BUCKET_INBOX: &str = "in/";
+/// One small JSON object per file taken from the bucket's inbox, named by the time it was taken.
+const LEDGER: &str = "in/ledger/";
+/// Each poll reads the ledger again from this long before the last entry read: entries written
+/// by other instances (whose clocks and listings lag) within it are still found.
+const LEDGER_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+fn skipped(name: &str) -> bool {
+    // Senders write under a temporary name and rename into place.
+    name.is_empty() || name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
 }
 
 impl Poller {
-    /// A poller for `<data_dir>/dtn/in/`; fails if the code lists do not load.
+    /// A poller for the inbox of the configured sink (`<data_dir>/dtn/in/`, or `in/` in the
+    /// bucket); fails if the code lists do not load or the bucket cannot be addressed.
     pub fn new(config: &Config, store: Store, rules: Live) -> Result<Poller, String> {
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
-        Ok(Poller { inbox: config.data_dir.join("dtn").join("in"), store, rules, sip_role: config.flows.sender_role.clone(), codes_dir, codes, codes_error: None })
+        let inbox = match config.sink.kind.as_str() {
+            "s3" => Inbox::Bucket(S3Sink::new(&config.sink.s3).map_err(|e| e.to_string())?),
+            _ => Inbox::Local(config.data_dir.join("dtn").join("in")),
+        };
+        Ok(Poller {
+            inbox,
+            store,
+            rules,
+            sip_role: config.flows.sender_role.clone(),
+            instance: config.flows.instance_prefix.clone(),
+            codes_dir,
+            codes,
+            codes_error: None,
+            ledger_done: BTreeMap::new(),
+        })
+    }
+
+    fn where_(&self) -> String {
+        match &self.inbox {
+            Inbox::Local(dir) => dir.display().to_string(),
+            Inbox::Bucket(b) => format!("s3://{}/{}", b.bucket(), b.key(BUCKET_INBOX)),
+        }
     }
 
     /// Polls every `every` until `stop` fires.
@@ -109,7 +206,7 @@ impl Poller {
                 return;
             }
             if let Err(e) = self.poll_once().await {
-                tracing::error!(error = %e, inbox = %self.inbox.display(), "cannot read the inbox");
+                tracing::error!(error = %e, inbox = %self.where_(), "cannot read the inbox");
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -118,32 +215,43 @@ impl Poller {
         }
     }
 
-    /// Reads every file waiting in the inbox once, in name order.
+    /// Reads every file waiting in the inbox once, in name order. With the bucket, then reads
+    /// the ledger: what this or any other instance took, matched against this instance's requests.
     pub async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
         self.reload_codes();
+        match &self.inbox {
+            Inbox::Local(dir) => {
+                let dir = dir.clone();
+                self.poll_folder(&dir).await
+            }
+            Inbox::Bucket(b) => {
+                let b = b.clone();
+                self.take_from_bucket(&b).await?;
+                self.read_ledger(&b).await
+            }
+        }
+    }
+
+    async fn poll_folder(&self, inbox: &Path) -> Result<Vec<(String, FileOutcome)>, String> {
         let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-        for dir in [self.inbox.join("processed"), self.inbox.join("rejected")] {
+        for dir in [inbox.join("processed"), inbox.join("rejected")] {
             tokio::fs::create_dir_all(&dir).await.map_err(|e| err(&dir, e))?;
         }
         let mut names = Vec::new();
-        let mut rd = tokio::fs::read_dir(&self.inbox).await.map_err(|e| err(&self.inbox, e))?;
-        while let Some(entry) = rd.next_entry().await.map_err(|e| err(&self.inbox, e))? {
+        let mut rd = tokio::fs::read_dir(inbox).await.map_err(|e| err(inbox, e))?;
+        while let Some(entry) = rd.next_entry().await.map_err(|e| err(inbox, e))? {
             let Ok(name) = entry.file_name().into_string() else {
                 tracing::warn!(file = ?entry.file_name(), "inbound file name is not UTF-8; left in place");
                 continue;
             };
-            // Senders write under a temporary name and rename into place.
-            if name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") {
-                continue;
-            }
-            if entry.file_type().await.is_ok_and(|t| t.is_file()) {
+            if !skipped(&name) && entry.file_type().await.is_ok_and(|t| t.is_file()) {
                 names.push(name);
             }
         }
         names.sort();
         let mut out = Vec::new();
         for name in names {
-            match self.take(&name).await {
+            match self.take_file(inbox, &name).await {
                 Ok(outcome) => out.push((name, outcome)),
                 Err(e) => tracing::error!(file = %name, error = %e, "inbound file left in place; will retry"),
             }
@@ -166,25 +274,14 @@ impl Poller {
         }
     }
 
-    /// One file: read, match, record, move.
-    async fn take(&self, name: &str) -> Result<FileOutcome, String> {
-        let path = self.inbox.join(name);
-        let size = tokio::fs::metadata(&path).await.map_err(|e| e.to_string())?.len();
-        let bytes = if size > MAX_FILE_BYTES { Vec::new() } else { tokio::fs::read(&path).await.map_err(|e| e.to_string())? };
-        let sha: String = if size > MAX_FILE_BYTES { format!("unread, {size} bytes") } else { Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect() };
-        let seen_key = format!("{name}\u{1f}{sha}");
-        let received_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let set = self.rules.load_full();
-        let read = if size > MAX_FILE_BYTES {
-            Err(vec![format!("file: larger than {MAX_FILE_BYTES} bytes")])
-        } else {
-            crate::reader::read(&bytes, &set.catalogue).map_err(|f| f.iter().map(ToString::to_string).collect())
-        };
-        let (outcome, incoming) = match &read {
+    /// Matches a judged file to this instance's requests and records the outcome durably, once
+    /// per file name and content.
+    async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<(FileOutcome, bool), String> {
+        let (outcome, incoming) = match &ex.read {
             Err(findings) => (FileOutcome::Rejected(findings.clone()), Vec::new()),
-            Ok(flow) => match_flow(flow, name, &received_at, &self.sip_role, &self.codes, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?,
+            Ok(flow) => match_flow(flow, name, received_at, &self.sip_role, &self.codes, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?,
         };
-        let flow_id = read.as_ref().map(|f| f.header.flow.clone()).ok();
+        let flow_id = ex.read.as_ref().map(|f| f.header.flow.clone()).ok();
         let mut shown = match &outcome {
             FileOutcome::Matched(ids) => json!({ "outcome": "matched", "requests": ids }),
             FileOutcome::Unmatched(why) => json!({ "outcome": "unmatched", "reason": why }),
@@ -192,38 +289,211 @@ impl Poller {
         };
         if let Some(obj) = shown.as_object_mut() {
             obj.insert("file".into(), json!(name));
-            obj.insert("sha256".into(), json!(sha));
+            obj.insert("sha256".into(), json!(ex.sha));
             obj.insert("flow".into(), json!(flow_id));
             obj.insert("received_at".into(), json!(received_at));
         }
-        let incoming = incoming.into_iter().map(|(id, summary)| (id, name.to_string(), summary)).collect();
-        let new = self.store.record_inbound(InboundRecord { seen_key, outcome: shown, incoming }).await.map_err(|e| e.to_string())?;
+        // Keyed by name and content: another file under a used name is shown beside the first.
+        let incoming = incoming.into_iter().map(|(id, summary)| (id, format!("{name}\u{1f}{}", ex.sha), summary)).collect();
+        let seen_key = format!("{name}\u{1f}{}", ex.sha);
+        let new = self.store.record_inbound(InboundRecord { seen_key, outcome: shown, incoming, ledger_ms }).await.map_err(|e| e.to_string())?;
+        let flow = flow_id.as_deref().unwrap_or("-");
         match &outcome {
-            FileOutcome::Rejected(findings) => {
-                let dir = self.inbox.join("rejected");
-                let target = free_name(&dir, name);
-                let mut why = format!("{name}: rejected at {received_at}\n");
-                for f in findings {
-                    why.push_str(f);
-                    why.push('\n');
-                }
-                tokio::fs::write(dir.join(format!("{target}.why.txt")), why).await.map_err(|e| e.to_string())?;
-                tokio::fs::rename(&path, dir.join(&target)).await.map_err(|e| e.to_string())?;
-                tracing::warn!(file = %name, moved_to = %target, findings = findings.len(), new, "inbound file rejected");
+            FileOutcome::Matched(ids) if new => tracing::info!(file = %name, flow, requests = ids.len(), "inbound flow matched"),
+            FileOutcome::Unmatched(why) if new => tracing::info!(file = %name, flow, reason = %why, "inbound flow matched no request here"),
+            _ => {}
+        }
+        Ok((outcome, new))
+    }
+
+    /// One file of the local inbox: read, match, record, move.
+    async fn take_file(&self, inbox: &Path, name: &str) -> Result<FileOutcome, String> {
+        let path = inbox.join(name);
+        let size = tokio::fs::metadata(&path).await.map_err(|e| e.to_string())?.len();
+        let bytes = if size > MAX_FILE_BYTES { None } else { Some(tokio::fs::read(&path).await.map_err(|e| e.to_string())?) };
+        let ex = examine(bytes.as_deref(), size, &self.rules.load_full().catalogue);
+        let received_at = now_rfc3339();
+        let (outcome, new) = self.record(name, &ex, &received_at, None).await?;
+        let folder = if matches!(outcome, FileOutcome::Rejected(_)) { "rejected" } else { "processed" };
+        let dir = inbox.join(folder);
+        let target = free_name(&dir, name);
+        if let FileOutcome::Rejected(findings) = &outcome {
+            tokio::fs::write(dir.join(format!("{target}.why.txt")), why_text(name, &received_at, findings)).await.map_err(|e| e.to_string())?;
+            tracing::warn!(file = %name, moved_to = %target, findings = findings.len(), new, "inbound file rejected");
+        }
+        tokio::fs::rename(&path, dir.join(&target)).await.map_err(|e| e.to_string())?;
+        Ok(outcome)
+    }
+
+    /// Takes every file waiting directly under `in/`: judged, copied (create-only) to
+    /// `in/processed/` or `in/rejected/` (with a `.why.txt`), written to the ledger, and only
+    /// then deleted from `in/` (while its entity tag is unchanged). Each step can be repeated:
+    /// a crash or a second instance taking the same file ends with one copy, and the readers of
+    /// the ledger record a file once by name and content.
+    async fn take_from_bucket(&self, b: &S3Sink) -> Result<(), String> {
+        let listed = b.list_objects(BUCKET_INBOX, Listing { shallow: true, after: None }).await.map_err(|e| e.to_string())?;
+        for object in listed {
+            let Some(name) = object.name.strip_prefix(BUCKET_INBOX).map(str::to_string) else { continue };
+            if skipped(&name) {
+                continue;
             }
-            other => {
-                let dir = self.inbox.join("processed");
-                let target = free_name(&dir, name);
-                tokio::fs::rename(&path, dir.join(&target)).await.map_err(|e| e.to_string())?;
-                match other {
-                    FileOutcome::Matched(ids) => tracing::info!(file = %name, flow = flow_id.as_deref().unwrap_or("-"), requests = ids.len(), new, "inbound flow matched"),
-                    FileOutcome::Unmatched(why) => tracing::warn!(file = %name, flow = flow_id.as_deref().unwrap_or("-"), reason = %why, new, "inbound flow matched no request"),
-                    FileOutcome::Rejected(_) => {}
+            if let Err(e) = self.take_object(b, &name).await {
+                tracing::error!(file = %name, error = %e, "inbound object left in place; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    async fn take_object(&self, b: &S3Sink, name: &str) -> Result<(), String> {
+        let source = format!("{BUCKET_INBOX}{name}");
+        let Some(fetched) = b.get_at_most(&source, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? else {
+            return Ok(()); // taken meanwhile (by another instance)
+        };
+        let ex = examine(fetched.bytes.as_deref(), fetched.size, &self.rules.load_full().catalogue);
+        let taken_at = now_rfc3339();
+        let findings = ex.read.as_ref().err().cloned().unwrap_or_default();
+        let folder = if ex.read.is_ok() { "processed" } else { "rejected" };
+        let stored = match &fetched.bytes {
+            Some(bytes) => put_free(b, folder, name, bytes).await?,
+            None => copy_free(b, &source, folder, name, &fetched).await?,
+        };
+        if !findings.is_empty() {
+            let why = why_text(name, &taken_at, &findings);
+            b.put_if_absent(&format!("{BUCKET_INBOX}{folder}/{stored}.why.txt"), why.into_bytes()).await.map_err(|e| e.to_string())?;
+            tracing::warn!(file = %name, moved_to = %stored, findings = findings.len(), "inbound file rejected");
+        }
+        let entry = json!({
+            "file": name,
+            "object": format!("{BUCKET_INBOX}{folder}/{stored}"),
+            "sha256": ex.sha,
+            "size": fetched.size,
+            "outcome": folder,
+            "findings": findings,
+            "taken_by": self.instance,
+            "taken_at": taken_at,
+        });
+        let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
+        b.put_if_absent(&key, bytes).await.map_err(|e| e.to_string())?;
+        b.delete(&source, fetched.etag.as_deref()).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Reads the ledger from a margin before the last position, records each entry not read yet.
+    async fn read_ledger(&mut self, b: &S3Sink) -> Result<Vec<(String, FileOutcome)>, String> {
+        let position = match self.store.meta(crate::store::LEDGER_POSITION).map_err(|e| e.to_string())? {
+            Some(ms) => ms,
+            // A new data dir has no requests older than now to match.
+            None => now_ms(),
+        };
+        let from = position.saturating_sub(LEDGER_MARGIN_MS);
+        self.ledger_done.retain(|_, t| *t >= from);
+        let after = format!("{LEDGER}{}", ledger_stamp(from));
+        let listed = b.list_objects(LEDGER, Listing { shallow: true, after: Some(after) }).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for object in listed {
+            if self.ledger_done.contains_key(&object.name) {
+                continue;
+            }
+            let Some(at) = ledger_time(&object.name) else {
+                tracing::warn!(entry = %object.name, "not a ledger entry name; ignored");
+                continue;
+            };
+            match self.read_entry(b, &object.name, at).await {
+                Ok(Some(taken)) => {
+                    self.ledger_done.insert(object.name, at);
+                    out.push(taken);
+                }
+                Ok(None) => {
+                    self.ledger_done.insert(object.name, at);
+                }
+                // Not marked done: read again at the next poll (the position stays before it
+                // for as long as the margin covers it).
+                Err(e) => tracing::error!(entry = %object.name, error = %e, "inbound ledger entry not read; will retry"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_entry(&self, b: &S3Sink, key: &str, at: u64) -> Result<Option<(String, FileOutcome)>, String> {
+        let entry = b.get_at_most(key, 1024 * 1024).await.map_err(|e| e.to_string())?;
+        let Some(bytes) = entry.and_then(|e| e.bytes) else { return Ok(None) };
+        let entry: LedgerEntry = serde_json::from_slice(&bytes).map_err(|e| format!("{key}: {e}"))?;
+        let seen_key = format!("{}\u{1f}{}", entry.file, entry.sha256);
+        if self.store.inbound_seen(&seen_key).map_err(|e| e.to_string())?.is_some() {
+            self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: Some(at) }).await.map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let ex = if entry.outcome == "processed" {
+            let object = b.get_at_most(&entry.object, MAX_FILE_BYTES).await.map_err(|e| e.to_string())?;
+            let bytes = object.and_then(|o| o.bytes).ok_or_else(|| format!("{}: named by {key} but not there", entry.object))?;
+            let ex = examine(Some(&bytes), bytes.len() as u64, &self.rules.load_full().catalogue);
+            if ex.sha != entry.sha256 {
+                return Err(format!("{}: its SHA-256 is not the one {key} names", entry.object));
+            }
+            ex
+        } else {
+            Examined { sha: entry.sha256.clone(), read: Err(entry.findings.clone()) }
+        };
+        let (outcome, _) = self.record(&entry.file, &ex, &entry.taken_at, Some(at)).await?;
+        Ok(Some((entry.file, outcome)))
+    }
+}
+
+/// What the bucket's ledger holds for one file taken from `in/`.
+#[derive(Debug, Deserialize)]
+struct LedgerEntry {
+    file: String,
+    object: String,
+    sha256: String,
+    outcome: String,
+    #[serde(default)]
+    findings: Vec<String>,
+    taken_at: String,
+}
+
+fn why_text(name: &str, at: &str, findings: &[String]) -> String {
+    let mut why = format!("{name}: rejected at {at}\n");
+    for f in findings {
+        why.push_str(f);
+        why.push('\n');
+    }
+    why
+}
+
+/// The names a moved file may take: `name`, then `name.1`, `name.2`...
+fn candidates(name: &str) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(name.to_string()).chain((1..10_000u32).map(move |i| format!("{name}.{i}")))
+}
+
+/// Copies `bytes` to `in/<folder>/<name or name.N>`, create-only: the first name that is free or
+/// already holds these bytes (a repeated attempt). Returns the name used.
+async fn put_free(b: &S3Sink, folder: &str, name: &str, bytes: &[u8]) -> Result<String, String> {
+    for candidate in candidates(name) {
+        match b.put_if_absent(&format!("{BUCKET_INBOX}{folder}/{candidate}"), bytes.to_vec()).await.map_err(|e| e.to_string())? {
+            PutOutcome::Created | PutOutcome::AlreadyThere => return Ok(candidate),
+            PutOutcome::Different(_) => {}
+        }
+    }
+    Err(format!("{name}: no free name in {BUCKET_INBOX}{folder}/"))
+}
+
+/// The same for an object too large to read through: a server-side copy to the first free name,
+/// or the name that already holds an object with the same entity tag and size.
+async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: &crate::s3::Fetched) -> Result<String, String> {
+    for candidate in candidates(name) {
+        let target = format!("{BUCKET_INBOX}{folder}/{candidate}");
+        match b.head(&target).await.map_err(|e| e.to_string())? {
+            Some(there) if there.size == fetched.size && there.etag.is_some() && there.etag == fetched.etag => return Ok(candidate),
+            Some(_) => continue,
+            None => {
+                if b.copy_if_absent(source, &target).await.map_err(|e| e.to_string())? {
+                    return Ok(candidate);
                 }
             }
         }
-        Ok(outcome)
     }
+    Err(format!("{name}: no free name in {BUCKET_INBOX}{folder}/"))
 }
 
 /// `name`, or `name.1`, `name.2`... whichever is not yet in `dir` (a move never overwrites).
@@ -412,6 +682,23 @@ mod tests {
         let flow = parse(&D0126.replace("|M|DEMO|", "|X|DEMO|"));
         let (outcome, _) = match_flow(&flow, "f", "now", "M", &codes, |_| Ok(vec![entry("A", "DEMO", "")])).unwrap();
         assert!(matches!(outcome, FileOutcome::Unmatched(_)));
+    }
+
+    #[test]
+    fn ledger_names_sort_by_time_and_read_back() {
+        let ms = 1_795_815_448_123; // 2026-11-27T21:37:28.123Z
+        assert_eq!(ledger_stamp(ms), "20261127T213728123Z");
+        assert_eq!(ledger_time(&format!("{LEDGER}{}-A1-0123456789ab.json", ledger_stamp(ms))), Some(ms));
+        assert!(ledger_stamp(ms - 1) < ledger_stamp(ms) && ledger_stamp(ms) < ledger_stamp(ms + 86_400_000));
+        for bad in ["in/ledger/x.json", "in/ledger/20261327T213728123Z-A1.json", "in/other/20261127T213728123Z.json", "in/ledger/2026"] {
+            assert_eq!(ledger_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn moved_names_are_tried_in_order() {
+        let names: Vec<String> = candidates("a.usr").take(3).collect();
+        assert_eq!(names, ["a.usr", "a.usr.1", "a.usr.2"]);
     }
 
     #[test]

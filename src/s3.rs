@@ -132,22 +132,28 @@ impl S3Sink {
 
     /// The names (without the prefix) of every object whose name starts with `under`, sorted.
     pub async fn list(&self, under: &str) -> Result<Vec<String>, SinkError> {
+        Ok(self.list_objects(under, Listing::default()).await?.into_iter().map(|o| o.name).collect())
+    }
+
+    /// The objects whose names start with `under` (names without the prefix), sorted; with
+    /// `shallow`, only those with no further `/` after `under`; with `after`, only names after it.
+    pub async fn list_objects(&self, under: &str, how: Listing) -> Result<Vec<Listed>, SinkError> {
         let from = self.key(under);
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&from)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| describe("list", &from, &e))?;
+            let mut call = self.client.list_objects_v2().bucket(&self.bucket).prefix(&from).set_continuation_token(token.take());
+            if how.shallow {
+                call = call.delimiter("/");
+            }
+            if let Some(after) = &how.after {
+                call = call.start_after(self.key(after));
+            }
+            let page = call.send().await.map_err(|e| describe("list", &from, &e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    names.push(k.strip_prefix(self.prefix.as_str()).unwrap_or(k).to_string());
+                    let name = k.strip_prefix(self.prefix.as_str()).unwrap_or(k).to_string();
+                    out.push(Listed { name, size: o.size().unwrap_or(0).max(0).unsigned_abs(), etag: o.e_tag().map(str::to_string) });
                 }
             }
             match page.next_continuation_token() {
@@ -155,7 +161,105 @@ impl S3Sink {
                 _ => break,
             }
         }
-        names.sort();
-        Ok(names)
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
+
+    /// An object of at most `max` bytes: its bytes and entity tag; a larger one is not read
+    /// (`bytes` is `None`, `size` says how large). `Ok(None)` if there is no such object.
+    pub async fn get_at_most(&self, name: &str, max: u64) -> Result<Option<Fetched>, SinkError> {
+        let key = self.key(name);
+        match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(out) => {
+                let size = out.content_length().unwrap_or(0).max(0).unsigned_abs();
+                let etag = out.e_tag().map(str::to_string);
+                if size > max {
+                    return Ok(Some(Fetched { bytes: None, size, etag }));
+                }
+                let data = out.body.collect().await.map_err(|e| SinkError(format!("get {key}: {e}")))?;
+                let bytes = data.into_bytes().to_vec();
+                Ok(Some(Fetched { size: bytes.len() as u64, bytes: Some(bytes), etag }))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(describe("get", &key, &e)),
+        }
+    }
+
+    /// The size and entity tag of an object, without its bytes; `None` if there is none.
+    pub async fn head(&self, name: &str) -> Result<Option<Listed>, SinkError> {
+        let key = self.key(name);
+        match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(out) => Ok(Some(Listed { name: name.to_string(), size: out.content_length().unwrap_or(0).max(0).unsigned_abs(), etag: out.e_tag().map(str::to_string) })),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(describe("head", &key, &e)),
+        }
+    }
+
+    /// Server-side copy to a name not yet taken (`If-None-Match: *`); `false` if it was taken.
+    /// For objects too large to read through: the caller checked the target first.
+    pub async fn copy_if_absent(&self, from: &str, to: &str) -> Result<bool, SinkError> {
+        let (src, key) = (self.key(from), self.key(to));
+        let source = format!("{}/{}", self.bucket, percent_path(&src));
+        match self.client.copy_object().bucket(&self.bucket).key(&key).copy_source(source).if_none_match("*").send().await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(412) => Ok(false),
+            Err(e) => Err(describe("copy", &key, &e)),
+        }
+    }
+
+    /// Deletes an object, only while its entity tag is still `etag` when one is given (a sender
+    /// that replaced it meanwhile keeps its new object). Deleting what is not there is no error.
+    /// Stores that ignore `If-Match` on `DeleteObject` (Ceph RGW 16.2 does) get a `HeadObject`
+    /// check first: the replacement is then kept unless it lands between the two calls.
+    pub async fn delete(&self, name: &str, etag: Option<&str>) -> Result<(), SinkError> {
+        let key = self.key(name);
+        if let Some(etag) = etag {
+            match self.head(name).await? {
+                Some(now) if now.etag.as_deref() != Some(etag) => return Err(SinkError(format!("delete {key}: replaced since it was read; kept"))),
+                None => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        match self.client.delete_object().bucket(&self.bucket).key(&key).set_if_match(etag.map(str::to_string)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(status_of(&e), Some(404)) => Ok(()),
+            Err(e) => Err(describe("delete", &key, &e)),
+        }
+    }
+}
+
+/// How [`S3Sink::list_objects`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub shallow: bool,
+    pub after: Option<String>,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// One object read by [`S3Sink::get_at_most`].
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub bytes: Option<Vec<u8>>,
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+/// An object key as a `CopySource` path: every byte outside `[A-Za-z0-9._~/-]` percent-encoded.
+fn percent_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"._~/-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -169,9 +169,15 @@ pub struct InboundRecord {
     pub seen_key: String,
     /// What became of the file (matched, unmatched, rejected), as shown to operators.
     pub outcome: Value,
-    /// `(request id, file name, matched flow summary)`.
+    /// `(request id, file name and content hash, matched flow summary)`.
     pub incoming: Vec<(String, String, Value)>,
+    /// A position in the bucket's inbound ledger to remember (kept as the larger of this and
+    /// the one stored), whether or not the file was seen before.
+    pub ledger_ms: Option<u64>,
 }
+
+/// The `meta` key of the inbound ledger position (milliseconds since the epoch).
+pub const LEDGER_POSITION: &str = "inbound_ledger_ms";
 
 fn mpan_key(mpan: &str, request_id: &str) -> String {
     format!("{mpan}\u{1f}{request_id}")
@@ -371,6 +377,13 @@ impl Store {
         let t = r.open_table(INBOUND_SEEN).db()?;
         let Some(v) = t.get(seen_key).db()? else { return Ok(None) };
         serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// A value of the `meta` table (counters and positions).
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let t = r.open_table(META).db()?;
+        Ok(t.get(key).db()?.map(|v| v.value()))
     }
 
     /// The accepted requests for an MPAN core, oldest key first.
@@ -692,6 +705,12 @@ struct Tables<'t> {
 
 /// Records an inbound file unless the same name and content was recorded before.
 fn inbound(t: &mut Tables<'_>, record: InboundRecord) -> Result<bool, StoreError> {
+    if let Some(ms) = record.ledger_ms {
+        let stored = t.meta.get(LEDGER_POSITION).db()?.map_or(0, |v| v.value());
+        if ms > stored {
+            t.meta.insert(LEDGER_POSITION, ms).db()?;
+        }
+    }
     if t.inbound_seen.get(record.seen_key.as_str()).db()?.is_some() {
         return Ok(false);
     }

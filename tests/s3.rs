@@ -501,3 +501,93 @@ fn the_public_cases_replayed_through_s3_read_back_clean() {
         findings.len()
     );
 }
+
+/// A D0126 from the DNO for the MPAN and date of the public S07 case (aborted, category B).
+const D0126: &str = "ZHV|EM00000042|D0126001|J|EMEB|M|DEMO|20250110093000||||TR01|\n\
+    250|1129383838383|Fuse carrier replaced|Carrier was welded to the cut-out|\n\
+    61H|20250108|B01|C|20250110|\n\
+    ZPT|EM00000042|2||1|20250110093001|\n";
+
+#[test]
+fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_request() {
+    let prefix = unique_prefix("inbound");
+    let (endpoint, _) = s3_env();
+    let start = |instance: &str| {
+        let instance = instance.to_string();
+        common::TestServer::start(|c| {
+            use_s3(c, &endpoint, &prefix);
+            c.flows.instance_prefix = instance;
+            c.inbound.poll_ms = 100;
+        })
+    };
+    let (a, b) = (start("A1"), start("B2"));
+    // The same visit reported twice (two job ids), one request on each instance.
+    let case = "public-aborted-dno-category-b";
+    let (ra, rb) = (a.post(&body(case, "inbound-a")), b.post(&body(case, "inbound-b")));
+    assert_eq!((ra.status, rb.status), (200, 200), "{} {}", ra.text(), rb.text());
+    let ida = ra.json()["request_id"].as_str().unwrap().to_string();
+    let idb = rb.json()["request_id"].as_str().unwrap().to_string();
+
+    let bucket = Bucket::new(&prefix);
+    let put = |name: &str, bytes: &[u8]| assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(name, bytes.to_vec())).unwrap(), PutOutcome::Created);
+    put("in/D0126_EM00000042.usr", D0126.as_bytes());
+    put("in/D0126_broken.usr", D0126.replace("|2||1|", "|7||1|").as_bytes());
+    // Not files of the inbox: still being written, or in a folder of its own.
+    put("in/.D0126_partial.usr.tmp", b"ZHV|");
+
+    let incoming = |server: &common::TestServer, id: &str| server.get(&format!("/v4/sip/{id}")).json()["incoming"].as_array().cloned().unwrap_or_default();
+    wait_until("the D0126 on both instances' requests", Duration::from_secs(20), || !incoming(&a, &ida).is_empty() && !incoming(&b, &idb).is_empty());
+    for (server, id) in [(&a, &ida), (&b, &idb)] {
+        let shown = incoming(server, id);
+        assert_eq!(shown.len(), 1, "{shown:#?}");
+        assert_eq!(shown[0]["flow"], "D0126");
+        assert_eq!(shown[0]["sender"], "J/EMEB");
+        assert_eq!(shown[0]["clearance"]["code"], "C");
+        assert_eq!(shown[0]["clearance"]["meaning"], "cleared, category as reported");
+        assert_eq!(shown[0]["file"], "D0126_EM00000042.usr");
+    }
+    wait_until("both files to be moved out of in/", Duration::from_secs(20), || {
+        let top: Vec<String> = bucket.list("in/").into_iter().filter(|n| !n["in/".len()..].contains('/')).collect();
+        top == ["in/.D0126_partial.usr.tmp"]
+    });
+    assert_eq!(bucket.get("in/processed/D0126_EM00000042.usr").unwrap(), D0126.as_bytes());
+    assert!(bucket.get("in/rejected/D0126_broken.usr").is_some());
+    let why = String::from_utf8(bucket.get("in/rejected/D0126_broken.usr.why.txt").unwrap()).unwrap();
+    assert!(why.contains("ZPT group count 7 but the file has 2 group records"), "{why}");
+    let ledger = bucket.list("in/ledger/");
+    assert!(ledger.len() >= 2, "{ledger:?}");
+
+    // The same file again: taken (its bytes are already in processed/ under its name), shown
+    // once. A different file under a name already used goes to processed/ as name.1.
+    put("in/D0126_EM00000042.usr", D0126.as_bytes());
+    wait_until("the same file to be taken again", Duration::from_secs(20), || bucket.get("in/D0126_EM00000042.usr").is_none());
+    let other = D0126.replace("Carrier was welded", "Same name, other text");
+    put("in/D0126_EM00000042.usr", other.as_bytes());
+    wait_until("the other file to be moved beside the first", Duration::from_secs(20), || bucket.get("in/processed/D0126_EM00000042.usr.1").is_some());
+    assert_eq!(bucket.get("in/processed/D0126_EM00000042.usr.1").unwrap(), other.as_bytes());
+    assert_eq!(bucket.get("in/processed/D0126_EM00000042.usr").unwrap(), D0126.as_bytes());
+    assert!(bucket.get("in/processed/D0126_EM00000042.usr.2").is_none());
+    std::thread::sleep(Duration::from_millis(500));
+    // Same name, other content: a second record, shown beside the first.
+    for (server, id) in [(&a, &ida), (&b, &idb)] {
+        wait_until("the other file's text on the request", Duration::from_secs(20), || incoming(server, id).len() == 2);
+        let texts: BTreeSet<String> = incoming(server, id).iter().map(|f| f["additional_information"][0].as_str().unwrap().to_string()).collect();
+        assert_eq!(texts, BTreeSet::from(["Carrier was welded to the cut-out".to_string(), "Same name, other text to the cut-out".to_string()]));
+    }
+
+    // A restarted instance reads the ledger from where it was: nothing recorded twice, and a
+    // file taken by the other instance while it was down still reaches its request.
+    let data_a = a.stop();
+    put("in/D0126_second.usr", D0126.replace("Carrier was welded", "Second visit").replace("EM00000042", "EM00000043").as_bytes());
+    wait_until("B to take the file while A is down", Duration::from_secs(20), || bucket.get("in/processed/D0126_second.usr").is_some());
+    let a = common::TestServer::start_in(data_a, |c| {
+        use_s3(c, &endpoint, &prefix);
+        c.flows.instance_prefix = "A1".into();
+        c.inbound.poll_ms = 100;
+    });
+    wait_until("the second D0126 on A's request after its restart", Duration::from_secs(20), || incoming(&a, &ida).len() == 3);
+    wait_until("the second D0126 on B's request", Duration::from_secs(20), || incoming(&b, &idb).len() == 3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(incoming(&a, &ida).len(), 3, "nothing recorded twice after the restart");
+    println!("s3 inbound: 2 instances, 5 files dropped into in/ (1 rejected, 1 the same again), each request shows 3 incoming flows, ledger entries {}", bucket.list("in/ledger/").len());
+}
