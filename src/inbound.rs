@@ -26,7 +26,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::server::App;
 use crate::dispatch::PutOutcome;
 use crate::s3::{Listing, S3Sink};
 use crate::reader::{iso_date, Group, ParsedFlow};
@@ -105,6 +107,7 @@ enum Inbox {
 /// The inbox poller.
 pub struct Poller {
     inbox: Inbox,
+    app: Arc<App>,
     store: Store,
     rules: Live,
     sip_role: String,
@@ -172,7 +175,8 @@ fn skipped(name: &str) -> bool {
 impl Poller {
     /// A poller for the inbox of the configured sink (`<data_dir>/dtn/in/`, or `in/` in the
     /// bucket); fails if the code lists do not load or the bucket cannot be addressed.
-    pub fn new(config: &Config, store: Store, rules: Live) -> Result<Poller, String> {
+    pub fn new(app: Arc<App>) -> Result<Poller, String> {
+        let config = &app.config;
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
         let inbox = match config.sink.kind.as_str() {
@@ -181,15 +185,20 @@ impl Poller {
         };
         Ok(Poller {
             inbox,
-            store,
-            rules,
+            store: app.store.clone(),
+            rules: app.rules.clone(),
             sip_role: config.flows.sender_role.clone(),
             instance: config.flows.instance_prefix.clone(),
+            app: app.clone(),
             codes_dir,
             codes,
             codes_error: None,
             ledger_done: BTreeMap::new(),
         })
+    }
+
+    fn failed(&self) {
+        self.app.metrics.inc("flowgate_inbound_errors_total", "Inbound polls, files and ledger entries that failed (retried)", &[], 1.0);
     }
 
     fn where_(&self) -> String {
@@ -206,6 +215,7 @@ impl Poller {
                 return;
             }
             if let Err(e) = self.poll_once().await {
+                self.failed();
                 tracing::error!(error = %e, inbox = %self.where_(), "cannot read the inbox");
             }
             tokio::select! {
@@ -253,7 +263,10 @@ impl Poller {
         for name in names {
             match self.take_file(inbox, &name).await {
                 Ok(outcome) => out.push((name, outcome)),
-                Err(e) => tracing::error!(file = %name, error = %e, "inbound file left in place; will retry"),
+                Err(e) => {
+                    self.failed();
+                    tracing::error!(file = %name, error = %e, "inbound file left in place; will retry");
+                }
             }
         }
         Ok(out)
@@ -298,6 +311,14 @@ impl Poller {
         let seen_key = format!("{name}\u{1f}{}", ex.sha);
         let new = self.store.record_inbound(InboundRecord { seen_key, outcome: shown, incoming, ledger_ms }).await.map_err(|e| e.to_string())?;
         let flow = flow_id.as_deref().unwrap_or("-");
+        if new {
+            let label = match &outcome {
+                FileOutcome::Matched(_) => "matched",
+                FileOutcome::Unmatched(_) => "unmatched",
+                FileOutcome::Rejected(_) => "rejected",
+            };
+            self.app.metrics.inc("flowgate_inbound_files_total", "Incoming flow files recorded, by outcome", &[("outcome", label)], 1.0);
+        }
         match &outcome {
             FileOutcome::Matched(ids) if new => tracing::info!(file = %name, flow, requests = ids.len(), "inbound flow matched"),
             FileOutcome::Unmatched(why) if new => tracing::info!(file = %name, flow, reason = %why, "inbound flow matched no request here"),
@@ -338,6 +359,7 @@ impl Poller {
                 continue;
             }
             if let Err(e) = self.take_object(b, &name).await {
+                self.failed();
                 tracing::error!(file = %name, error = %e, "inbound object left in place; will retry");
             }
         }
@@ -409,7 +431,10 @@ impl Poller {
                 }
                 // Not marked done: read again at the next poll (the position stays before it
                 // for as long as the margin covers it).
-                Err(e) => tracing::error!(entry = %object.name, error = %e, "inbound ledger entry not read; will retry"),
+                Err(e) => {
+                    self.failed();
+                    tracing::error!(entry = %object.name, error = %e, "inbound ledger entry not read; will retry");
+                }
             }
         }
         Ok(out)

@@ -642,7 +642,7 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
     };
     let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
-    let inbound = crate::inbound::Poller::new(&app.config, app.store.clone(), app.rules.clone())?;
+    let inbound = crate::inbound::Poller::new(app.clone())?;
     let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
     let dispatcher = tokio::spawn(crate::dispatch::run(
         app.store.clone(),

@@ -119,6 +119,9 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     let v = status_now().await;
     assert_eq!(v["incoming"].as_array().unwrap().len(), 1, "{v:#}");
     assert!(!inbox.join("D0126_EM00000042.usr").exists());
+    let counted = |outcome: &str| app.metrics.value("flowgate_inbound_files_total", &[("outcome", outcome)]);
+    assert_eq!((counted("matched"), counted("rejected"), counted("unmatched")), (1.0, 1.0, 0.0));
+    assert_eq!(app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);
 
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
