@@ -129,8 +129,13 @@ pub fn parse(body: &[u8]) -> Result<Value, Finding> {
 
 /// Decides one body for one client. `explain` collects a trace of every rule.
 pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain: bool) -> Decision {
+    decide_parsed(set, client, parse(body), clock, explain)
+}
+
+/// [`decide`] for a body already [`parse`]d (the server parses once, to look up an earlier answer).
+pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: bool) -> Decision {
     let done = |verdict, trace| Decision { verdict, trace, revision: set.revision.clone() };
-    let value = match parse(body) {
+    let value = match parsed {
         Ok(v) => v,
         Err(f) => return done(Verdict::Rejected(vec![f]), vec![]),
     };

@@ -205,6 +205,9 @@ pub fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distri
     engine.set_max_string_size(limits.max_string_size);
     engine.set_max_array_size(limits.max_array_size);
     engine.set_max_map_size(limits.max_map_size);
+    // No string interner: with `sync` it is one lock shared by every worker, and rhai's lock
+    // sleeps 10 ms when it finds it taken (a stall per contended request under load).
+    engine.set_max_strings_interned(0);
     // Reading the clock costs more than a small operation: look at it every 256 operations.
     engine.on_progress(|ops| {
         if ops % 256 != 0 {

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::dispatch::DispatchStats;
 use crate::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
-use crate::pipeline::{decide, Verdict};
+use crate::pipeline::{decide_parsed, Verdict};
 use crate::problem::Problem;
 use crate::ruleset::{self, RuleSet};
 use crate::store::{AcceptOutcome, NewRequest, Store};
@@ -397,13 +397,14 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     };
     // The same body again for a job already accepted gets the first answer, whatever the rules
     // say now, without deciding it again.
-    if let Some(first) = earlier_answer(app, client, &body) {
+    let parsed = crate::pipeline::parse(&body);
+    if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(app, client, value)) {
         return replayed(&first);
     }
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
     tracing::Span::current().record("ruleset", set.revision.as_str());
-    let decision = decide(&set, client, &body, app.clock, false);
+    let decision = decide_parsed(&set, client, parsed, app.clock, false);
     match decision.verdict {
         Verdict::Rejected(errors) => {
             for e in &errors {
@@ -465,11 +466,10 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
 }
 
 /// The first answer to this very body, if the client's job was accepted before.
-fn earlier_answer(app: &App, client: &Client, body: &[u8]) -> Option<crate::store::RequestRecord> {
-    let value = crate::pipeline::parse(body).ok()?;
+fn earlier_answer(app: &App, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
     let job_id = value.pointer("/job_details/job_id")?.as_str()?;
     let first = app.store.job(&client.name, job_id).ok()??;
-    (first.body_hash == crate::pipeline::canonical_hash(&value)).then_some(first)
+    (first.body_hash == crate::pipeline::canonical_hash(value)).then_some(first)
 }
 
 fn replayed(record: &crate::store::RequestRecord) -> Answer {
