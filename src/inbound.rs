@@ -117,6 +117,11 @@ pub struct Poller {
     codes_error: Option<String>,
     /// Ledger entries read since their time fell within [`LEDGER_MARGIN_MS`] of the position.
     ledger_done: BTreeMap<String, u64>,
+    /// Ledger entries that failed to read, and when they first failed.
+    ledger_failing: BTreeMap<String, u64>,
+    /// Files of the bucket's inbox (`name` + SHA-256) whose ledger entry this instance wrote but
+    /// which are not yet deleted from `in/`: a retry does not write another entry.
+    ledgered: BTreeMap<String, String>,
 }
 
 /// A file read (or not: too large) and judged.
@@ -166,6 +171,10 @@ const LEDGER: &str = "in/ledger/";
 /// Each poll reads the ledger again from this long before the last entry read: entries written
 /// by other instances (whose clocks and listings lag) within it are still found.
 const LEDGER_MARGIN_MS: u64 = 10 * 60 * 1000;
+/// A ledger entry that keeps failing to read holds the position back this long, then is given up.
+const LEDGER_GIVE_UP_MS: u64 = 60 * 60 * 1000;
+/// Ledger entries are small; a larger object under `in/ledger/` is not one.
+const LEDGER_ENTRY_MAX: u64 = 1024 * 1024;
 
 fn skipped(name: &str) -> bool {
     // Senders write under a temporary name and rename into place.
@@ -179,9 +188,16 @@ impl Poller {
         let config = &app.config;
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
+        let folder = config.data_dir.join("dtn").join("in");
         let inbox = match config.sink.kind.as_str() {
-            "s3" => Inbox::Bucket(S3Sink::new(&config.sink.s3).map_err(|e| e.to_string())?),
-            _ => Inbox::Local(config.data_dir.join("dtn").join("in")),
+            "s3" => {
+                let waiting = std::fs::read_dir(&folder).map(|rd| rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count()).unwrap_or(0);
+                if waiting > 0 {
+                    tracing::warn!(folder = %folder.display(), files = waiting, "files wait in the local inbox, which is not read with the S3 sink: put them under in/ in the bucket");
+                }
+                Inbox::Bucket(S3Sink::new(&config.sink.s3).map_err(|e| e.to_string())?)
+            }
+            _ => Inbox::Local(folder),
         };
         Ok(Poller {
             inbox,
@@ -194,6 +210,8 @@ impl Poller {
             codes,
             codes_error: None,
             ledger_done: BTreeMap::new(),
+            ledger_failing: BTreeMap::new(),
+            ledgered: BTreeMap::new(),
         })
     }
 
@@ -236,7 +254,11 @@ impl Poller {
             }
             Inbox::Bucket(b) => {
                 let b = b.clone();
-                self.take_from_bucket(&b).await?;
+                // The ledger is read even when in/ cannot be: other instances may take its files.
+                if let Err(e) = self.take_from_bucket(&b).await {
+                    self.failed();
+                    tracing::error!(error = %e, inbox = %self.where_(), "cannot list the inbox");
+                }
                 self.read_ledger(&b).await
             }
         }
@@ -351,7 +373,7 @@ impl Poller {
     /// then deleted from `in/` (while its entity tag is unchanged). Each step can be repeated:
     /// a crash or a second instance taking the same file ends with one copy, and the readers of
     /// the ledger record a file once by name and content.
-    async fn take_from_bucket(&self, b: &S3Sink) -> Result<(), String> {
+    async fn take_from_bucket(&mut self, b: &S3Sink) -> Result<(), String> {
         let listed = b.list_objects(BUCKET_INBOX, Listing { shallow: true, after: None }).await.map_err(|e| e.to_string())?;
         for object in listed {
             let Some(name) = object.name.strip_prefix(BUCKET_INBOX).map(str::to_string) else { continue };
@@ -366,7 +388,7 @@ impl Poller {
         Ok(())
     }
 
-    async fn take_object(&self, b: &S3Sink, name: &str) -> Result<(), String> {
+    async fn take_object(&mut self, b: &S3Sink, name: &str) -> Result<(), String> {
         let source = format!("{BUCKET_INBOX}{name}");
         let Some(fetched) = b.get_at_most(&source, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? else {
             return Ok(()); // taken meanwhile (by another instance)
@@ -394,59 +416,94 @@ impl Poller {
             "taken_by": self.instance,
             "taken_at": taken_at,
         });
-        let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
-        b.put_if_absent(&key, bytes).await.map_err(|e| e.to_string())?;
+        let taken = format!("{source}\u{1f}{}", ex.sha);
+        if !self.ledgered.contains_key(&taken) {
+            let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
+            let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
+            match b.put_if_absent(&key, bytes).await.map_err(|e| e.to_string())? {
+                PutOutcome::Created | PutOutcome::AlreadyThere => {}
+                PutOutcome::Different(_) => return Err(format!("{key}: another ledger entry has this name; the file stays in in/")),
+            }
+            self.ledgered.insert(taken.clone(), key);
+        }
         b.delete(&source, fetched.etag.as_deref()).await.map_err(|e| e.to_string())?;
+        self.ledgered.remove(&taken);
         Ok(())
     }
 
     /// Reads the ledger from a margin before the last position, records each entry not read yet.
+    /// The position never passes an entry that failed in this pass (until it has failed for
+    /// [`LEDGER_GIVE_UP_MS`]), nor the present: a clock running ahead cannot make it skip others.
     async fn read_ledger(&mut self, b: &S3Sink) -> Result<Vec<(String, FileOutcome)>, String> {
+        let now = now_ms();
         let position = match self.store.meta(crate::store::LEDGER_POSITION).map_err(|e| e.to_string())? {
             Some(ms) => ms,
             // A new data dir has no requests older than now to match.
-            None => now_ms(),
+            None => now,
         };
         let from = position.saturating_sub(LEDGER_MARGIN_MS);
         self.ledger_done.retain(|_, t| *t >= from);
         let after = format!("{LEDGER}{}", ledger_stamp(from));
         let listed = b.list_objects(LEDGER, Listing { shallow: true, after: Some(after) }).await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
+        let mut hold = false;
         for object in listed {
             if self.ledger_done.contains_key(&object.name) {
                 continue;
             }
             let Some(at) = ledger_time(&object.name) else {
                 tracing::warn!(entry = %object.name, "not a ledger entry name; ignored");
+                self.ledger_done.insert(object.name, u64::MAX);
                 continue;
             };
-            match self.read_entry(b, &object.name, at).await {
-                Ok(Some(taken)) => {
+            let advance = (!hold).then_some(at.min(now));
+            match self.read_entry(b, &object.name, advance).await {
+                Ok(taken) => {
+                    self.ledger_failing.remove(&object.name);
                     self.ledger_done.insert(object.name, at);
-                    out.push(taken);
+                    out.extend(taken);
                 }
-                Ok(None) => {
-                    self.ledger_done.insert(object.name, at);
-                }
-                // Not marked done: read again at the next poll (the position stays before it
-                // for as long as the margin covers it).
                 Err(e) => {
                     self.failed();
-                    tracing::error!(entry = %object.name, error = %e, "inbound ledger entry not read; will retry");
+                    let since = *self.ledger_failing.entry(object.name.clone()).or_insert(now);
+                    if now.saturating_sub(since) > LEDGER_GIVE_UP_MS {
+                        tracing::error!(entry = %object.name, error = %e, "inbound ledger entry given up after failing for an hour; its file is not matched here");
+                        self.ledger_failing.remove(&object.name);
+                        self.ledger_done.insert(object.name, at);
+                    } else {
+                        tracing::error!(entry = %object.name, error = %e, "inbound ledger entry not read; will retry");
+                        hold = true;
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    async fn read_entry(&self, b: &S3Sink, key: &str, at: u64) -> Result<Option<(String, FileOutcome)>, String> {
-        let entry = b.get_at_most(key, 1024 * 1024).await.map_err(|e| e.to_string())?;
-        let Some(bytes) = entry.and_then(|e| e.bytes) else { return Ok(None) };
-        let entry: LedgerEntry = serde_json::from_slice(&bytes).map_err(|e| format!("{key}: {e}"))?;
+    /// One ledger entry: `None` if it was recorded before or is not one of ours (logged).
+    async fn read_entry(&self, b: &S3Sink, key: &str, advance: Option<u64>) -> Result<Option<(String, FileOutcome)>, String> {
+        let Some(fetched) = b.get_at_most(key, LEDGER_ENTRY_MAX).await.map_err(|e| e.to_string())? else {
+            return Err("listed but not there".into());
+        };
+        let not_ours = |why: &str| {
+            tracing::warn!(entry = %key, why, "not a ledger entry flowgate wrote; ignored");
+            Ok(None)
+        };
+        let Some(bytes) = fetched.bytes else { return not_ours("too large") };
+        let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&bytes) else { return not_ours("not a ledger entry's JSON") };
+        let folder_ok = match entry.outcome.as_str() {
+            "processed" => entry.object.starts_with("in/processed/"),
+            "rejected" => entry.object.starts_with("in/rejected/"),
+            _ => false,
+        };
+        if !folder_ok || !entry.sha256.get(..12).is_some_and(|sha| key.ends_with(&format!("-{sha}.json"))) {
+            return not_ours("its name, outcome and object do not agree");
+        }
         let seen_key = format!("{}\u{1f}{}", entry.file, entry.sha256);
         if self.store.inbound_seen(&seen_key).map_err(|e| e.to_string())?.is_some() {
-            self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: Some(at) }).await.map_err(|e| e.to_string())?;
+            if advance.is_some() {
+                self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance }).await.map_err(|e| e.to_string())?;
+            }
             return Ok(None);
         }
         let ex = if entry.outcome == "processed" {
@@ -460,7 +517,7 @@ impl Poller {
         } else {
             Examined { sha: entry.sha256.clone(), read: Err(entry.findings.clone()) }
         };
-        let (outcome, _) = self.record(&entry.file, &ex, &entry.taken_at, Some(at)).await?;
+        let (outcome, _) = self.record(&entry.file, &ex, &entry.taken_at, advance).await?;
         Ok(Some((entry.file, outcome)))
     }
 }
@@ -508,12 +565,15 @@ async fn put_free(b: &S3Sink, folder: &str, name: &str, bytes: &[u8]) -> Result<
 async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: &crate::s3::Fetched) -> Result<String, String> {
     for candidate in candidates(name) {
         let target = format!("{BUCKET_INBOX}{folder}/{candidate}");
-        match b.head(&target).await.map_err(|e| e.to_string())? {
-            Some(there) if there.size == fetched.size && there.etag.is_some() && there.etag == fetched.etag => return Ok(candidate),
-            Some(_) => continue,
-            None => {
-                if b.copy_if_absent(source, &target).await.map_err(|e| e.to_string())? {
-                    return Ok(candidate);
+        // Twice: a copy refused with 412 was just made by someone else; look at it.
+        for _ in 0..2 {
+            match b.head(&target).await.map_err(|e| e.to_string())? {
+                Some(there) if there.size == fetched.size && there.etag.is_some() && there.etag == fetched.etag => return Ok(candidate),
+                Some(_) => break,
+                None => {
+                    if b.copy_if_absent(source, &target).await.map_err(|e| e.to_string())? {
+                        return Ok(candidate);
+                    }
                 }
             }
         }

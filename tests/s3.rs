@@ -530,6 +530,12 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
 
     let bucket = Bucket::new(&prefix);
     let put = |name: &str, bytes: &[u8]| assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(name, bytes.to_vec())).unwrap(), PutOutcome::Created);
+    // Planted in the ledger: an entry dated 2099 (a clock far ahead, or someone else's hand) and
+    // junk. Neither may move any instance's position past the present.
+    let sha = "0".repeat(64);
+    let planted = serde_json::json!({"file": "planted.usr", "object": "in/rejected/planted.usr", "sha256": sha, "outcome": "rejected", "findings": ["planted"], "taken_at": "2099-12-31T00:00:00Z"});
+    put("in/ledger/20991231T000000000Z-XX-000000000000.json", planted.to_string().as_bytes());
+    put("in/ledger/20991231T000000001Z-XX-junk.json", b"not json");
     put("in/D0126_EM00000042.usr", D0126.as_bytes());
     put("in/D0126_broken.usr", D0126.replace("|2||1|", "|7||1|").as_bytes());
     // Not files of the inbox: still being written, or in a folder of its own.
@@ -555,7 +561,12 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
     let why = String::from_utf8(bucket.get("in/rejected/D0126_broken.usr.why.txt").unwrap()).unwrap();
     assert!(why.contains("ZPT group count 7 but the file has 2 group records"), "{why}");
     let ledger = bucket.list("in/ledger/");
-    assert!(ledger.len() >= 2, "{ledger:?}");
+    assert!(ledger.len() >= 4, "{ledger:?}");
+    let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    for server in [&a, &b] {
+        let position = server.app.store.meta(flowgate::store::LEDGER_POSITION).unwrap().expect("a ledger position");
+        assert!(position <= now_ms, "the position {position} passed the present {now_ms}");
+    }
 
     // The same file again: taken (its bytes are already in processed/ under its name), shown
     // once. A different file under a name already used goes to processed/ as name.1.
