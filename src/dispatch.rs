@@ -55,6 +55,36 @@ impl LocalSink {
     /// Create-only: written to a temporary file, fsync'd, then hard-linked into place (a link
     /// fails if the name exists, atomically), and the folder fsync'd.
     pub fn put_if_absent(&self, name: &str, bytes: &[u8]) -> Result<PutOutcome, SinkError> {
+        let (outcome, dir) = self.link_in(name, bytes)?;
+        if let Some(dir) = dir {
+            sync_dir(&dir).map_err(|e| SinkError(format!("{name}: {e}")))?;
+        }
+        Ok(outcome)
+    }
+
+    /// [`LocalSink::put_if_absent`] for several files, with one fsync per folder for all of them:
+    /// no file counts as created until its folder is synced.
+    pub fn put_many(&self, items: &[(String, Vec<u8>)]) -> Vec<Result<PutOutcome, SinkError>> {
+        let mut linked: Vec<Result<(PutOutcome, Option<PathBuf>), SinkError>> = items.iter().map(|(name, bytes)| self.link_in(name, bytes)).collect();
+        let mut dirs: Vec<&PathBuf> = linked.iter().filter_map(|r| r.as_ref().ok().and_then(|(_, d)| d.as_ref())).collect();
+        dirs.sort();
+        dirs.dedup();
+        let failed: HashMap<PathBuf, String> = dirs.into_iter().filter_map(|d| sync_dir(d).err().map(|e| (d.clone(), e.to_string()))).collect();
+        linked
+            .drain(..)
+            .zip(items)
+            .map(|(r, (name, _))| {
+                let (outcome, dir) = r?;
+                match dir.and_then(|d| failed.get(&d)) {
+                    Some(e) => Err(SinkError(format!("{name}: {e}"))),
+                    None => Ok(outcome),
+                }
+            })
+            .collect()
+    }
+
+    /// Writes and links one file; the folder to sync when it was created.
+    fn link_in(&self, name: &str, bytes: &[u8]) -> Result<(PutOutcome, Option<PathBuf>), SinkError> {
         use std::io::Write;
         let err = |e: std::io::Error| SinkError(format!("{name}: {e}"));
         let path = self.path_of(name)?;
@@ -71,13 +101,10 @@ impl LocalSink {
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
-            Ok(()) => {
-                sync_dir(dir).map_err(err)?;
-                Ok(PutOutcome::Created)
-            }
+            Ok(()) => Ok((PutOutcome::Created, Some(dir.to_path_buf()))),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let existing = std::fs::read(&path).map_err(err)?;
-                Ok(if existing == bytes { PutOutcome::AlreadyThere } else { PutOutcome::Different(existing) })
+                Ok((if existing == bytes { PutOutcome::AlreadyThere } else { PutOutcome::Different(existing) }, None))
             }
             Err(e) => Err(err(e)),
         }
@@ -122,6 +149,39 @@ impl Sink {
                     .map_err(|e| SinkError(e.to_string()))?
             }
             Sink::S3(s) => s.put_if_absent(name, bytes).await,
+        }
+    }
+
+    /// Several create-only writes: to the folder in one blocking task (one fsync per folder),
+    /// to the bucket all at once. Each result comes back with its tag.
+    pub async fn put_all<T: Send + 'static>(&self, items: Vec<(T, String, Vec<u8>)>) -> Vec<(T, Result<PutOutcome, SinkError>)> {
+        match self {
+            Sink::Local(l) => {
+                let l = l.clone();
+                let (tags, files): (Vec<T>, Vec<(String, Vec<u8>)>) = items.into_iter().map(|(t, n, b)| (t, (n, b))).unzip();
+                let n = files.len();
+                let results = tokio::task::spawn_blocking(move || l.put_many(&files))
+                    .await
+                    .unwrap_or_else(|e| (0..n).map(|_| Err(SinkError(e.to_string()))).collect());
+                tags.into_iter().zip(results).collect()
+            }
+            Sink::S3(s) => {
+                let mut set = tokio::task::JoinSet::new();
+                for (tag, name, bytes) in items {
+                    let s = s.clone();
+                    set.spawn(async move {
+                        let r = s.put_if_absent(&name, bytes).await;
+                        (tag, r)
+                    });
+                }
+                let mut out = Vec::new();
+                while let Some(joined) = set.join_next().await {
+                    if let Ok(done) = joined {
+                        out.push(done);
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -202,6 +262,9 @@ struct Attempt {
     request_id: String,
 }
 
+/// Files written to the local folder in one batch.
+const LOCAL_BATCH: usize = 64;
+
 /// Runs until `shutdown` fires: delivers pending files, `concurrency` at a time.
 pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff, stats: Arc<DispatchStats>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut not_before: HashMap<String, (u32, Instant)> = HashMap::new();
@@ -224,22 +287,21 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
             .filter(|f| f.kind == FileKind::Archive || archive_cleared(&store, &f.request_id, &mut cleared))
             .collect();
         let mut results = Vec::new();
-        for chunk in due.chunks(concurrency.max(1)) {
+        // The folder takes a batch in one blocking task (one folder fsync per batch); the bucket
+        // takes `concurrency` writes at a time.
+        let batch_size = match &sink {
+            Sink::Local(_) => LOCAL_BATCH.max(concurrency),
+            Sink::S3(_) => concurrency.max(1),
+        };
+        for chunk in due.chunks(batch_size) {
             if *shutdown.borrow() {
                 break;
             }
-            let mut set = tokio::task::JoinSet::new();
-            for f in chunk {
-                let sink = sink.clone();
-                let bytes = f.content.clone().into_bytes();
-                let attempt = Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() };
-                set.spawn(async move {
-                    let r = sink.put_if_absent(&attempt.object, bytes).await;
-                    (attempt, r)
-                });
-            }
-            while let Some(joined) = set.join_next().await {
-                let Ok((attempt, r)) = joined else { continue };
+            let items = chunk
+                .iter()
+                .map(|f| (Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() }, f.object.clone(), f.content.clone().into_bytes()))
+                .collect();
+            for (attempt, r) in sink.put_all(items).await {
                 let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let name = attempt.object.clone();
                 let delivery = match (attempt.kind, r) {
@@ -317,6 +379,28 @@ mod tests {
     use super::*;
     use crate::flows::{Envelope, FlowBody};
     use crate::store::{AcceptOutcome, NewRequest};
+
+    #[test]
+    fn a_batch_to_the_folder_creates_finds_and_refuses_like_single_writes() {
+        let root = std::env::temp_dir().join(format!("flowgate-batch-{}", ulid::Ulid::new()));
+        let sink = LocalSink::new(&root);
+        assert_eq!(sink.put_if_absent("out/XA/same.usr", b"one").unwrap(), PutOutcome::Created);
+        assert_eq!(sink.put_if_absent("out/XA/other.usr", b"first").unwrap(), PutOutcome::Created);
+        let items: Vec<(String, Vec<u8>)> = [("out/XA/new.usr", "a"), ("out/JB/new.usr", "b"), ("out/XA/same.usr", "one"), ("out/XA/other.usr", "second"), ("out/../escape.usr", "x")]
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
+            .collect();
+        let got: Vec<Result<PutOutcome, String>> = sink.put_many(&items).into_iter().map(|r| r.map_err(|e| e.0)).collect();
+        assert_eq!(got[0], Ok(PutOutcome::Created));
+        assert_eq!(got[1], Ok(PutOutcome::Created));
+        assert_eq!(got[2], Ok(PutOutcome::AlreadyThere));
+        assert_eq!(got[3], Ok(PutOutcome::Different(b"first".to_vec())));
+        assert!(got[4].as_ref().is_err_and(|e| e.contains("unsafe object name")), "{:?}", got[4]);
+        assert_eq!(std::fs::read(root.join("out/JB/new.usr")).unwrap(), b"b");
+        assert_eq!(std::fs::read(root.join("out/XA/other.usr")).unwrap(), b"first", "never overwritten");
+        assert!(std::fs::read_dir(root.join(".tmp")).unwrap().next().is_none(), "no temporary file left");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     fn request(request_id: &str, job_id: &str) -> NewRequest {
         let flow = FlowBody {
