@@ -46,6 +46,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub dispatch: DispatchSettings,
     pub inbound: InboundSettings,
+    pub store: StoreSettings,
     /// `json` for one JSON object per log line; `text` otherwise.
     pub log_format: String,
     /// HTTPS: PEM certificate chain and key; reloaded when they change. Absent: plain HTTP.
@@ -132,8 +133,21 @@ pub struct DispatchSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundSettings {
-    /// How often `<data_dir>/dtn/in/` is read for incoming flows.
+    /// How often the inbox (`<data_dir>/dtn/in/`, or `in/` in the bucket) is read.
     pub poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// The store's page cache, in MiB (redb's own default is 1 GiB).
+    pub cache_mb: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { cache_mb: 64 }
+    }
 }
 
 impl Default for Config {
@@ -153,6 +167,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             dispatch: DispatchSettings::default(),
             inbound: InboundSettings::default(),
+            store: StoreSettings::default(),
             log_format: "text".into(),
             tls: None,
         }

@@ -98,7 +98,7 @@ impl App {
         let set = ruleset::load(&config).map_err(StartError::Rules)?;
         let keys = KeysFile::read(&config.keys_path())?;
         let limits = Limits::for_keys(&keys, None);
-        let store = Store::open(&config.data_dir.join("store"), &config.flows.instance_prefix)?;
+        let store = Store::open_with_cache(&config.data_dir.join("store"), &config.flows.instance_prefix, config.store.cache_mb)?;
         let clock = config.clock();
         let now = Some(rfc3339_now());
         let tls = match &config.tls {

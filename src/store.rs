@@ -319,8 +319,14 @@ pub fn archive_request_id(bytes: &[u8]) -> Option<String> {
 impl Store {
     /// Opens (or creates) the store under `dir` and starts its writer thread.
     pub fn open(dir: &Path, instance_prefix: &str) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, instance_prefix, crate::config::StoreSettings::default().cache_mb)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_mb` MiB.
+    pub fn open_with_cache(dir: &Path, instance_prefix: &str, cache_mb: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).db()?;
-        let db = Arc::new(Database::create(dir.join("flowgate.redb")).db()?);
+        let cache = usize::try_from(cache_mb.max(1).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+        let db = Arc::new(Database::builder().set_cache_size(cache).create(dir.join("flowgate.redb")).db()?);
         {
             let w = db.begin_write().db()?;
             w.open_table(REQUESTS).db()?;
