@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use serde_json::Value;
 
 /// An HTTP/2 connection over any stream; the connection task runs on the current runtime.
@@ -98,30 +96,13 @@ fn h2c_with_prior_knowledge_multiplexes_requests() {
     assert_eq!(ids.len(), 8, "one request id per stream");
 }
 
-fn make_cert(dir: &Path) -> CertificateDer<'static> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    cert.cert.der().clone()
-}
-
 #[test]
 fn h2_over_tls_by_alpn() {
-    let dir = common::temp_dir("h2tls");
-    let trust = make_cert(&dir);
-    let d = dir.clone();
-    let server = common::TestServer::start(move |c| {
-        c.tls = Some(flowgate::config::TlsFiles { cert_file: d.join("cert.pem"), key_file: d.join("key.pem") })
-    });
+    let (server, trust, _) = common::tls_server("h2tls");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let answers = rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(trust).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let tls = common::tls_connector(&trust, &[b"h2"]).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         exercise(h2(tls).await, server.key.clone(), "h2tls").await
     });

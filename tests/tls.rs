@@ -4,29 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn make_cert(dir: &Path) -> CertificateDer<'static> {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
-    cert.cert.der().clone()
-}
 
 /// One request over TLS; returns the negotiated ALPN protocol and the answer.
 fn https(addr: std::net::SocketAddr, trust: &CertificateDer<'static>, alpn: &[&[u8]], raw: Vec<u8>) -> (Option<Vec<u8>>, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(trust.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = common::tls_connector(trust, alpn);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -42,12 +28,7 @@ fn https(addr: std::net::SocketAddr, trust: &CertificateDer<'static>, alpn: &[&[
 
 #[test]
 fn an_https_request_gets_the_same_answer_as_over_http() {
-    let dir = common::temp_dir("tls");
-    let trust = make_cert(&dir);
-    let d = dir.clone();
-    let server = common::TestServer::start(move |c| {
-        c.tls = Some(flowgate::config::TlsFiles { cert_file: d.join("cert.pem"), key_file: d.join("key.pem") })
-    });
+    let (server, trust, dir) = common::tls_server("tls");
     let plain = common::TestServer::start(|_| {});
     let body = std::fs::read(common::repo().join("tests/cases/s01-all-flows/request.json")).unwrap();
     let mut raw = format!("POST /v4/sip HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n", server.key, body.len()).into_bytes();
@@ -68,16 +49,12 @@ fn an_https_request_gets_the_same_answer_as_over_http() {
     let (alpn, _) = https(server.addr, &trust, &[b"h2", b"http/1.1"], vec![]);
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     // A renewed certificate is picked up without a restart: the old one is no longer trusted.
-    let renewed = make_cert(&dir);
+    let renewed = common::make_cert(&dir);
     server.wait_for("the new certificate", || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(renewed.clone()).unwrap();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
             let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_ok()
+            common::tls_connector(&renewed, &[]).connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_ok()
         })
     });
 }

@@ -274,3 +274,30 @@ pub fn serve_binary(data: &Path, extra: &[&str]) -> (std::process::Child, Socket
         }
     }
 }
+
+/// A self-signed certificate for `localhost`, written as `cert.pem` and `key.pem` in `dir`.
+pub fn make_cert(dir: &Path) -> rustls_pki_types::CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    cert.cert.der().clone()
+}
+
+/// A TLS client that trusts only `trust` and offers `alpn`.
+pub fn tls_connector(trust: &rustls_pki_types::CertificateDer<'static>, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A test server over HTTPS with a fresh self-signed certificate (files in the returned folder).
+pub fn tls_server(tag: &str) -> (TestServer, rustls_pki_types::CertificateDer<'static>, PathBuf) {
+    let dir = temp_dir(tag);
+    let trust = make_cert(&dir);
+    let d = dir.clone();
+    let server = TestServer::start(move |c| c.tls = Some(flowgate::config::TlsFiles { cert_file: d.join("cert.pem"), key_file: d.join("key.pem") }));
+    (server, trust, dir)
+}
