@@ -331,9 +331,12 @@ pub fn to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Dynamic::from(i as INT),
-            None => Dynamic::from(n.as_f64().unwrap_or(f64::NAN)),
+        // JSON has one number type: 5.0 is the integer 5 (as JSON Schema's `integer` says), so
+        // rules see an integer for it, not a float that an integer check would pass over.
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Dynamic::from(i as INT),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Dynamic::from(f as INT),
+            (None, f) => Dynamic::from(f.unwrap_or(f64::NAN)),
         },
         Value::String(s) if s.len() > LONG_STRING => format!("[{} bytes not shown to rules]", s.len()).into(),
         Value::String(s) => s.as_str().into(),
@@ -492,6 +495,10 @@ fn batch<'a>(engine: &Engine, conditions: impl Iterator<Item = &'a Condition>) -
     let mut script = String::from("[\n");
     let mut len = 0;
     for c in conditions {
+        // A `return` would leave the whole batch, not its own block: such a set runs one by one.
+        if c.source.contains("return") {
+            return Batch { ast: None, len: 0 };
+        }
         script.push_str("{\n");
         script.push_str(&c.source);
         script.push_str("\n},\n");

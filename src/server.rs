@@ -364,6 +364,19 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> 
     }
 }
 
+/// Notes the client on the request's span and takes one request from its key's rate limit:
+/// the limit state for the answer's headers, or the 429 to send.
+fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result<Limit, Box<Answer>> {
+    tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
+    let limit = app.keys.load().limits.check(&client.key_id);
+    if let Limit::Limited { retry_after, .. } = limit {
+        app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
+        let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
+        return Err(Box::new(with_limit_headers(problem(&p, instance, request_id), &limit)));
+    }
+    Ok(limit)
+}
+
 /// The client a request authenticates as.
 fn authenticate(app: &App, req: &Request<Incoming>) -> Option<Client> {
     let key = crate::auth::presented_key(req.headers())?;
@@ -375,13 +388,10 @@ async fn post_sip(app: &App, req: Request<Incoming>, request_id: &str) -> Answer
     let Some(client) = authenticate(app, &req) else {
         return problem(&Problem::Unauthorized, instance, request_id);
     };
-    tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
-    let limit = app.keys.load().limits.check(&client.key_id);
-    if let Limit::Limited { retry_after, .. } = limit {
-        app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
-        let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
-        return with_limit_headers(problem(&p, instance, request_id), &limit);
-    }
+    let limit = match admit(app, &client, instance, request_id) {
+        Ok(limit) => limit,
+        Err(refused) => return *refused,
+    };
     let answer = accept(app, req, &client, request_id).await;
     with_limit_headers(answer, &limit)
 }
@@ -479,15 +489,25 @@ fn replayed(record: &crate::store::RequestRecord) -> Answer {
     r
 }
 
+/// `GET /v4/sip/{id}`: for the key that created the request only (another key, even of the same
+/// client, gets 404), under that key's rate limit like every call.
 fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
     let instance = format!("/v4/sip/{id}");
     let Some(client) = authenticate(app, req) else {
         return problem(&Problem::Unauthorized, &instance, request_id);
     };
+    let limit = match admit(app, &client, &instance, request_id) {
+        Ok(limit) => limit,
+        Err(refused) => return *refused,
+    };
+    with_limit_headers(request_status(app, &client, id, &instance, request_id), &limit)
+}
+
+fn request_status(app: &App, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
     let record = match app.store.request(id) {
-        Ok(Some(r)) if r.client == client.name => r,
-        Ok(_) => return problem(&Problem::NotFound, &instance, request_id),
-        Err(_) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+        Ok(Some(r)) if r.key_id == client.key_id => r,
+        Ok(_) => return problem(&Problem::NotFound, instance, request_id),
+        Err(_) => return problem(&Problem::StoreUnavailable, instance, request_id),
     };
     let mut flows = Vec::new();
     for object in &record.objects {
@@ -506,7 +526,7 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
     }
     let incoming = match app.store.incoming(&record.request_id) {
         Ok(v) => v,
-        Err(_) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+        Err(_) => return problem(&Problem::StoreUnavailable, instance, request_id),
     };
     // The job archive settles which instance owns the job; `duplicate_of` names the winner.
     let archive = match record.archive.as_deref().map(|a| app.store.outbox_file(a)) {
@@ -517,7 +537,7 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
             "delivered_at": f.delivered_at,
             "last_error": f.last_error,
         }),
-        Some(Err(_)) => return problem(&Problem::StoreUnavailable, &instance, request_id),
+        Some(Err(_)) => return problem(&Problem::StoreUnavailable, instance, request_id),
         _ => Value::Null,
     };
     let body = json!({

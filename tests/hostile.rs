@@ -91,3 +91,18 @@ fn slow_clients_are_cut_off_and_do_not_hold_others_up() {
     assert_eq!(a.status, 408, "{}", a.text());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_photo_may_decode_to_10_mib_and_not_a_byte_more() {
+    let server = TestServer::start(|_| {});
+    // 13,981,016 characters: with "==" at the end exactly 10 MiB decoded; without padding 2 bytes more.
+    let over = with("/meter/photo", Value::String("A".repeat(13_981_016)));
+    let a = server.post(&over);
+    assert_eq!(a.status, 400, "{}", a.text().chars().take(400).collect::<String>());
+    let pointers: Vec<String> = a.json()["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pointers, ["/meter/photo"]);
+    assert!(a.text().contains("10 MiB"), "{}", a.text().chars().take(600).collect::<String>());
+    let exact = with("/meter/photo", Value::String(format!("{}==", "A".repeat(13_981_014))));
+    let b = server.post(&exact);
+    assert_eq!(b.status, 200, "{}", b.text().chars().take(600).collect::<String>());
+}

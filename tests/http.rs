@@ -197,9 +197,28 @@ fn accepted_flows_are_delivered_to_the_local_dtn_folder_under_their_object_names
         let s = server.get(&format!("/v4/sip/{id}")).json();
         s["flows"].as_array().unwrap().iter().all(|f| f["state"] == "delivered")
     });
-    // Another key's id is not found.
+    // An id that does not exist is not found; the status carries the key's rate limit.
     let other = request(server.addr, "GET", "/v4/sip/01JNOTANID", &[("X-API-Key", &server.key)], b"");
     assert_eq!(other.status, 404);
+    let mine = server.get(&format!("/v4/sip/{id}"));
+    assert_eq!(mine.status, 200);
+    assert!(mine.header("ratelimit").is_some(), "every 2xx carries RateLimit");
+
+    // A second key of the same client (added while the server runs) does not see the first
+    // key's request: "same key only". Its status calls count against its own rate limit.
+    let keys_path = server.data.join("keys.yaml");
+    let mut keys = flowgate::auth::KeysFile::read(&keys_path).unwrap();
+    let second = keys.add("Test SIP", "DEMO", flowgate::auth::Rate { per_second: 1, burst: 1 }).unwrap();
+    keys.write(&keys_path).unwrap();
+    let get_with = |key: &str| request(server.addr, "GET", &format!("/v4/sip/{id}"), &[("X-API-Key", key)], b"");
+    server.wait_for("the second key to be loaded", || get_with(&second).status != 401);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let seen = get_with(&second);
+    assert_eq!(seen.status, 404, "{}", seen.text());
+    let again = get_with(&second);
+    assert_eq!(again.status, 429, "{}", again.text());
+    assert!(again.header("retry-after").is_some());
+    assert_eq!(get_with(&server.key).status, 200);
 }
 
 #[test]
