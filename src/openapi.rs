@@ -78,7 +78,7 @@ pub fn document(set: &RuleSet) -> Value {
             "/v4/sip": {
                 "post": {
                     "summary": "Report one SIP job; answers with the scenario and the flows queued",
-                    "requestBody": { "required": true, "description": "A member whose value is an empty or white-space-only string counts as missing: the server drops it before validating, so a blank optional field is accepted as absent and a blank required one is reported missing. The schema below is the strict form (no blank strings).", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
                     "responses": {
                         "200": { "description": "Accepted and stored durably", "headers": {
                             "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"],

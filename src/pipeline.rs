@@ -47,37 +47,6 @@ pub struct Decision {
     pub revision: String,
 }
 
-/// Removes every object member (at any depth) whose value is a string of only white space, or
-/// empty: the contract treats such a value as missing. A required one is then reported missing,
-/// an optional one is simply absent. Returns the pointers removed.
-pub fn strip_blank(v: &mut Value) -> Vec<String> {
-    fn walk(v: &mut Value, at: &str, removed: &mut Vec<String>) {
-        match v {
-            Value::Object(map) => {
-                map.retain(|k, member| {
-                    let blank = member.as_str().is_some_and(|s| s.trim().is_empty());
-                    if blank {
-                        removed.push(format!("{at}/{}", crate::finding::escape_token(k)));
-                    }
-                    !blank
-                });
-                for (k, member) in map.iter_mut() {
-                    walk(member, &format!("{at}/{}", crate::finding::escape_token(k)), removed);
-                }
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    walk(item, &format!("{at}/{i}"), removed);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut removed = Vec::new();
-    walk(v, "", &mut removed);
-    removed
-}
-
 /// Hex SHA-256 of the canonical form of a JSON value (serde_json's map is sorted by key).
 pub fn canonical_hash(v: &Value) -> String {
     let bytes = serde_json::to_vec(v).unwrap_or_default();
@@ -166,19 +135,11 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
 /// [`decide`] for a body already [`parse`]d (the server parses once, to look up an earlier answer).
 pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: bool) -> Decision {
     let done = |verdict, trace| Decision { verdict, trace, revision: set.revision.clone() };
-    let mut value = match parsed {
+    let value = match parsed {
         Ok(v) => v,
         Err(f) => return done(Verdict::Rejected(vec![f]), vec![]),
     };
-    // Idempotency compares bodies as sent.
-    let body_hash = canonical_hash(&value);
-    let blanks = strip_blank(&mut value);
     let mut errors = set.schema.findings(&value);
-    for e in &mut errors {
-        if e.rule == "required" && blanks.contains(&e.pointer) {
-            e.message.push_str(" (a value of only white space counts as missing)");
-        }
-    }
     let schema_clean = errors.is_empty();
     let mut warnings = Vec::new();
     let mut trace = Vec::new();
@@ -298,7 +259,7 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
         scenario_name: scenario.name.clone(),
         warnings,
         flows,
-        body_hash,
+        body_hash: canonical_hash(&value),
         mpan: text("/job_details/mpan"),
         date_of_action: text("/job_completion/date_of_action"),
     };
