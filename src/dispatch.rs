@@ -83,13 +83,24 @@ impl LocalSink {
             .collect()
     }
 
-    /// Writes and links one file; the folder to sync when it was created.
+    /// Writes and links one file; the folder to sync before it counts as delivered.
     fn link_in(&self, name: &str, bytes: &[u8]) -> Result<(PutOutcome, Option<PathBuf>), SinkError> {
         use std::io::Write;
         let err = |e: std::io::Error| SinkError(format!("{name}: {e}"));
         let path = self.path_of(name)?;
         let dir = path.parent().ok_or_else(|| SinkError(format!("{name}: no folder")))?;
-        std::fs::create_dir_all(dir).map_err(err)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            // A new folder is durable once its parents' entries are: sync each up to the root.
+            let mut up = dir.parent();
+            while let Some(p) = up {
+                sync_dir(p).map_err(err)?;
+                if p == self.root || !p.starts_with(&self.root) {
+                    break;
+                }
+                up = p.parent();
+            }
+        }
         let tmp_dir = self.root.join(".tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(err)?;
         let tmp = tmp_dir.join(format!("{}.{}", ulid::Ulid::new(), std::process::id()));
@@ -104,7 +115,9 @@ impl LocalSink {
             Ok(()) => Ok((PutOutcome::Created, Some(dir.to_path_buf()))),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let existing = std::fs::read(&path).map_err(err)?;
-                Ok((if existing == bytes { PutOutcome::AlreadyThere } else { PutOutcome::Different(existing) }, None))
+                // Already there: perhaps linked by an attempt that died before syncing its
+                // folder, so the folder is synced before this counts as delivered.
+                Ok(if existing == bytes { (PutOutcome::AlreadyThere, Some(dir.to_path_buf())) } else { (PutOutcome::Different(existing), None) })
             }
             Err(e) => Err(err(e)),
         }

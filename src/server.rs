@@ -489,8 +489,9 @@ fn replayed(record: &crate::store::RequestRecord) -> Answer {
     r
 }
 
-/// `GET /v4/sip/{id}`: for the key that created the request only (another key, even of the same
-/// client, gets 404), under that key's rate limit like every call.
+/// `GET /v4/sip/{id}`: for the client whose key created the request — its keys share its requests
+/// as they share its idempotency (a rotated key gets the first answer again, so it can see it);
+/// another client's id is 404. Under the calling key's rate limit like every call.
 fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
     let instance = format!("/v4/sip/{id}");
     let Some(client) = authenticate(app, req) else {
@@ -505,7 +506,7 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
 
 fn request_status(app: &App, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
     let record = match app.store.request(id) {
-        Ok(Some(r)) if r.key_id == client.key_id => r,
+        Ok(Some(r)) if r.client == client.name => r,
         Ok(_) => return problem(&Problem::NotFound, instance, request_id),
         Err(_) => return problem(&Problem::StoreUnavailable, instance, request_id),
     };

@@ -66,6 +66,7 @@ impl Schema {
                         K::Constant { expected_value } => format!("must be {}", one_line(expected_value)),
                         K::Pattern { .. } => format!("{} does not have the expected form", shown(error.instance())),
                         K::Format { format } => format!("{} is not a valid {format}", shown(error.instance())),
+                        K::MinLength { limit: 1 } => "must not be empty".to_string(),
                         K::MinLength { limit } => format!("must be at least {limit} characters long"),
                         K::MaxLength { limit } => format!("must be at most {limit} characters long"),
                         K::Minimum { limit } => format!("must be at least {limit}"),

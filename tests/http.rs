@@ -204,18 +204,23 @@ fn accepted_flows_are_delivered_to_the_local_dtn_folder_under_their_object_names
     assert_eq!(mine.status, 200);
     assert!(mine.header("ratelimit").is_some(), "every 2xx carries RateLimit");
 
-    // A second key of the same client (added while the server runs) does not see the first
-    // key's request: "same key only". Its status calls count against its own rate limit.
+    // Keys added while the server runs: a second key of the same client (a rotation) sees the
+    // client's request, as it would get its first answer again; another client's key gets 404.
+    // Status calls count against the calling key's rate limit.
     let keys_path = server.data.join("keys.yaml");
     let mut keys = flowgate::auth::KeysFile::read(&keys_path).unwrap();
-    let second = keys.add("Test SIP", "DEMO", flowgate::auth::Rate { per_second: 1, burst: 1 }).unwrap();
+    let rotated = keys.add("Test SIP", "DEMO", flowgate::auth::Rate { per_second: 1, burst: 1 }).unwrap();
+    let stranger = keys.add("Other SIP", "OTHR", flowgate::auth::Rate { per_second: 100, burst: 100 }).unwrap();
     keys.write(&keys_path).unwrap();
     let get_with = |key: &str| request(server.addr, "GET", &format!("/v4/sip/{id}"), &[("X-API-Key", key)], b"");
-    server.wait_for("the second key to be loaded", || get_with(&second).status != 401);
+    server.wait_for("the new keys to be loaded", || get_with(&stranger).status != 401);
+    let theirs = get_with(&stranger);
+    assert_eq!(theirs.status, 404, "{}", theirs.text());
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let seen = get_with(&second);
-    assert_eq!(seen.status, 404, "{}", seen.text());
-    let again = get_with(&second);
+    let seen = get_with(&rotated);
+    assert_eq!(seen.status, 200, "{}", seen.text());
+    assert_eq!(seen.json()["request_id"], id);
+    let again = get_with(&rotated);
     assert_eq!(again.status, 429, "{}", again.text());
     assert!(again.header("retry-after").is_some());
     assert_eq!(get_with(&server.key).status, 200);
