@@ -11,7 +11,7 @@ use crate::auth::Client;
 use crate::clock::Clock;
 use crate::finding::Finding;
 use crate::flows::FlowBody;
-use crate::rules::{findings_of, values_read, Level, RuleFailure, Trace};
+use crate::rules::{findings_of, Level, RuleFailure, Trace};
 use crate::ruleset::RuleSet;
 
 /// What the rule set says of a body.
@@ -156,7 +156,7 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
                 kind,
                 fired,
                 condition: source.to_string(),
-                values: values_read(source, &value),
+                values: set.rules.values_read(source, &value),
                 failed,
             });
         }

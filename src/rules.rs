@@ -170,6 +170,8 @@ pub struct Rules {
     pub flows: Vec<FlowChoice>,
     pub recipients: BTreeMap<String, Recipient>,
     pub distributors: Arc<BTreeMap<String, Distributor>>,
+    /// The text of each helper function's body, by name (for explanations).
+    pub helper_bodies: BTreeMap<String, String>,
     timeout: Duration,
 }
 
@@ -391,6 +393,10 @@ impl Rules {
         }
         let distributors = Arc::new(distributors);
         let mut engine = new_engine(limits, distributors.clone());
+        let mut helper_bodies = BTreeMap::new();
+        for (_, source) in &helpers {
+            helper_bodies.extend(function_bodies(source));
+        }
         for (name, source) in helpers {
             let ast = engine.compile(&source).map_err(|e| format!("{name}: {e}"))?;
             let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, &engine).map_err(|e| format!("{name}: {e}"))?;
@@ -443,8 +449,27 @@ impl Rules {
             flows,
             recipients,
             distributors,
+            helper_bodies,
             timeout: Duration::from_millis(limits.timeout_ms),
         })
+    }
+
+    /// The body values a condition reads, directly (`exec.site_de_energised`) or through the
+    /// helpers it calls (their parameters named after the blocks, as helpers.rhai does).
+    pub fn values_read(&self, source: &str, body: &Value) -> BTreeMap<String, Value> {
+        let mut out = values_read(source, body);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = called(source);
+        while let Some(name) = todo.pop() {
+            if seen.len() > 64 || !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some(text) = self.helper_bodies.get(&name) {
+                out.extend(values_read(text, body));
+                todo.extend(called(text));
+            }
+        }
+        out
     }
 
     /// Compiles an expression with this rule set's engine (templates use it too).
@@ -559,6 +584,64 @@ pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, Stri
 }
 
 /// The `block.field` paths a condition reads, with their values in the body (for `check`).
+/// The names of the functions `source` calls (an identifier followed by `(`).
+fn called(source: &str) -> Vec<String> {
+    let bytes = source.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        if i == start {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        if bytes.get(j) == Some(&b'(') && (start == 0 || bytes[start - 1] != b'.') {
+            out.push(source[start..i].to_string());
+        }
+    }
+    out
+}
+
+/// The body text of each `fn name(...) { ... }` in a helpers file, by name (braces matched as
+/// text: good enough to explain, never run).
+pub fn function_bodies(source: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("fn ") {
+        let after = &rest[at + 3..];
+        let name: String = after.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let Some(open) = after.find('{') else { break };
+        let mut depth = 0usize;
+        let mut end = None;
+        for (k, c) in after[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = Some(open + k);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { break };
+        if !name.is_empty() && (at == 0 || rest.as_bytes()[at - 1].is_ascii_whitespace()) {
+            out.insert(name, after[open + 1..end].to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
 pub fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let bytes = source.as_bytes();
@@ -584,7 +667,8 @@ pub fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
             Value::Object(_) => Value::String("{…}".into()),
             v => v,
         };
-        out.insert(token, shown);
+        // `job.mpan.len()` reads job.mpan.
+        out.insert(format!("{head}.{field}"), shown);
     }
     out
 }
@@ -592,6 +676,16 @@ pub fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explanations_follow_helper_calls() {
+        let helpers = "// helpers\nfn outer(exec) {\n  if exec.a { inner(exec) } else { #{ x: 1 } }\n}\n\nfn inner(exec) { exec.b }\n";
+        let bodies = function_bodies(helpers);
+        assert_eq!(bodies.keys().collect::<Vec<_>>(), ["inner", "outer"]);
+        assert!(bodies["outer"].contains("inner(exec)") && bodies["outer"].contains("#{ x: 1 }"), "{bodies:?}");
+        assert_eq!(bodies["inner"].trim(), "exec.b");
+        assert_eq!(called("outer(scenario, exec) && job.mpan.len() > 1 && present(x)"), ["outer", "present"]);
+    }
 
     #[test]
     fn check_digits() {

@@ -1,0 +1,72 @@
+//! The analysts' verbs on the real binary: `check` explains a decision (each rule, scenario and
+//! flow choice that fired, with the body values its condition read, through helper calls too),
+//! `test` runs a folder of golden cases and fails on a wrong one, `parse` reads a flow file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn flowgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::BIN).args(args).current_dir(common::repo()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn fired<'a>(report: &'a Value, kind: &str, rule: &str) -> &'a Value {
+    report["fired"].as_array().unwrap().iter().find(|t| t["kind"] == kind && t["rule"] == rule).unwrap_or_else(|| panic!("{kind} {rule} did not fire: {report:#}"))
+}
+
+#[test]
+fn check_explains_what_fired_and_the_values_it_read() {
+    let (code, out, err) = flowgate(&["check", "tests/cases/s03-left-de-energised/request.json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["status"], 200, "{report:#}");
+    assert_eq!(report["answer"]["scenario"], "S03");
+    // A flow choice written as a helper call shows the fields the helper read.
+    let d0139 = fired(&report, "flow", "d0139-energisation-status");
+    assert_eq!(d0139["values"]["exec.site_de_energised"], true, "{d0139:#}");
+    assert_eq!(d0139["values"]["exec.site_re_energised"], false, "{d0139:#}");
+
+    let (code, out, _) = flowgate(&["check", "tests/cases/public-bad-mpan-check-digit/request.json"]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["status"], 400);
+    let rule = fired(&report, "rule", "mpan-check-digit");
+    assert_eq!(rule["values"].as_object().unwrap().keys().collect::<Vec<_>>(), ["job.mpan"], "{rule:#}");
+    assert_eq!(rule["values"]["job.mpan"], "1129383838384");
+    assert!(report["not_fired"].as_array().unwrap().iter().any(|r| r == "rule mpan-distributor-unknown"), "{report:#}");
+}
+
+#[test]
+fn test_passes_the_golden_cases_and_fails_a_wrong_expectation() {
+    let (code, out, err) = flowgate(&["test", "tests/cases"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let cases = flowgate::golden::cases(&common::repo().join("tests/cases")).len();
+    assert!(out.contains(&format!("{cases} passed, 0 failed")), "{out}");
+
+    let dir = common::temp_dir("cli-test");
+    let case = dir.join("wrong-scenario");
+    std::fs::create_dir_all(&case).unwrap();
+    std::fs::copy(common::repo().join("tests/cases/s01-minimal/request.json"), case.join("request.json")).unwrap();
+    std::fs::write(case.join("expect.json"), r#"{"status": 200, "scenario": "S02", "flows": ["D0396>X/TEST"]}"#).unwrap();
+    let (code, out, err) = flowgate(&["test", dir.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("FAIL wrong-scenario") && out.contains("0 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn parse_prints_a_flow_file_or_its_findings() {
+    let (code, out, err) = flowgate(&["parse", "tests/reader/valid/D0126-two-mpans.usr"]);
+    assert_eq!(code, 0, "{err}");
+    let parsed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed["header"]["flow"], "D0126", "{parsed:#}");
+    let broken = common::temp_dir("cli-parse").join("broken.usr");
+    std::fs::create_dir_all(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, "ZHV|X|D0126001|J|EMEB|M|DEMO|20250110093000||||TR01|\n").unwrap();
+    let (code, out, err) = flowgate(&["parse", broken.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("ZPT"), "{out}{err}");
+}
