@@ -105,16 +105,40 @@ impl KeysFile {
         }
         let text = serde_norway::to_string(self).map_err(|e| KeysError::Invalid(e.to_string()))?;
         let header = "# flowgate keys: only hashes of keys are stored here; `flowgate keys add` prints a new key once.\n";
-        let tmp = path.with_extension("yaml.tmp");
+        // A temporary file of our own (owner-only), fsync'd, renamed over the old one, and the
+        // folder fsync'd: a crash leaves the old file or the new one, never a part of either.
+        let tmp = path.with_extension(format!("yaml.{}.tmp", ulid::Ulid::new()));
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp).map_err(err)?;
             f.write_all(header.as_bytes()).map_err(err)?;
             f.write_all(text.as_bytes()).map_err(err)?;
             f.sync_all().map_err(err)?;
         }
-        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
         Ok(())
+    }
+
+    /// An exclusive lock beside the keys file (`<file>.lock`), held until the returned file is
+    /// dropped: the `keys` commands take it around their read-change-write.
+    pub fn lock(path: &Path) -> Result<std::fs::File, KeysError> {
+        let err = |e| KeysError::Write(path.display().to_string(), e);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path.with_extension("yaml.lock")).map_err(err)?;
+        lock.lock().map_err(err)?;
+        Ok(lock)
     }
 
     /// Adds a client with a fresh key; returns the key (shown once, never stored).

@@ -40,6 +40,8 @@ pub struct Config {
     /// Seconds a client has to send its request headers, and then its body.
     pub header_timeout_secs: u64,
     pub body_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     pub reload: Reload,
     pub rhai: RhaiLimits,
     pub flows: FlowSettings,
@@ -161,6 +163,7 @@ impl Default for Config {
             max_errors: 100,
             header_timeout_secs: 10,
             body_timeout_secs: 60,
+            max_connections: 1024,
             reload: Reload::default(),
             rhai: RhaiLimits::default(),
             flows: FlowSettings::default(),
@@ -293,6 +296,12 @@ impl Config {
             if crate::clock::parse_rfc3339(t).is_none() {
                 return Err(ConfigError::Invalid("flows.fixed_clock must be an RFC 3339 date-time".into()));
             }
+        }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("header_timeout_secs and body_timeout_secs must be at least 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
         }
         if !matches!(self.sink.kind.as_str(), "local" | "s3") {
             return Err(ConfigError::Invalid("sink.kind must be local or s3".into()));

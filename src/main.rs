@@ -130,6 +130,15 @@ fn serve(args: &Args) -> Result<ExitCode, String> {
     let config = args.config()?;
     init_logs(&config);
     let keys_path = config.keys_path();
+    if !keys_path.exists() && config.data_dir.join("store").exists() {
+        // A store without its keys file is a misconfiguration (a volume not mounted, a mistyped
+        // keys_file), not a first start: no development key is made for it.
+        return Err(format!(
+            "no keys file at {}, but {} holds a store: restore the keys file, or add a key with `flowgate keys add`",
+            keys_path.display(),
+            config.data_dir.display()
+        ));
+    }
     if !keys_path.exists() {
         let mut keys = KeysFile::default();
         let key = keys.add("Development SIP", "DEMO", Rate::default()).map_err(|e| e.to_string())?;
@@ -185,6 +194,8 @@ async fn shutdown_signal() {
 fn keys(args: &Args) -> Result<ExitCode, String> {
     let config = args.config()?;
     let path = config.keys_path();
+    // One keys command at a time: two read-change-writes at once could undo a revoke.
+    let _lock = KeysFile::lock(&path).map_err(|e| e.to_string())?;
     let mut file = if path.exists() { KeysFile::read(&path).map_err(|e| e.to_string())? } else { KeysFile::default() };
     match args.words.first().map(String::as_str) {
         Some("add") => {

@@ -63,7 +63,8 @@ impl Problem {
             "title": title,
             "status": status,
             "detail": detail,
-            "instance": instance,
+            // The path as asked, cut short: an answer never echoes much of what a client sent.
+            "instance": shorten(instance, 256),
             "request_id": request_id,
         });
         match self {
@@ -74,4 +75,16 @@ impl Problem {
         }
         body
     }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), with "…" when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }

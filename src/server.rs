@@ -56,7 +56,13 @@ pub struct App {
     pub keys_reload: Mutex<ReloadStatus>,
     /// The TLS acceptor when HTTPS is configured; swapped when the PEM files change.
     pub tls: Option<ArcSwap<tokio_rustls::TlsAcceptor>>,
+    /// When the oldest undelivered file's request was accepted, and when that was looked up:
+    /// finding it reads the whole outbox index, so `/metrics` (unauthenticated) does it at most
+    /// once every [`OLDEST_EVERY`].
+    oldest: Mutex<Option<(std::time::Instant, Option<time::OffsetDateTime>)>>,
 }
+
+const OLDEST_EVERY: Duration = Duration::from_secs(5);
 
 /// A TLS acceptor from PEM files (HTTP/2 and HTTP/1.1 offered by ALPN).
 pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -115,6 +121,7 @@ impl App {
             rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
             keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
             tls,
+            oldest: Mutex::new(None),
             config,
         };
         app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
@@ -425,7 +432,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
         }
         Verdict::Failed(f) => {
             app.metrics.inc("flowgate_rule_failures_total", "Rules that failed at run time", &[("rule", &f.rule)], 1.0);
-            tracing::error!(status = 500, rule = %f.rule, error = %f.message, "a rule failed at run time");
+            tracing::error!(status = 500, rule = %f.rule, error = %redacted(&f.message), "a rule failed at run time (`flowgate check` on the body shows the whole error)");
             decided(&Problem::RuleFailed { rule: f.rule }, instance, request_id, &set.revision)
         }
         Verdict::Accepted(a) => {
@@ -473,6 +480,34 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             }
         }
     }
+}
+
+/// A rule's run-time error for the log: quoted text (where rhai puts the values it read from
+/// the body) replaced by "…", and at most 200 characters, so no personal data reaches the logs.
+fn redacted(message: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '\'' {
+                    out.push('…');
+                    quote = Some(c);
+                }
+            }
+        }
+        if out.chars().count() >= 200 {
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 /// The first answer to this very body, if the client's job was accepted before.
@@ -581,10 +616,23 @@ fn metrics(app: &App) -> Answer {
         m.set("flowgate_outbox_depth", "Flow files waiting for delivery", &[], n as f64);
     }
     // Age of the oldest undelivered file: when its request was accepted.
-    let oldest = app.store.pending(1).ok().and_then(|p| p.into_iter().next());
-    let accepted_at = oldest
-        .and_then(|f| app.store.request(&f.request_id).ok().flatten())
-        .and_then(|r| crate::clock::parse_rfc3339(&r.received_at));
+    let accepted_at = {
+        let mut cached = app.oldest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *cached {
+            Some((looked, at)) if looked.elapsed() < OLDEST_EVERY => at,
+            _ => {
+                let at = app
+                    .store
+                    .pending(1)
+                    .ok()
+                    .and_then(|p| p.into_iter().next())
+                    .and_then(|f| app.store.request(&f.request_id).ok().flatten())
+                    .and_then(|r| crate::clock::parse_rfc3339(&r.received_at));
+                *cached = Some((std::time::Instant::now(), at));
+                at
+            }
+        }
+    };
     let age = accepted_at.map_or(0.0, |t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0));
     m.set("flowgate_outbox_oldest_age_seconds", "Age of the oldest undelivered flow file (0 when none)", &[], age);
     let d = &app.dispatch;
@@ -603,12 +651,28 @@ fn metrics(app: &App) -> Answer {
 }
 
 /// Serves until `shutdown` fires, then lets in-flight requests finish (bounded by `grace`).
+///
+/// At most `max_connections` connections at a time (the rest wait in the listen backlog). A
+/// connection must send its first bytes within the header timeout (plain TCP: before hyper reads
+/// the protocol preface, which has no timeout of its own; TLS: the handshake, then the protocol
+/// ALPN chose, HTTP/1.1 with its header timeout or HTTP/2). HTTP/2 connections are pinged and
+/// closed when the peer stops answering.
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let first_bytes = Duration::from_secs(app.config.header_timeout_secs);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(app.config.header_timeout_secs));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(first_bytes);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20)).keep_alive_timeout(Duration::from_secs(10));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.config.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -624,22 +688,26 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sy
                     let app = app.clone();
                     hyper::service::service_fn(move |req| handle(app.clone(), req))
                 };
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
                 match &app.tls {
                     None => {
-                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                         tokio::spawn(async move {
-                            let _ = conn.await;
+                            let _permit = permit;
+                            if !protocol_known(&stream, first_bytes).await {
+                                return;
+                            }
+                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await;
                         });
                     }
                     Some(tls) => {
                         // The handshake runs in its own task, bounded like a header read.
                         let acceptor = tls.load_full();
-                        let (builder, watcher) = (builder.clone(), graceful.watcher());
-                        let limit = Duration::from_secs(app.config.header_timeout_secs);
                         tokio::spawn(async move {
-                            let Ok(Ok(tls_stream)) = tokio::time::timeout(limit, acceptor.accept(stream)).await else { return };
-                            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned());
-                            let _ = conn.await;
+                            let _permit = permit;
+                            let Ok(Ok(tls_stream)) = tokio::time::timeout(first_bytes, acceptor.accept(stream)).await else { return };
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), service).into_owned()).await;
                         });
                     }
                 }
@@ -652,6 +720,30 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sy
         tracing::warn!("grace period over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// The HTTP/2 connection preface: hyper tells HTTP/1 from HTTP/2 by reading it, without a timeout.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether, within `limit`, the client has sent enough for the protocol to be known: a byte that
+/// departs from the HTTP/2 preface (HTTP/1, whose header timeout then applies), or the whole
+/// preface (HTTP/2, kept alive by pings). Peeks only: hyper reads the bytes again.
+async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let wait = async {
+        let mut seen = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut seen).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if n >= H2_PREFACE.len() || seen[..n] != H2_PREFACE[..n] {
+                return true;
+            }
+            // A part of the preface: wait for the rest (peek returns what is there at once).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
 /// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, and the

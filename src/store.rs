@@ -217,6 +217,8 @@ pub struct CommitStats {
     pub commits: AtomicU64,
     pub accepts: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Whether the last commit failed (what `/readyz` reports, without touching the database).
+    pub last_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The store: a redb database and the writer thread in front of it.
@@ -486,9 +488,10 @@ impl Store {
         r.open_table(PENDING).db()?.len().db()
     }
 
-    /// Whether the store can take a write (for `/readyz`).
+    /// Whether the store takes writes (for `/readyz`): its last commit succeeded. It never
+    /// waits on the database, so readiness probes cannot hold up the writer or the workers.
     pub fn writable(&self) -> bool {
-        self.db.begin_write().map(|w| w.abort().is_ok()).unwrap_or(false)
+        !self.stats.last_failed.load(Ordering::Relaxed)
     }
 
     pub fn instance_prefix(&self) -> &str {
@@ -564,6 +567,7 @@ impl Writer {
             }
             w.commit().db()
         })();
+        self.stats.last_failed.store(outcome.is_err(), Ordering::Relaxed);
         if outcome.is_ok() {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.stats.accepts.fetch_add(accepted, Ordering::Relaxed);

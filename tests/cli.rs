@@ -70,3 +70,34 @@ fn parse_prints_a_flow_file_or_its_findings() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(format!("{out}{err}").contains("ZPT"), "{out}{err}");
 }
+
+#[test]
+fn serve_makes_no_development_key_for_a_store_whose_keys_file_is_missing() {
+    let data = common::temp_dir("cli-serve");
+    std::fs::create_dir_all(data.join("store")).unwrap();
+    let (code, out, err) = flowgate(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("holds a store"), "{err}");
+    assert!(!out.contains("fgk_") && !data.join("keys.yaml").exists(), "{out}");
+}
+
+#[test]
+fn keys_commands_keep_the_file_private_and_whole() {
+    let data = common::temp_dir("cli-keys");
+    let dir = data.to_str().unwrap();
+    let (code, out, err) = flowgate(&["keys", "add", "--name", "Acme SIP", "--sip-id", "ACME", "--data-dir", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("fgk_"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("keys.yaml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "keys.yaml mode {mode:o}");
+    }
+    let (code, _, err) = flowgate(&["keys", "revoke", "Acme SIP", "--data-dir", dir]);
+    assert_eq!(code, 0, "{err}");
+    let (_, list, _) = flowgate(&["keys", "list", "--data-dir", dir]);
+    assert!(list.contains("revoked") && list.contains("Acme SIP"), "{list}");
+    let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().filter_map(Result::ok).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -77,9 +77,21 @@ fn slow_clients_are_cut_off_and_do_not_hold_others_up() {
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     let head = format!("POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: 1000\r\n\r\n{{", server.key);
     stalled.write_all(head.as_bytes()).unwrap();
+    // A connection that sends nothing, and one that sends a byte that could begin either
+    // protocol ("P": POST or the HTTP/2 preface) and then nothing.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    let mut one_byte = TcpStream::connect(server.addr).unwrap();
+    one_byte.write_all(b"P").unwrap();
     // Meanwhile others are served.
     assert_eq!(server.get("/healthz").status, 200);
     let started = Instant::now();
+    for (what, conn) in [("silent", &mut silent), ("one-byte", &mut one_byte)] {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = conn.read_to_end(&mut buf);
+        assert!(started.elapsed() < Duration::from_secs(5), "the {what} connection was held {:?}", started.elapsed());
+        assert!(buf.is_empty(), "{what}: {buf:?}");
+    }
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
