@@ -144,7 +144,9 @@ C=(-c "$CONF")
 ceph_() { timeout 20 ceph "${C[@]}" --connect-timeout 15 "$@"; }
 
 start_mon() {
-  running ceph-mon || { say "starting mon"; spawn mon "$D/log/mon.out" ceph-mon "${C[@]}" -i a -f; }
+  # A throwaway test mon: refuse to start only below 1% free disk (Ceph's default is 5%, which a
+  # shared build machine with a few large target dirs can reach); set at every start.
+  running ceph-mon || { say "starting mon"; spawn mon "$D/log/mon.out" ceph-mon "${C[@]}" -i a -f --mon-data-avail-crit 1; }
   wait_until 60 "the mon" ceph-mon ceph_ mon stat
 }
 
