@@ -153,18 +153,6 @@ impl Sink {
         }
     }
 
-    pub async fn put_if_absent(&self, name: &str, bytes: Vec<u8>) -> Result<PutOutcome, SinkError> {
-        match self {
-            Sink::Local(l) => {
-                let (l, name) = (l.clone(), name.to_string());
-                tokio::task::spawn_blocking(move || l.put_if_absent(&name, &bytes))
-                    .await
-                    .map_err(|e| SinkError(e.to_string()))?
-            }
-            Sink::S3(s) => s.put_if_absent(name, bytes).await,
-        }
-    }
-
     /// Several create-only writes: to the folder in one blocking task (one fsync per folder),
     /// to the bucket all at once. Each result comes back with its tag.
     pub async fn put_all<T: Send + 'static>(&self, items: Vec<(T, String, Vec<u8>)>) -> Vec<(T, Result<PutOutcome, SinkError>)> {
@@ -195,16 +183,6 @@ impl Sink {
                 }
                 out
             }
-        }
-    }
-
-    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        match self {
-            Sink::Local(l) => {
-                let (l, name) = (l.clone(), name.to_string());
-                tokio::task::spawn_blocking(move || l.get(&name)).await.map_err(|e| SinkError(e.to_string()))?
-            }
-            Sink::S3(s) => s.get(name).await,
         }
     }
 }

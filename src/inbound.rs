@@ -583,10 +583,7 @@ async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: 
 
 /// `name`, or `name.1`, `name.2`... whichever is not yet in `dir` (a move never overwrites).
 fn free_name(dir: &Path, name: &str) -> String {
-    if !dir.join(name).exists() {
-        return name.to_string();
-    }
-    (1..10_000u32).map(|i| format!("{name}.{i}")).find(|n| !dir.join(n).exists()).unwrap_or_else(|| format!("{name}.{}", ulid::Ulid::new()))
+    candidates(name).find(|n| !dir.join(n).exists()).unwrap_or_else(|| format!("{name}.{}", ulid::Ulid::new()))
 }
 
 /// The requests a clean flow file belongs to, each with the summary shown on

@@ -119,15 +119,7 @@ impl S3Sink {
 
     /// The bytes of an object, or `None` if there is none under that name.
     pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        let key = self.key(name);
-        match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
-            Ok(out) => {
-                let data = out.body.collect().await.map_err(|e| SinkError(format!("get {key}: {e}")))?;
-                Ok(Some(data.into_bytes().to_vec()))
-            }
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(describe("get", &key, &e)),
-        }
+        Ok(self.get_at_most(name, u64::MAX).await?.and_then(|f| f.bytes))
     }
 
     /// The names (without the prefix) of every object whose name starts with `under`, sorted.
