@@ -56,6 +56,13 @@ pub struct Rate {
     pub burst: u32,
 }
 
+impl Rate {
+    /// How long one spent request takes to come back.
+    pub fn cell_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1_000_000_000 / u64::from(self.per_second.max(1)))
+    }
+}
+
 impl Default for Rate {
     fn default() -> Self {
         Rate { per_second: 10, burst: 20 }

@@ -75,8 +75,13 @@ impl Decision {
     }
 
     /// The IETF `RateLimit` field: what is left and when the next request is possible.
+    ///
+    /// `t` is the wait before the next request would be allowed, so the two fields agree: while
+    /// something is left it is 0; once nothing is (`r=0`, the last request allowed) it is the time
+    /// one cell takes to come back, the same wait the next request's 429 would name.
     pub fn limit_header(&self) -> String {
         match self {
+            Decision::Allowed { remaining: 0, rate } => format!("\"per-key\";r=0;t={}", retry_secs(rate.cell_interval())),
             Decision::Allowed { remaining, .. } => format!("\"per-key\";r={remaining};t=0"),
             Decision::Limited { retry_after, .. } => format!("\"per-key\";r=0;t={}", retry_secs(*retry_after)),
         }
@@ -113,5 +118,20 @@ mod tests {
         // A reload with the same rate keeps the spent state.
         let again = Limits::for_keys(&keys, Some(&limits));
         assert!(matches!(again.check(&a), Decision::Limited { .. }));
+    }
+
+    #[test]
+    fn the_last_allowed_request_names_the_same_wait_as_the_refusal_after_it() {
+        let mut keys = KeysFile::default();
+        keys.add("A", "AAAA", Rate { per_second: 2, burst: 2 }).unwrap();
+        let limits = Limits::for_keys(&keys, None);
+        let key = keys.clients[0].key_id.clone();
+        assert_eq!(limits.check(&key).limit_header(), "\"per-key\";r=1;t=0");
+        let last = limits.check(&key).limit_header();
+        let refused = limits.check(&key);
+        assert!(matches!(refused, Decision::Limited { .. }));
+        // r=0 means "wait": the same t the 429 gives, never t=0.
+        assert_eq!(last, refused.limit_header());
+        assert_eq!(last, "\"per-key\";r=0;t=1");
     }
 }

@@ -84,7 +84,7 @@ pub fn document(set: &RuleSet) -> Value {
                             "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"],
                             "Idempotent-Replayed": { "description": "true when this is the first answer again", "schema": { "type": "string" } } },
                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
-                        "400": problem_response("The body is not JSON, not an object, fails the schema or a rule; every problem is listed"),
+                        "400": problem_response("The body is not JSON, not an object, fails the schema or a rule (every problem is listed), or it ended early or was badly chunked"),
                         "401": problem_response("No key, or an unknown key"),
                         "408": problem_response("The body was not received in time"),
                         "409": problem_response("A different body was already accepted for this job_id"),

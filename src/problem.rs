@@ -16,6 +16,8 @@ pub enum Problem {
     UnsupportedMediaType,
     RateLimited { retry_after_secs: u64 },
     BodyTimeout,
+    /// The body ended before its declared length, or its chunked framing was broken.
+    BodyIncomplete,
     RuleFailed { rule: String },
     StoreUnavailable,
 }
@@ -30,6 +32,7 @@ impl Problem {
             Problem::MethodNotAllowed => (405, "method-not-allowed", "Method not allowed"),
             Problem::Conflict { .. } => (409, "job-id-conflict", "A different body was already accepted for this job_id"),
             Problem::BodyTimeout => (408, "body-timeout", "The request body was not received in time"),
+            Problem::BodyIncomplete => (400, "body-incomplete", "The request body ended early or its framing is broken"),
             Problem::TooLarge { .. } => (413, "body-too-large", "The request body is too large"),
             Problem::UnsupportedMediaType => (415, "unsupported-media-type", "The body must be application/json"),
             Problem::RateLimited { .. } => (429, "rate-limited", "Too many requests for this key"),
@@ -55,6 +58,7 @@ impl Problem {
             Problem::UnsupportedMediaType => "send Content-Type: application/json".into(),
             Problem::RateLimited { retry_after_secs } => format!("retry after {retry_after_secs} s"),
             Problem::BodyTimeout => "send the whole body without long pauses".into(),
+            Problem::BodyIncomplete => "send the whole body, as many bytes as Content-Length says, or well-formed chunks".into(),
             Problem::RuleFailed { rule } => format!("rule {rule} failed at run time; nothing was accepted; the operators have been told"),
             Problem::StoreUnavailable => "retry later".into(),
         };

@@ -366,7 +366,8 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> 
     match tokio::time::timeout(Duration::from_secs(app.config.body_timeout_secs), limited.collect()).await {
         Err(_) => Err(Problem::BodyTimeout),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Problem::TooLarge { limit }),
-        Ok(Err(_)) => Err(Problem::BodyTimeout),
+        // The client's fault (cut short, bad chunk framing), not slowness: a 400, not a 408.
+        Ok(Err(_)) => Err(Problem::BodyIncomplete),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }

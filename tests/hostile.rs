@@ -105,6 +105,32 @@ fn slow_clients_are_cut_off_and_do_not_hold_others_up() {
 }
 
 #[test]
+fn a_body_cut_short_or_badly_chunked_is_a_400_not_a_timeout() {
+    let server = TestServer::start(|c| c.body_timeout_secs = 30);
+    let head = |framing: &str| format!("POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\n{framing}\r\n", server.key);
+    let cases = [
+        ("cut short, then the write side closed", format!("{}{{\"job_details\":", head("Content-Length: 1000\r\n"))),
+        ("a chunk size that is not hex", format!("{}zz\r\n{{}}\r\n0\r\n\r\n", head("Transfer-Encoding: chunked\r\n"))),
+        ("a chunk longer than its size", format!("{}2\r\n{{\"job\"}}\r\n0\r\n\r\n", head("Transfer-Encoding: chunked\r\n"))),
+    ];
+    for (what, raw) in cases {
+        let started = Instant::now();
+        let mut conn = TcpStream::connect(server.addr).unwrap();
+        conn.write_all(raw.as_bytes()).unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = conn.read_to_end(&mut buf);
+        let a = common::parse_answer(&buf);
+        assert_eq!(a.status, 400, "{what}: {}", a.text());
+        assert_eq!(a.json()["type"], "/problems/body-incomplete", "{what}: {}", a.text());
+        // Answered at once, not after the 30 s body timeout.
+        assert!(started.elapsed() < Duration::from_secs(5), "{what} took {:?}", started.elapsed());
+    }
+    assert_eq!(server.post(&with("/job_details/job_id", Value::String("after-cut-bodies".into()))).status, 200);
+}
+
+#[test]
 fn a_photo_may_decode_to_10_mib_and_not_a_byte_more() {
     let server = TestServer::start(|_| {});
     // 13,981,016 characters: with "==" at the end exactly 10 MiB decoded; without padding 2 bytes more.
