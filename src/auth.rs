@@ -81,6 +81,25 @@ pub fn new_key() -> Result<String, KeysError> {
     Ok(format!("fgk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
+/// Two client names that a person would read as one (case and surrounding space aside).
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
+}
+
+/// The same client: exactly the same name and SIP ID. A client's identity never changes: its
+/// requests, idempotency and status are stored under it.
+fn same_identity(c: &Client, name: &str, sip_id: &str) -> bool {
+    c.name == name && c.sip_id == sip_id
+}
+
+fn name_taken(name: &str, other: &Client) -> String {
+    format!(
+        "the client name {name:?} is held by client {:?} (SIP ID {}); a client's name and SIP ID never change: \
+         another key of that client needs exactly its name and SIP ID, a new client needs another name",
+        other.name, other.sip_id
+    )
+}
+
 fn valid_sip_id(s: &str) -> bool {
     s.len() == 4 && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
@@ -90,7 +109,11 @@ impl KeysFile {
         let text = std::fs::read_to_string(path).map_err(|e| KeysError::Read(path.display().to_string(), e))?;
         let file: KeysFile =
             serde_norway::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
-        for c in &file.clients {
+        for (i, c) in file.clients.iter().enumerate() {
+            // A hand edit gets the same identity check as `keys add`: one name, one SIP ID.
+            if let Some(other) = file.clients[..i].iter().find(|o| !same_identity(o, &c.name, &c.sip_id) && same_name(&o.name, &c.name)) {
+                return Err(KeysError::Parse(path.display().to_string(), name_taken(&c.name, other)));
+            }
             if !valid_sip_id(&c.sip_id) {
                 return Err(KeysError::Parse(path.display().to_string(), format!("client {:?}: sip_id must be 4 upper-case letters or digits", c.name)));
             }
@@ -156,6 +179,11 @@ impl KeysFile {
         if !valid_sip_id(sip_id) {
             return Err(KeysError::Invalid("the SIP ID must be 4 upper-case letters or digits".into()));
         }
+        // Another key for the same client (same name, same SIP ID) is a rotation; the name of
+        // another client is refused, or the new key would read and replay that client's requests.
+        if let Some(other) = self.clients.iter().find(|o| same_name(&o.name, name) && !same_identity(o, name, sip_id)) {
+            return Err(KeysError::Invalid(name_taken(name, other)));
+        }
         let key = new_key()?;
         let hash = sha256_hex(&key);
         self.clients.push(Client {
@@ -220,6 +248,27 @@ mod tests {
         assert!(!serde_norway::to_string(&keys).unwrap().contains(&a));
         assert_eq!(keys.revoke("Alpha"), 1);
         assert!(keys.authenticate(&a).is_none());
+    }
+
+    #[test]
+    fn a_name_held_by_another_client_is_refused_and_a_rotation_is_not() {
+        let mut keys = KeysFile::default();
+        keys.add("Alpha", "ALPH", Rate::default()).unwrap();
+        for (name, sip_id) in [("Alpha", "ZZZZ"), ("alpha", "ZZZZ"), (" ALPHA ", "ALPH"), ("alpha", "ALPH")] {
+            let e = keys.add(name, sip_id, Rate::default()).unwrap_err().to_string();
+            assert!(e.contains("held by client \"Alpha\" (SIP ID ALPH)"), "{name:?}/{sip_id}: {e}");
+        }
+        keys.add("Alpha", "ALPH", Rate::default()).unwrap();
+        keys.add("Beta", "ALPH", Rate::default()).unwrap();
+        assert_eq!(keys.clients.len(), 3);
+        // The same clash written into the file by hand is refused when it is read.
+        keys.clients.push(Client { name: "alpha".into(), sip_id: "ZZZZ".into(), ..keys.clients[0].clone() });
+        let dir = std::env::temp_dir().join(format!("flowgate-keys-{}", ulid::Ulid::new()));
+        let path = dir.join("keys.yaml");
+        keys.write(&path).unwrap();
+        let e = KeysFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("held by client"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

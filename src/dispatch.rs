@@ -369,7 +369,7 @@ fn results_pending_now(store: &Store) -> bool {
 mod tests {
     use super::*;
     use crate::flows::{Envelope, FlowBody};
-    use crate::store::{AcceptOutcome, NewRequest};
+    use crate::store::{AcceptOutcome, NewRequest, StoreError};
 
     #[test]
     fn a_batch_to_the_folder_creates_finds_and_refuses_like_single_writes() {
@@ -440,6 +440,29 @@ mod tests {
         stop.send(true).unwrap();
         task.await.unwrap();
         stats
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_name_keeps_its_sip_id_in_the_store() {
+        let dir = std::env::temp_dir().join(format!("flowgate-identity-{}", ulid::Ulid::new()));
+        let store = Store::open(&dir, "A1").unwrap();
+        let AcceptOutcome::Accepted(first) = store.accept(request("REQ-1", "J1")).await.unwrap() else { panic!("not accepted") };
+        assert_eq!(first.sip_id, "DEMO");
+        // The same name under another SIP ID would find, replay and conflict with this client's
+        // jobs (and share its archive names): the store refuses it, whatever the keys file says.
+        let mut other = request("REQ-2", "J1");
+        other.sip_id = "ZZZZ".into();
+        other.body_hash = "another body".into();
+        let e = store.accept(other).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Identity { stored, .. } if stored == "DEMO"), "{e}");
+        let mut keys = crate::auth::KeysFile::default();
+        keys.add("Test SIP", "ZZZZ", crate::auth::Rate::default()).unwrap();
+        assert!(store.check_identities(&keys).is_err());
+        let mut keys = crate::auth::KeysFile::default();
+        keys.add("Test SIP", "DEMO", crate::auth::Rate::default()).unwrap();
+        keys.add("Other SIP", "ZZZZ", crate::auth::Rate::default()).unwrap();
+        store.check_identities(&keys).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,7 @@ impl App {
         let keys = KeysFile::read(&config.keys_path())?;
         let limits = Limits::for_keys(&keys, None);
         let store = Store::open_with_cache(&config.data_dir.join("store"), &config.flows.instance_prefix, config.store.cache_mb)?;
+        store.check_identities(&keys)?;
         let clock = config.clock();
         let now = Some(rfc3339_now());
         let tls = match &config.tls {
@@ -157,7 +158,9 @@ impl App {
 
     /// Re-reads the keys file; a broken file leaves the running keys in place.
     pub fn reload_keys(&self) -> Result<(), String> {
-        let result = KeysFile::read(&self.config.keys_path());
+        let result = KeysFile::read(&self.config.keys_path())
+            .map_err(|e| e.to_string())
+            .and_then(|keys| self.store.check_identities(&keys).map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")));
         let mut status = self.keys_reload.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
         match result {
@@ -514,7 +517,7 @@ fn redacted(message: &str) -> String {
 /// The first answer to this very body, if the client's job was accepted before.
 fn earlier_answer(app: &App, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
     let job_id = value.pointer("/job_details/job_id")?.as_str()?;
-    let first = app.store.job(&client.name, job_id).ok()??;
+    let first = app.store.job(&client.name, &client.sip_id, job_id).ok()??;
     (first.body_hash == crate::pipeline::canonical_hash(value)).then_some(first)
 }
 

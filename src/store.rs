@@ -17,6 +17,7 @@
 //! flow), `inbound_seen` (file name + SHA-256 → what became of an inbound file, so a file is
 //! recorded once).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -33,6 +34,8 @@ use crate::flows::{Envelope, FlowBody};
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
+/// Client name → SIP ID, from its first accepted request: a client's identity never changes.
+const CLIENTS: TableDefinition<&str, &str> = TableDefinition::new("clients");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -49,6 +52,9 @@ pub enum StoreError {
     Closed,
     #[error("store: {0}")]
     Corrupt(String),
+    /// A client name the store knows under another SIP ID.
+    #[error("client {name:?} has SIP ID {stored} in the store, not {presented}: a client's name and SIP ID never change")]
+    Identity { name: String, stored: String, presented: String },
 }
 
 trait Db<T> {
@@ -113,7 +119,11 @@ pub enum DeliveryState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestRecord {
     pub request_id: String,
+    /// The client: its name, with one SIP ID for good (the `clients` table).
     pub client: String,
+    /// The client's SIP ID (empty in records written before it was kept).
+    #[serde(default)]
+    pub sip_id: String,
     pub key_id: String,
     pub job_id: String,
     pub body_hash: String,
@@ -334,6 +344,7 @@ impl Store {
             w.open_table(REQUESTS).db()?;
             w.open_table(BODIES).db()?;
             w.open_table(JOBS).db()?;
+            w.open_table(CLIENTS).db()?;
             w.open_table(OUTBOX).db()?;
             w.open_table(PENDING).db()?;
             w.open_table(META).db()?;
@@ -353,7 +364,7 @@ impl Store {
     /// Stores an accepted request durably (or finds its first answer, or a conflict).
     pub async fn accept(&self, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
         // Fast path for a replay: no write, no fsync.
-        if let Some(first) = self.job(&req.client, &req.job_id)? {
+        if let Some(first) = self.job(&req.client, &req.sip_id, &req.job_id)? {
             return Ok(if first.body_hash == req.body_hash { AcceptOutcome::Replayed(first) } else { AcceptOutcome::Conflict { request_id: first.request_id } });
         }
         // The archive's bytes (the body again, photos included) are made here, not in the writer.
@@ -420,13 +431,42 @@ impl Store {
         Ok(out)
     }
 
-    /// The request first accepted for this client and job id.
-    pub fn job(&self, client: &str, job_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+    /// Client names and SIP IDs the store has requests of.
+    pub fn identities(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let t = r.open_table(CLIENTS).db()?;
+        let mut out = BTreeMap::new();
+        for row in t.iter().db()? {
+            let (k, v) = row.db()?;
+            out.insert(k.value().to_string(), v.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// A keys file fits the store when none of its clients has a name the store knows under
+    /// another SIP ID (that key would read and replay the other client's requests).
+    pub fn check_identities(&self, keys: &crate::auth::KeysFile) -> Result<(), StoreError> {
+        let known = self.identities()?;
+        for c in &keys.clients {
+            if let Some(stored) = known.get(&c.name).filter(|s| **s != c.sip_id) {
+                return Err(StoreError::Identity { name: c.name.clone(), stored: stored.clone(), presented: c.sip_id.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The request first accepted for this client and job id; an error if the client's name is
+    /// the store's under another SIP ID.
+    pub fn job(&self, client: &str, sip_id: &str, job_id: &str) -> Result<Option<RequestRecord>, StoreError> {
         let r = self.db.begin_read().db()?;
         let jobs = r.open_table(JOBS).db()?;
         let Some(id) = jobs.get(job_key(client, job_id).as_str()).db()? else { return Ok(None) };
         let id = id.value().to_string();
-        self.request(&id)
+        let record = self.request(&id)?;
+        if let Some(first) = record.as_ref().filter(|f| !f.sip_id.is_empty() && f.sip_id != sip_id) {
+            return Err(StoreError::Identity { name: client.to_string(), stored: first.sip_id.clone(), presented: sip_id.to_string() });
+        }
+        Ok(record)
     }
 
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -537,6 +577,7 @@ impl Writer {
                     requests: w.open_table(REQUESTS).db()?,
                     bodies: w.open_table(BODIES).db()?,
                     jobs: w.open_table(JOBS).db()?,
+                    clients: w.open_table(CLIENTS).db()?,
                     outbox: w.open_table(OUTBOX).db()?,
                     pending: w.open_table(PENDING).db()?,
                     meta: w.open_table(META).db()?,
@@ -602,6 +643,17 @@ impl Writer {
     }
 
     fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest, archive: String) -> Result<AcceptOutcome, StoreError> {
+        // The keys are checked against this table when they load; this is the last line.
+        let stored = t.clients.get(req.client.as_str()).db()?.map(|v| v.value().to_string());
+        match stored {
+            Some(stored) if stored != req.sip_id => {
+                return Err(StoreError::Identity { name: req.client.clone(), stored, presented: req.sip_id.clone() });
+            }
+            Some(_) => {}
+            None => {
+                t.clients.insert(req.client.as_str(), req.sip_id.as_str()).db()?;
+            }
+        }
         let key = job_key(&req.client, &req.job_id);
         let earlier = t.jobs.get(key.as_str()).db()?.map(|v| v.value().to_string());
         if let Some(id) = earlier {
@@ -681,6 +733,7 @@ impl Writer {
         let record = RequestRecord {
             request_id: req.request_id.clone(),
             client: req.client.clone(),
+            sip_id: req.sip_id.clone(),
             key_id: req.key_id,
             job_id: req.job_id,
             body_hash: req.body_hash,
@@ -705,6 +758,7 @@ struct Tables<'t> {
     requests: redb::Table<'t, &'static str, &'static [u8]>,
     bodies: redb::Table<'t, &'static str, &'static [u8]>,
     jobs: redb::Table<'t, &'static str, &'static str>,
+    clients: redb::Table<'t, &'static str, &'static str>,
     outbox: redb::Table<'t, &'static str, &'static [u8]>,
     pending: redb::Table<'t, &'static str, u64>,
     meta: redb::Table<'t, &'static str, u64>,

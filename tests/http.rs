@@ -243,3 +243,86 @@ fn health_readiness_metrics_and_openapi_answer() {
     assert_eq!(api["openapi"], "3.1.0");
     assert_eq!(api["components"]["schemas"]["SipRequest"]["properties"]["job_details"]["type"], "object");
 }
+
+/// A client's identity is its name and SIP ID, unique and fixed: a key for a name another
+/// client holds is refused (by `keys add` and in a hand-edited file), another key of the same
+/// client is a rotation, and no key of one client reads, replays or conflicts with another's job.
+#[test]
+fn a_client_name_is_one_identity_and_no_other_client_can_read_replay_or_conflict_with_its_jobs() {
+    let server = TestServer::start(|_| {});
+    let keys_add = |name: &str, sip_id: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["keys", "add", "--name", name, "--sip-id", sip_id, "--data-dir"])
+            .arg(&server.data)
+            .output()
+            .unwrap()
+    };
+    let key_of = |out: std::process::Output| -> String {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_string()
+    };
+    let alpha = key_of(keys_add("Alpha", "ALPH"));
+    let beta = key_of(keys_add("Beta", "BETA"));
+    let post_with = |key: &str, body: &[u8]| request(server.addr, "POST", "/v4/sip", &[("X-API-Key", key), ("Content-Type", "application/json")], body);
+    let get_with = |key: &str, id: &str| request(server.addr, "GET", &format!("/v4/sip/{id}"), &[("X-API-Key", key)], b"");
+    server.wait_for("the new keys", || get_with(&beta, "01JNOTANID").status != 401);
+
+    let body = case("public-completed-isolation");
+    let first = post_with(&alpha, &body);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = first.json()["request_id"].as_str().unwrap().to_string();
+
+    // Alpha's name under another SIP ID, in any case: refused, and the file is unchanged.
+    let before = std::fs::read(server.data.join("keys.yaml")).unwrap();
+    for name in ["Alpha", "alpha", " ALPHA "] {
+        let out = keys_add(name, "ZZZZ");
+        assert!(!out.status.success(), "keys add {name:?} ZZZZ was accepted");
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(why.contains("held by client \"Alpha\" (SIP ID ALPH)"), "{why}");
+    }
+    assert_eq!(std::fs::read(server.data.join("keys.yaml")).unwrap(), before);
+
+    // The same clash written by hand: the reload is refused and the key it adds is unknown.
+    let mut forged = flowgate::auth::KeysFile::default();
+    let forged_key = forged.add("Alpha", "ZZZZ", flowgate::auth::Rate::default()).unwrap();
+    let mut text = String::from_utf8(before.clone()).unwrap();
+    let entry = serde_norway::to_string(&forged).unwrap();
+    text.push_str(entry.trim_start_matches("clients:\n"));
+    std::fs::write(server.data.join("keys.yaml"), text).unwrap();
+    server.wait_for("the refused keys reload", || server.get("/readyz").json()["last_keys_reload"]["ok"] == false);
+    let refused = server.get("/readyz").json()["last_keys_reload"]["error"].as_str().unwrap().to_string();
+    assert!(refused.contains("held by client"), "{refused}");
+    assert_eq!(post_with(&forged_key, &body).status, 401);
+    assert_eq!(get_with(&forged_key, &id).status, 401);
+    // Alpha's SIP ID changed by hand in every entry: the file is consistent, but the store holds
+    // Alpha's requests under ALPH, so the reload is refused.
+    std::fs::write(server.data.join("keys.yaml"), String::from_utf8(before.clone()).unwrap().replace("sip_id: ALPH", "sip_id: ZZZZ")).unwrap();
+    server.wait_for("the second refused keys reload", || {
+        server.get("/readyz").json()["last_keys_reload"]["error"].as_str().is_some_and(|e| e.contains("SIP ID ALPH in the store"))
+    });
+    assert_eq!(get_with(&alpha, &id).status, 200, "the running keys stay");
+    std::fs::write(server.data.join("keys.yaml"), &before).unwrap();
+    server.wait_for("the keys file back", || server.get("/readyz").json()["last_keys_reload"]["ok"] == true);
+
+    // A rotation (same name, same SIP ID) is the same client: it sees, replays and conflicts.
+    let rotated = key_of(keys_add("Alpha", "ALPH"));
+    server.wait_for("the rotated key", || get_with(&rotated, &id).status != 401);
+    assert_eq!(get_with(&rotated, &id).status, 200);
+    let again = post_with(&rotated, &body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["request_id"], id.as_str());
+    let mut changed: Value = serde_json::from_slice(&body).unwrap();
+    changed["job_completion"]["job_notes"] = Value::String("changed".into());
+    let changed = serde_json::to_vec(&changed).unwrap();
+    assert_eq!(post_with(&rotated, &changed).status, 409);
+
+    // Another client with the same job id: its own request every time, never Alpha's.
+    assert_eq!(get_with(&beta, &id).status, 404);
+    let theirs = post_with(&beta, &body);
+    assert_eq!(theirs.status, 200, "{}", theirs.text());
+    assert_eq!(theirs.header("idempotent-replayed"), None);
+    assert_ne!(theirs.json()["request_id"], id.as_str());
+    let theirs_changed = post_with(&beta, &changed);
+    assert_eq!(theirs_changed.status, 409, "Beta's second body conflicts with Beta's first, not Alpha's: {}", theirs_changed.text());
+    assert_eq!(theirs_changed.json()["existing_request_id"], theirs.json()["request_id"]);
+}
