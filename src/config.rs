@@ -42,6 +42,9 @@ pub struct Config {
     pub body_timeout_secs: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Bodies decided at once (parse, schema, rules, flows), each on a blocking thread off the
+    /// async workers; 0 means one per CPU. More wait their turn.
+    pub decide_threads: usize,
     pub reload: Reload,
     pub rhai: RhaiLimits,
     pub flows: FlowSettings,
@@ -164,6 +167,7 @@ impl Default for Config {
             header_timeout_secs: 10,
             body_timeout_secs: 60,
             max_connections: 1024,
+            decide_threads: 0,
             reload: Reload::default(),
             rhai: RhaiLimits::default(),
             flows: FlowSettings::default(),
@@ -194,6 +198,16 @@ impl Default for RhaiLimits {
             max_array_size: 10_000,
             max_map_size: 10_000,
         }
+    }
+}
+
+impl Config {
+    /// How many bodies are decided at once: `decide_threads`, or one per CPU.
+    pub fn deciders(&self) -> usize {
+        if self.decide_threads > 0 {
+            return self.decide_threads;
+        }
+        std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2)
     }
 }
 

@@ -139,7 +139,13 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
         Ok(v) => v,
         Err(f) => return done(Verdict::Rejected(vec![f]), vec![]),
     };
-    let mut errors = set.schema.findings(&value);
+    // A list longer than the contract allows anywhere: refused on that alone, in one walk, so
+    // neither the validator nor the rules spend time in proportion to it.
+    let oversized = set.schema.oversized_lists(&value, set.max_errors.max(1));
+    if !oversized.is_empty() {
+        return done(Verdict::Rejected(oversized), vec![]);
+    }
+    let mut errors = set.schema.findings_at_most(&value, set.max_errors.max(1));
     let schema_clean = errors.is_empty();
     let mut warnings = Vec::new();
     let mut trace = Vec::new();

@@ -60,6 +60,9 @@ pub struct App {
     /// finding it reads the whole outbox index, so `/metrics` (unauthenticated) does it at most
     /// once every [`OLDEST_EVERY`].
     oldest: Mutex<Option<(std::time::Instant, Option<time::OffsetDateTime>)>>,
+    /// Turns to decide a body on a blocking thread: deciding is CPU work that grows with the
+    /// body, and on an async worker it would hold up health checks and every other client.
+    deciders: Arc<tokio::sync::Semaphore>,
 }
 
 const OLDEST_EVERY: Duration = Duration::from_secs(5);
@@ -123,6 +126,7 @@ impl App {
             keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
             tls,
             oldest: Mutex::new(None),
+            deciders: Arc::new(tokio::sync::Semaphore::new(config.deciders())),
             config,
         };
         app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
@@ -416,16 +420,35 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
         Ok(b) => b,
         Err(p) => return problem(&p, instance, request_id),
     };
-    // The same body again for a job already accepted gets the first answer, whatever the rules
-    // say now, without deciding it again.
-    let parsed = crate::pipeline::parse(&body);
-    if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(app, client, value)) {
-        return replayed(&first);
-    }
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
     tracing::Span::current().record("ruleset", set.revision.as_str());
-    let decision = decide_parsed(&set, client, parsed, app.clock, false);
+    let decision = {
+        let Ok(_turn) = app.deciders.clone().acquire_owned().await else {
+            return problem(&Problem::StoreUnavailable, instance, request_id);
+        };
+        let (snapshot, client, store, clock, body) = (set.clone(), client.clone(), app.store.clone(), app.clock, body.clone());
+        let span = tracing::Span::current();
+        let work = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            // The same body again for a job already accepted gets the first answer, whatever
+            // the rules say now, without deciding it again.
+            let parsed = crate::pipeline::parse(&body);
+            if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
+                return Err(Box::new(first));
+            }
+            Ok(decide_parsed(&snapshot, &client, parsed, clock, false))
+        });
+        match work.await {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(first)) => return replayed(&first),
+            Err(e) => {
+                // A panic in deciding (a defect; the lints keep them out of library code).
+                tracing::error!(status = 500, error = %e, "deciding the body panicked");
+                return decided(&Problem::RuleFailed { rule: "decide".into() }, instance, request_id, &set.revision);
+            }
+        }
+    };
     match decision.verdict {
         Verdict::Rejected(errors) => {
             for e in &errors {
@@ -515,9 +538,9 @@ fn redacted(message: &str) -> String {
 }
 
 /// The first answer to this very body, if the client's job was accepted before.
-fn earlier_answer(app: &App, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
+fn earlier_answer(store: &Store, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
     let job_id = value.pointer("/job_details/job_id")?.as_str()?;
-    let first = app.store.job(&client.name, &client.sip_id, job_id).ok()??;
+    let first = store.job(&client.name, &client.sip_id, job_id).ok()??;
     (first.body_hash == crate::pipeline::canonical_hash(value)).then_some(first)
 }
 

@@ -13,6 +13,45 @@ pub struct Schema {
     validator: jsonschema::Validator,
     document: Value,
     pub version: String,
+    /// The most items any list of the schema allows: a body with a longer list is refused before
+    /// the validator and the rules run, so the cost of refusing it does not grow with the list.
+    longest_list: usize,
+}
+
+/// The largest `maxItems` of the document; an error naming a list schema that has none.
+fn longest_list(document: &Value) -> Result<usize, String> {
+    let mut longest = 0u64;
+    let mut stack = vec![(String::new(), document)];
+    while let Some((path, node)) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                let is_list = map.get("type").is_some_and(|t| t == "array" || t.as_array().is_some_and(|ts| ts.iter().any(|t| t == "array")))
+                    || map.contains_key("items")
+                    || map.contains_key("prefixItems");
+                match map.get("maxItems").and_then(Value::as_u64) {
+                    Some(n) => longest = longest.max(n),
+                    None if is_list => {
+                        return Err(format!(
+                            "the list at {} has no maxItems: every list needs a bound, or a body could make the gateway \
+                             spend time in proportion to a list as long as the body limit allows",
+                            if path.is_empty() { "/" } else { &path }
+                        ))
+                    }
+                    None => {}
+                }
+                for (k, v) in map {
+                    stack.push((format!("{path}/{}", escape_token(k)), v));
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    stack.push((format!("{path}/{i}"), v));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(usize::try_from(longest).unwrap_or(usize::MAX))
 }
 
 impl Schema {
@@ -24,7 +63,33 @@ impl Schema {
             .build(&document)
             .map_err(|e| e.to_string())?;
         let version = document.get("x-version").and_then(Value::as_str).unwrap_or("unversioned").to_string();
-        Ok(Schema { validator, document, version })
+        let longest_list = longest_list(&document)?;
+        Ok(Schema { validator, document, version, longest_list })
+    }
+
+    /// Lists in `body` longer than any list the schema allows (at most `cap` findings), found in
+    /// one walk of the body. A body with one is refused on these alone.
+    pub fn oversized_lists(&self, body: &Value, cap: usize) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), body)];
+        while let Some((at, node)) = stack.pop() {
+            if out.len() >= cap {
+                break;
+            }
+            match node {
+                Value::Array(items) if items.len() > self.longest_list => {
+                    out.push(Finding::new(
+                        at,
+                        "maxItems",
+                        format!("must have at most {} items (it has {}; no list of the contract is longer)", self.longest_list, items.len()),
+                    ));
+                }
+                Value::Array(items) => stack.extend(items.iter().enumerate().map(|(i, v)| (format!("{at}/{i}"), v))),
+                Value::Object(map) => stack.extend(map.iter().map(|(k, v)| (format!("{at}/{}", escape_token(k)), v))),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// The document, as loaded (for the OpenAPI description).
@@ -34,8 +99,17 @@ impl Schema {
 
     /// Every schema finding in `body`, pointers at the field at fault.
     pub fn findings(&self, body: &Value) -> Vec<Finding> {
+        self.findings_at_most(body, usize::MAX)
+    }
+
+    /// At most `cap` findings. The validator's errors are taken lazily, so a body with a million
+    /// wrong items costs what its first `cap` findings cost, not a million messages.
+    pub fn findings_at_most(&self, body: &Value, cap: usize) -> Vec<Finding> {
         let mut out = Vec::new();
         for error in self.validator.iter_errors(body) {
+            if out.len() >= cap {
+                break;
+            }
             let at = error.instance_path().as_str().to_string();
             let keyword = error.kind().keyword().to_string();
             let schema_path = error.schema_path().as_str().to_string();
@@ -50,7 +124,7 @@ impl Schema {
                     ));
                 }
                 K::AdditionalProperties { unexpected } | K::UnevaluatedProperties { unexpected } => {
-                    for name in unexpected {
+                    for name in unexpected.iter().take(cap.saturating_sub(out.len())) {
                         out.push(Finding::new(
                             format!("{at}/{}", escape_token(name)),
                             keyword.clone(),
@@ -127,5 +201,25 @@ fn shown(v: &Value) -> String {
     match v {
         Value::String(s) if s.chars().count() > 60 => format!("a string of {} characters", s.chars().count()),
         other => one_line(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_list_needs_a_bound_and_a_longer_one_is_one_finding() {
+        let unbounded = json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}});
+        let e = Schema::compile(unbounded).err().unwrap_or_default();
+        assert!(e.contains("/properties/a has no maxItems"), "{e}");
+        let bounded = json!({"type": "object", "properties": {"a": {"type": "array", "maxItems": 3, "items": {"enum": ["x"]}}}});
+        let schema = Schema::compile(bounded).unwrap();
+        let body = json!({"a": (0..1_000_000).collect::<Vec<u32>>(), "b": {"c": [1, 2, 3, 4]}});
+        let mut found: Vec<String> = schema.oversized_lists(&body, 100).into_iter().map(|f| f.pointer).collect();
+        found.sort();
+        assert_eq!(found, ["/a", "/b/c"]);
+        assert!(schema.oversized_lists(&json!({"a": ["x", "x", "x"]}), 100).is_empty());
     }
 }

@@ -44,6 +44,7 @@ fn each_bad_input_gets_its_status_and_a_specific_problem() {
         ("an escaped NUL in a name", with("/job_details/contact_name", Value::String("Bob\u{0}Smith".into())), 400, Some("/job_details/contact_name"), "control character"),
         ("the DTC separator in notes", with("/job_completion/job_notes", Value::String("fitted | tested".into())), 400, Some("/job_completion/job_notes"), "separator"),
         ("a 10,000-element array", with("/risk_assessment/site_risk_list", Value::Array(many)), 400, Some("/risk_assessment/site_risk_list"), "at most"),
+        ("a million-integer list", with("/risk_assessment/site_risk_list", Value::Array(vec![Value::from(1); 1_000_000])), 400, Some("/risk_assessment/site_risk_list"), "at most 10 items"),
         ("an array for an object", with("/meter", serde_json::json!([1, 2])), 400, Some("/meter"), "type"),
         ("null for a required string", with("/job_details/mpan", Value::Null), 400, Some("/job_details/mpan"), "type"),
     ];
@@ -143,4 +144,43 @@ fn a_photo_may_decode_to_10_mib_and_not_a_byte_more() {
     let exact = with("/meter/photo", Value::String(format!("{}==", "A".repeat(13_981_014))));
     let b = server.post(&exact);
     assert_eq!(b.status, 200, "{}", b.text().chars().take(600).collect::<String>());
+}
+
+/// Deciding is CPU work that grows with the body: it runs on a bounded pool of blocking threads,
+/// so health checks are answered while large bodies are being decided (on the async workers
+/// they waited for the decisions). Ordering, not timing: /healthz answers before any of them.
+#[test]
+fn health_is_answered_while_large_bodies_are_decided() {
+    let server = TestServer::start(|c| c.decide_threads = 2);
+    let photo = "QUJD".repeat(1024 * 1024 / 3);
+    let mut bodies = Vec::new();
+    for i in 0..4 {
+        let mut b = good();
+        b["job_details"]["job_id"] = Value::String(format!("large-{i}"));
+        for field in ["pre_job_photo", "post_job_photo", "post_resealing_photo"] {
+            b["job_execution"][field] = Value::String(photo.clone());
+        }
+        b["meter"]["photo"] = Value::String(photo.clone());
+        bodies.push(serde_json::to_vec(&b).unwrap());
+    }
+    let (addr, key) = (server.addr, server.key.clone());
+    let posts: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let a = common::request(addr, "POST", "/v4/sip", &[("X-API-Key", &key), ("Content-Type", "application/json")], &body);
+                (a.status, Instant::now())
+            })
+        })
+        .collect();
+    // Let the bodies arrive and their decisions start.
+    std::thread::sleep(Duration::from_millis(300));
+    let health = server.get("/healthz");
+    let health_at = Instant::now();
+    assert_eq!(health.status, 200);
+    let done: Vec<(u16, Instant)> = posts.into_iter().map(|p| p.join().unwrap()).collect();
+    assert!(done.iter().all(|(status, _)| *status == 200), "{done:?}");
+    let first_done = done.iter().map(|(_, at)| *at).min().unwrap();
+    assert!(health_at < first_done, "/healthz waited for a decision to finish");
 }
