@@ -423,13 +423,50 @@ fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
     })
 }
 
-/// A value against its catalogue item: no separator or control characters, format, valid set.
+/// What a flow file may carry: letters, marks, digits, punctuation, symbols and the plain space.
+/// Not the `|` separator; not control or format characters (a right-to-left override, a
+/// zero-width space), line or paragraph separators (line-based readers see a new record), other
+/// spaces, private-use or unassigned code points. The schema's `not` pattern on every text field
+/// says the same; this is the writer's last line of defence.
+pub const FLOW_TEXT_RULE: &str = "a flow file carries letters, marks, digits, punctuation, symbols and the plain space only: \
+     not '|', control or format characters, line or paragraph separators, other spaces, private-use or unassigned code points";
+
+static UNFIT: std::sync::LazyLock<Option<regex::Regex>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"[\p{C}\p{Z}|&&[^ ]]").ok());
+
+/// The first character of `s` a flow file may not carry, if any.
+pub fn unfit_char(s: &str) -> Option<char> {
+    match UNFIT.as_ref() {
+        Some(re) => re.find(s).and_then(|m| m.as_str().chars().next()),
+        // The pattern is a constant that compiles; should it not, refuse anything outside ASCII print.
+        None => s.chars().find(|c| !(' '..='~').contains(c) || *c == '|'),
+    }
+}
+
+static FORMAT_CHAR: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| regex::Regex::new(r"\p{Cf}").ok());
+
+/// A character a flow file may not carry, as named in a message: its code point and its kind.
+pub fn describe_char(c: char) -> String {
+    let kind = match c {
+        '|' => return "'|' (the DTC field separator)".to_string(),
+        '\u{2028}' => "a line separator",
+        '\u{2029}' => "a paragraph separator",
+        c if c.is_control() => "a control character",
+        c if c.is_whitespace() => "a space other than the plain space",
+        '\u{E000}'..='\u{F8FF}' | '\u{F0000}'..='\u{FFFFD}' | '\u{100000}'..='\u{10FFFD}' => "a private-use character",
+        c if FORMAT_CHAR.as_ref().is_some_and(|re| re.is_match(c.encode_utf8(&mut [0; 4]))) => "a format character",
+        _ => "an unassigned code point",
+    };
+    format!("U+{:04X} ({kind})", u32::from(c))
+}
+
+/// A value against its catalogue item: only characters a flow file carries, format, valid set.
 fn check_value(cat: &CatField, v: &str) -> Result<(), String> {
     if v.is_empty() {
         return if cat.required { Err(format!("{} ({}) is required but empty", cat.item, cat.name)) } else { Ok(()) };
     }
-    if v.contains('|') || v.chars().any(char::is_control) {
-        return Err(format!("{} ({}) would contain '|' or a control character", cat.item, cat.name));
+    if let Some(c) = unfit_char(v) {
+        return Err(format!("{} ({}) would contain {}: {FLOW_TEXT_RULE}", cat.item, cat.name, describe_char(c)));
     }
     if let Some(f) = cat.format {
         f.check(v).map_err(|m| format!("{} ({}) {v:?}: {m}", cat.item, cat.name))?;
@@ -536,5 +573,37 @@ mod tests {
         assert_eq!(write_value(Dynamic::from(true), FieldFormat::Bool).unwrap(), "T");
         assert_eq!(write_value("2025-01-08T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250108");
         assert_eq!(write_value("2025-06-30T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250701");
+    }
+
+    #[test]
+    fn a_flow_file_carries_printable_text_and_the_plain_space_only() {
+        for fit in ["Flat 1, 25 Spear Building", "Łukasz Żółć", "Café £5 & co. (rear) — “ok”", "日本", "e\u{301}"] {
+            assert_eq!(unfit_char(fit), None, "{fit:?}");
+        }
+        for (unfit, c) in [
+            ("a\u{2028}b", '\u{2028}'),
+            ("a\u{2029}b", '\u{2029}'),
+            ("abc\u{202E}cba", '\u{202E}'),
+            ("\u{200B}", '\u{200B}'),
+            ("no\u{a0}break", '\u{a0}'),
+            ("tab\there", '\t'),
+            ("c1\u{85}", '\u{85}'),
+            ("bom\u{feff}", '\u{feff}'),
+            ("private\u{e000}", '\u{e000}'),
+            ("unassigned\u{378}", '\u{378}'),
+            ("a|b", '|'),
+        ] {
+            assert_eq!(unfit_char(unfit), Some(c), "{unfit:?}");
+        }
+        assert_eq!(describe_char('\u{202E}'), "U+202E (a format character)");
+        assert_eq!(describe_char('\u{2028}'), "U+2028 (a line separator)");
+        assert_eq!(describe_char('\u{0}'), "U+0000 (a control character)");
+        assert_eq!(describe_char('\u{a0}'), "U+00A0 (a space other than the plain space)");
+        assert_eq!(describe_char('\u{378}'), "U+0378 (an unassigned code point)");
+        // The writer refuses them too, whatever the schema let through.
+        let cat = CatField { item: "J0012".into(), name: "Additional Information".into(), format: None, required: false, valid: None };
+        assert!(check_value(&cat, "fitted, tested").is_ok());
+        let e = check_value(&cat, "fitted\u{2028}tested").unwrap_err();
+        assert!(e.contains("U+2028 (a line separator)"), "{e}");
     }
 }

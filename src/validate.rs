@@ -151,7 +151,10 @@ impl Schema {
                         K::MaxItems { limit } => format!("must have at most {limit} items"),
                         K::UniqueItems => "must not repeat an item".to_string(),
                         // The schema's only `not` keeps out what a DTC flow file cannot carry.
-                        K::Not { .. } => "contains a character a flow file cannot carry (a control character or the '|' separator)".to_string(),
+                        K::Not { .. } => match error.instance().as_str().and_then(crate::flows::unfit_char) {
+                            Some(c) => format!("contains {}: {}", crate::flows::describe_char(c), crate::flows::FLOW_TEXT_RULE),
+                            None => format!("contains a character a flow file cannot carry: {}", crate::flows::FLOW_TEXT_RULE),
+                        },
                         _ => error.masked().to_string(),
                     };
                     let message = match expected {
