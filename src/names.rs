@@ -121,13 +121,12 @@ pub fn longest_flow_name(template: &str) -> Result<String, String> {
 
 /// The configured names against the limits: `template` (`flows.object_name`) at its longest, and
 /// every name flowgate writes after `prefix` (the S3 sink's key prefix, with its `/`; empty for
-/// the local folder). The reason if they do not fit.
-pub fn check_configured(template: &str, prefix: &str) -> Result<(), String> {
+/// the local folder). The length of the longest name, or the reason they do not fit.
+pub fn check_configured(template: &str, prefix: &str) -> Result<usize, String> {
     let flow = longest_flow_name(template).map_err(|e| format!("flows.object_name {template:?}: {e}"))?;
     check("", &flow).map_err(|e| format!("flows.object_name {template:?} gives names with {e}"))?;
-    if !prefix.is_empty() {
-        let bare = prefix.strip_suffix('/').unwrap_or(prefix);
-        check("", bare).map_err(|e| format!("sink.s3.prefix {prefix:?} has {e}"))?;
+    if let Some(long) = prefix.split('/').find(|s| s.len() > SEGMENT_MAX) {
+        return Err(format!("sink.s3.prefix has a segment of {} bytes, more than a file name's {SEGMENT_MAX}", long.len()));
     }
     let longest = flow.len().max(ARCHIVE_MAX).max(INBOUND_MAX);
     if prefix.len() + longest > KEY_MAX {
@@ -137,7 +136,7 @@ pub fn check_configured(template: &str, prefix: &str) -> Result<(), String> {
             KEY_MAX.saturating_sub(longest)
         ));
     }
-    Ok(())
+    Ok(longest)
 }
 
 #[cfg(test)]
@@ -187,10 +186,15 @@ mod tests {
         let e = check_configured(default, &prefix(KEY_MAX - ARCHIVE_MAX + 1)).unwrap_err();
         assert!(e.contains("at most 508 bytes"), "{e}");
         assert!(check_configured(default, &format!("{}/", "p".repeat(256))).unwrap_err().contains("segment of 256 bytes"));
+        assert_eq!(check_configured(default, ""), Ok(ARCHIVE_MAX));
         assert!(check_configured("out/{flow}.usr", "").unwrap_err().contains("{file_id}"));
         assert!(check_configured("out/{file_id}{mpan}.usr", "").unwrap_err().contains("unknown placeholder"));
         assert!(check_configured(&format!("out/{}{{file_id}}.usr", "x".repeat(250)), "").unwrap_err().contains("segment of 264 bytes"));
         assert!(check_configured("/out/{file_id}", "").is_err());
+        assert!(check_flow_id("D0139").is_ok());
+        for bad in ["", "D01390", "D0/1", "D.13"] {
+            assert!(check_flow_id(bad).is_err(), "{bad}");
+        }
         assert!(check_configured(&format!("{}/{{file_id}}", ["d"; 600].join("/")), "").unwrap_err().contains("object key"));
     }
 }

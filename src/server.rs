@@ -96,11 +96,16 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl App {
     /// Loads rules and keys and opens the store.
     pub fn start(config: Config) -> Result<Arc<App>, StartError> {
+        // Config::load checks too; a configuration built in code (tests, embedders) is held to
+        // the same rules, such as names that fit every sink.
+        config.check().map_err(|e| StartError::Config(e.to_string()))?;
         let set = ruleset::load(&config).map_err(StartError::Rules)?;
         let keys = KeysFile::read(&config.keys_path())?;
         let limits = Limits::for_keys(&keys, None);
