@@ -645,3 +645,31 @@ fn long_non_ascii_job_ids_are_delivered_to_the_bucket_under_a_long_prefix() {
     let longest = stored.iter().map(|n| prefix.len() + n.len()).max().unwrap_or(0);
     println!("s3 long job ids: {} jobs, {} objects delivered under a {}-byte prefix, longest key {longest} bytes", jobs.len(), stored.len(), prefix.len());
 }
+
+#[test]
+fn an_inbound_file_whose_name_is_longer_than_a_file_name_is_copied_under_one_that_fits() {
+    let prefix = unique_prefix("inlong");
+    let (endpoint, _) = s3_env();
+    let server = common::TestServer::start(|c| {
+        use_s3(c, &endpoint, &prefix);
+        c.inbound.poll_ms = 100;
+    });
+    let bucket = Bucket::new(&prefix);
+    // A bucket takes names a file system would not: 400 bytes in one segment.
+    let name = format!("D0126_{}.usr", "\u{e9}".repeat(195));
+    assert_eq!(name.len(), 400);
+    assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(&format!("in/{name}"), D0126.as_bytes().to_vec())).unwrap(), PutOutcome::Created);
+    wait_until("the file to be taken from in/", Duration::from_secs(20), || bucket.get(&format!("in/{name}")).is_none());
+    let copies = bucket.list("in/processed/");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = &copies[0];
+    assert!(copy.split('/').all(|s| s.len() <= 255), "{} bytes: {copy}", copy.len());
+    assert_eq!(bucket.get(copy).unwrap(), D0126.as_bytes());
+    let ledger = bucket.list("in/ledger/");
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    let entry: Value = serde_json::from_slice(&bucket.get(&ledger[0]).unwrap()).unwrap();
+    assert_eq!(entry["file"], name.as_str(), "the ledger names the file as it came");
+    assert_eq!(entry["object"], copy.as_str());
+    assert_eq!(server.app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);
+    println!("s3 inbound long name: a {}-byte name copied to in/processed/ as {} bytes", name.len(), copy.len() - "in/processed/".len());
+}
