@@ -755,6 +755,14 @@ async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool
 /// inbound poller.
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let sink = crate::dispatch::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
+    if let crate::dispatch::Sink::Local(local) = &sink {
+        // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
+        match local.clear_leftovers(std::time::SystemTime::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporary files a previous run left in the sink folder"),
+            Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
+        }
+    }
     let backoff = crate::dispatch::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
