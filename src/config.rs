@@ -102,7 +102,8 @@ pub struct FlowSettings {
     /// An RFC 3339 instant used as "now" for every file (golden tests only).
     pub fixed_clock: Option<String>,
     /// Object name of a delivered file; `{to_role}`, `{to_mpid}`, `{flow}`, `{from_role}`,
-    /// `{from_mpid}` and `{file_id}` are filled in.
+    /// `{from_mpid}` and `{file_id}` (required) are filled in. It must fit [`crate::names`]'s
+    /// limits with every placeholder at its longest.
     pub object_name: String,
 }
 
@@ -247,6 +248,17 @@ impl Default for S3Config {
     }
 }
 
+impl S3Config {
+    /// The prefix as it is put before every object name: with a trailing `/` unless empty.
+    pub fn key_prefix(&self) -> String {
+        let mut prefix = self.prefix.clone();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        prefix
+    }
+}
+
 impl Default for DispatchSettings {
     fn default() -> Self {
         DispatchSettings { concurrency: 8, retry_base_ms: 200, retry_max_ms: 30_000 }
@@ -337,6 +349,20 @@ impl Config {
                 return Err(ConfigError::Invalid("sink.s3.prefix must be relative, without . or .. parts".into()));
             }
         }
+        // Every name a 200 promises must be deliverable: the template and the prefix are the parts
+        // of it that configuration decides.
+        let prefix = if self.sink.kind == "s3" { self.sink.s3.key_prefix() } else { String::new() };
+        let longest = crate::names::check_configured(&self.flows.object_name, &prefix).map_err(ConfigError::Invalid)?;
+        if self.sink.kind == "local" {
+            let root = self.data_dir.join("dtn").as_os_str().len();
+            if root + 1 + longest > crate::names::PATH_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "data_dir is too long: its sink folder's paths would pass {} bytes; at most {} bytes",
+                    crate::names::PATH_MAX,
+                    crate::names::PATH_MAX.saturating_sub(longest + 1 + "/dtn".len())
+                )));
+            }
+        }
         if self.dispatch.concurrency == 0 {
             return Err(ConfigError::Invalid("dispatch.concurrency must be at least 1".into()));
         }
@@ -352,5 +378,34 @@ impl Config {
             Some(t) => crate::clock::Clock::Fixed(t),
             None => crate::clock::Clock::System,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_cannot_be_delivered_are_refused_by_the_check() {
+        assert!(Config::default().check().is_ok());
+        let with = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.check().err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(with(&|c| c.flows.object_name = format!("out/{}/{{file_id}}.usr", "x".repeat(300))).contains("segment of 300 bytes"));
+        assert!(with(&|c| c.flows.object_name = "out/{flow}.usr".into()).contains("{file_id}"));
+        let s3 = |c: &mut Config, prefix: String| {
+            c.sink.kind = "s3".into();
+            c.sink.s3.prefix = prefix;
+        };
+        // 508 bytes with the `/` the sink adds is the most a prefix may be beside the longest archive name.
+        assert_eq!(with(&|c| s3(c, format!("{}/{}", "a".repeat(254), "b".repeat(252)))), "");
+        assert!(with(&|c| s3(c, format!("{}/{}", "a".repeat(254), "b".repeat(253)))).contains("at most 508 bytes"));
+        assert!(with(&|c| s3(c, "c".repeat(256))).contains("segment of 256 bytes"));
+        // The local folder's paths, data dir included, must stay within PATH_MAX.
+        assert!(with(&|c| c.data_dir = PathBuf::from("d".repeat(200)).join("e".repeat(200)).join("f".repeat(200)).join("g".repeat(200))).is_empty());
+        let deep: PathBuf = (0..15).map(|_| "h".repeat(250)).collect();
+        assert!(with(&|c| c.data_dir = deep.clone()).contains("data_dir is too long"));
     }
 }

@@ -34,7 +34,9 @@ pub enum PutOutcome {
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// A folder standing in for the DTN bucket: `<data-dir>/dtn/<object name>`.
+/// A folder standing in for the DTN bucket: `<data-dir>/dtn/<object name>`, with its temporary
+/// files in `<data-dir>/dtn/.tmp/` (cleared of a crash's leftovers at start,
+/// [`LocalSink::clear_leftovers`]).
 #[derive(Debug, Clone)]
 pub struct LocalSink {
     root: PathBuf,
@@ -121,6 +123,38 @@ impl LocalSink {
             }
             Err(e) => Err(err(e)),
         }
+    }
+
+    /// Deletes the temporary files in `.tmp` last modified before `started`: what writes cut
+    /// short by a crash or a SIGKILL left there. Meant for start-up, before the dispatcher runs:
+    /// the folder belongs to the one instance whose data dir holds it (the store's lock keeps a
+    /// second process off that data dir), and only its dispatcher writes here, so such a file
+    /// has no writer left. Files dated from `started` on are kept, whatever wrote them. Even a
+    /// file still being written could go without harm: a file is delivered only by linking its
+    /// temporary file, fully written and synced, under its name, so the writer's link would fail
+    /// and its attempt be retried. How many files were deleted.
+    pub fn clear_leftovers(&self, started: std::time::SystemTime) -> Result<usize, SinkError> {
+        let dir = self.root.join(".tmp");
+        let err = |e: std::io::Error| SinkError(format!("{}: {e}", dir.display()));
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(err(e)),
+        };
+        let mut cleared = 0;
+        for entry in entries {
+            let entry = entry.map_err(err)?;
+            let meta = entry.metadata().map_err(err)?;
+            if !meta.is_file() || meta.modified().map_err(err)? >= started {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => cleared += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(cleared)
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>, SinkError> {

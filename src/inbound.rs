@@ -8,7 +8,8 @@
 //! date or D0002 J1012 date = the request's date of action). What became of the file is recorded
 //! durably first (once per name and content), then the file is moved: to `in/processed/`, or,
 //! if it does not read, to `in/rejected/` with `<name>.why.txt` listing the findings. Nothing is
-//! deleted. The meanings of code values (J1823) are rule data: `flow-templates/code-lists/`.
+//! deleted. A name too long to take those suffixes within a file name is shortened first
+//! (`moved_name`). The meanings of code values (J1823) are rule data: `flow-templates/code-lists/`.
 //!
 //! In a bucket shared by several instances, each knowing only its own requests, the instance that
 //! takes a file does not match it: it copies it (create-only) to `in/processed/` or
@@ -359,7 +360,7 @@ impl Poller {
         let (outcome, new) = self.record(name, &ex, &received_at, None).await?;
         let folder = if matches!(outcome, FileOutcome::Rejected(_)) { "rejected" } else { "processed" };
         let dir = inbox.join(folder);
-        let target = free_name(&dir, name);
+        let target = free_name(&dir, &moved_name(name));
         if let FileOutcome::Rejected(findings) = &outcome {
             tokio::fs::write(dir.join(format!("{target}.why.txt")), why_text(name, &received_at, findings)).await.map_err(|e| e.to_string())?;
             tracing::warn!(file = %name, moved_to = %target, findings = findings.len(), new, "inbound file rejected");
@@ -397,9 +398,10 @@ impl Poller {
         let taken_at = now_rfc3339();
         let findings = ex.read.as_ref().err().cloned().unwrap_or_default();
         let folder = if ex.read.is_ok() { "processed" } else { "rejected" };
+        let moved = moved_name(name);
         let stored = match &fetched.bytes {
-            Some(bytes) => put_free(b, folder, name, bytes).await?,
-            None => copy_free(b, &source, folder, name, &fetched).await?,
+            Some(bytes) => put_free(b, folder, &moved, bytes).await?,
+            None => copy_free(b, &source, folder, &moved, &fetched).await?,
         };
         if !findings.is_empty() {
             let why = why_text(name, &taken_at, &findings);
@@ -541,6 +543,19 @@ fn why_text(name: &str, at: &str, findings: &[String]) -> String {
         why.push('\n');
     }
     why
+}
+
+/// The most bytes a moved file's name may get after it: `.<ulid>` (the local folder's last
+/// resort in [`free_name`]) and `.why.txt`.
+const MOVED_SUFFIX_MAX: usize = 1 + 26 + ".why.txt".len();
+
+/// The name a file taken from the inbox is moved or copied under: its own, unless it would leave
+/// no room for [`MOVED_SUFFIX_MAX`] in a file name (a sender may use all 255 bytes of one, and a
+/// bucket's names may be longer still); then cut and ended with its hash ([`crate::names::fit`]).
+/// The same on every instance, so a repeated copy of the same file finds the first. The file's
+/// own name stays in its record, its ledger entry and its `.why.txt`.
+fn moved_name(name: &str) -> String {
+    crate::names::fit(name, name, crate::names::SEGMENT_MAX - MOVED_SUFFIX_MAX)
 }
 
 /// The names a moved file may take: `name`, then `name.1`, `name.2`...
@@ -781,6 +796,19 @@ mod tests {
     fn moved_names_are_tried_in_order() {
         let names: Vec<String> = candidates("a.usr").take(3).collect();
         assert_eq!(names, ["a.usr", "a.usr.1", "a.usr.2"]);
+    }
+
+    #[test]
+    fn moved_names_leave_room_for_their_suffixes() {
+        assert_eq!(moved_name("D0126_EM00000042.usr"), "D0126_EM00000042.usr");
+        let kept = "a".repeat(crate::names::SEGMENT_MAX - MOVED_SUFFIX_MAX);
+        assert_eq!(moved_name(&kept), kept);
+        for long in ["b".repeat(kept.len() + 1), "\u{e9}".repeat(127), "c".repeat(1000)] {
+            let moved = moved_name(&long);
+            assert!(moved.len() + MOVED_SUFFIX_MAX <= crate::names::SEGMENT_MAX, "{moved}");
+            assert_eq!(moved, moved_name(&long));
+            assert_ne!(moved, moved_name(&format!("{long}x")));
+        }
     }
 
     #[test]

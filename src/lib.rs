@@ -20,6 +20,7 @@
 //! - [`reader`]: the DTC reader: a flow file to a typed tree, or findings with line numbers.
 //! - [`inbound`]: polls the DTN inbox, reads each file, matches D0126/D0002 to accepted requests.
 //! - [`config`]: the YAML configuration and its defaults.
+//! - [`names`]: the limits every object name is held to (bytes per segment and per key).
 //! - [`finding`]: the finding type shared by schema and rules.
 //! - [`clock`]: wall clock, Europe/London dates, and a fixed clock for golden tests.
 
@@ -36,6 +37,7 @@ pub mod flows;
 pub mod inbound;
 pub mod limit;
 pub mod metrics;
+pub mod names;
 pub mod openapi;
 pub mod golden;
 pub mod pipeline;

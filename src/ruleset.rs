@@ -131,6 +131,8 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         let def: TemplateDef = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = path.display().to_string();
         let t = Template::compile(&name, def, &rules, &catalogue)?;
+        // The configuration checked `flows.object_name` with flow ids of at most this length.
+        crate::names::check_flow_id(&t.flow).map_err(|e| format!("{name}: {e}"))?;
         if templates.contains_key(&t.flow) {
             return Err(format!("{name}: a second template for {}", t.flow));
         }

@@ -74,11 +74,7 @@ impl S3Sink {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint.clone());
         }
-        let mut prefix = config.prefix.clone();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
-        }
-        Ok(S3Sink { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: config.bucket.clone(), prefix })
+        Ok(S3Sink { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: config.bucket.clone(), prefix: config.key_prefix() })
     }
 
     /// The object key of a name: the prefix, then the name.

@@ -99,11 +99,16 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl App {
     /// Loads rules and keys and opens the store.
     pub fn start(config: Config) -> Result<Arc<App>, StartError> {
+        // Config::load checks too; a configuration built in code (tests, embedders) is held to
+        // the same rules, such as names that fit every sink.
+        config.check().map_err(|e| StartError::Config(e.to_string()))?;
         let set = ruleset::load(&config).map_err(StartError::Rules)?;
         let keys = KeysFile::read(&config.keys_path())?;
         let limits = Limits::for_keys(&keys, None);
@@ -777,6 +782,14 @@ async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool
 /// inbound poller.
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let sink = crate::dispatch::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
+    if let crate::dispatch::Sink::Local(local) = &sink {
+        // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
+        match local.clear_leftovers(std::time::SystemTime::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporary files a previous run left in the sink folder"),
+            Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
+        }
+    }
     let backoff = crate::dispatch::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),

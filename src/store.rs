@@ -8,7 +8,8 @@
 //! Each accepted request also puts its job archive in the outbox, in the same commit: one
 //! create-only object `jobs/<client>/<job id>.json` holding a JSON envelope (request id, instance
 //! prefix, client, job id, time received, the body). Its name is the same on every instance, so
-//! the store it is delivered to decides which instance's request owns a job (see [`crate::dispatch`]).
+//! the store it is delivered to decides which instance's request owns a job (see [`crate::dispatch`]),
+//! and it fits every sink's limits whatever the client and job id ([`crate::names`]).
 //!
 //! Tables: `requests` (id → record), `bodies` (id → raw body), `jobs` (client + job id → id),
 //! `outbox` (object name → file: flows and job archives), `pending` (object names not yet
@@ -258,7 +259,12 @@ fn job_key(client: &str, job_id: &str) -> String {
 
 /// A client name as one object-key segment: lower-case `[a-z0-9-]`. A name that is not already
 /// in that form gets a short hash of the exact name, so two different names never share a key.
+/// One longer than a segment may be is cut and ends in the exact name's full hash ([`crate::names::fit`]).
 pub fn safe_client(name: &str) -> String {
+    crate::names::fit(&client_slug(name), name, crate::names::SEGMENT_MAX)
+}
+
+fn client_slug(name: &str) -> String {
     use sha2::Digest;
     let mut slug = String::new();
     for c in name.chars() {
@@ -282,8 +288,16 @@ pub fn safe_client(name: &str) -> String {
     }
 }
 
-/// A job id as one object-key segment: `[A-Za-z0-9._-]` kept, every other byte `%XX`.
+/// A job id as the archive's file name (without `.json`): `[A-Za-z0-9._-]` kept, every other
+/// byte `%XX`. An encoding too long for a file name (past 250 bytes: 42 two-byte or 21 four-byte
+/// characters; no ASCII id of up to 64 characters comes near) is cut and ends in the exact id's hash: every name that could
+/// ever be written to a folder stays as it was, and the rule needs nothing but the id, so every
+/// instance still names the same job alike.
 fn safe_job_id(job_id: &str) -> String {
+    crate::names::fit(&percent_job_id(job_id), job_id, crate::names::SEGMENT_MAX - ".json".len())
+}
+
+fn percent_job_id(job_id: &str) -> String {
     let mut out = String::new();
     for b in job_id.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !out.is_empty()) {
@@ -868,6 +882,64 @@ mod tests {
         assert_eq!(safe_job_id(".."), "%2E.");
         let weird = archive_name("Ünïcode / ..", "..");
         assert!(weird.split('/').all(|p| !p.is_empty() && p != "." && p != ".."), "{weird}");
+    }
+
+    /// Schema-valid job ids (1-64 characters) whose encoding is longer than a file name may be.
+    fn long_ids() -> Vec<String> {
+        let mut ids = vec!["\u{e9}".repeat(43), "\u{1f600}".repeat(60), "\u{10348}".repeat(64)];
+        // Ids that differ only at the end, past the part a shortened name keeps readable.
+        for c in ["a", "b", "\u{e9}", "\u{e8}", "\u{1f601}"] {
+            ids.push(format!("{}{c}", "\u{1f600}".repeat(63)));
+            ids.push(format!("{}{c}", "\u{e9}".repeat(63)));
+        }
+        ids.push(format!("a{}", "\u{1f600}".repeat(63)));
+        ids
+    }
+
+    #[test]
+    fn long_job_ids_get_distinct_stable_names_within_the_limits() {
+        let ids = long_ids();
+        let names: Vec<String> = ids.iter().map(|id| archive_name("Test SIP", id)).collect();
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "two long ids share a name: {names:#?}");
+        for (id, name) in ids.iter().zip(&names) {
+            assert_eq!(&archive_name("Test SIP", id), name, "the same id, another name");
+            assert!(crate::names::check("", name).is_ok(), "{name}: {:?}", crate::names::check("", name));
+            assert!(name.len() <= crate::names::ARCHIVE_MAX);
+            assert!(name.ends_with(".json") && name.contains('~'), "{name}");
+        }
+        // Each id's name starts as its encoding does: still readable, still sorted alike.
+        assert!(names[0].starts_with("jobs/test-sip-29551bd8/%C3%A9%C3%A9"), "{}", names[0]);
+        // A shortened name never equals one kept as it was: the encoding writes `~` as %7E.
+        assert_eq!(archive_name("Test SIP", "~"), "jobs/test-sip-29551bd8/%7E.json");
+    }
+
+    #[test]
+    fn every_name_that_fit_before_keeps_it() {
+        // ASCII ids of up to 64 characters, however many bytes they encode to, and non-ASCII ones
+        // whose encoding fits a file name: the names they were always given.
+        let worst_ascii = " ".repeat(64);
+        assert_eq!(archive_name("test-sip", &worst_ascii), format!("jobs/test-sip/{}.json", "%20".repeat(64)));
+        let fits = "\u{e9}".repeat(41); // 246 bytes encoded, 251 with .json
+        assert_eq!(archive_name("test-sip", &fits), format!("jobs/test-sip/{}.json", "%C3%A9".repeat(41)));
+        let first_cut = "\u{e9}".repeat(42); // 252 + 5 bytes: one too many
+        assert!(archive_name("test-sip", &first_cut).contains('~'));
+        assert_eq!(safe_client("Test SIP"), "test-sip-29551bd8");
+    }
+
+    #[test]
+    fn long_client_names_fit_one_segment_and_stay_distinct() {
+        let a = "A".repeat(1000);
+        let b = format!("{}B", "A".repeat(999));
+        let (sa, sb) = (safe_client(&a), safe_client(&b));
+        assert_ne!(sa, sb);
+        assert!(sa.len() <= crate::names::SEGMENT_MAX && sb.len() <= crate::names::SEGMENT_MAX);
+        assert_eq!(safe_client(&a), sa);
+        let canonical = "a".repeat(300);
+        assert!(safe_client(&canonical).len() <= crate::names::SEGMENT_MAX);
+        assert_eq!(safe_client(&"a".repeat(255)), "a".repeat(255));
+        let name = archive_name(&a, &"\u{10348}".repeat(64));
+        assert!(crate::names::check("", &name).is_ok(), "{name}");
     }
 
     #[test]

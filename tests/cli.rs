@@ -101,3 +101,20 @@ fn keys_commands_keep_the_file_private_and_whole() {
     let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().filter_map(Result::ok).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_configuration_whose_names_cannot_be_delivered_is_refused() {
+    let dir = common::temp_dir("cli-names");
+    let request = "tests/cases/public-completed-isolation/request.json";
+    let refused = |yaml: &str, why: &str| {
+        let config = dir.join(format!("{}.yaml", ulid::Ulid::new()));
+        std::fs::write(&config, yaml).unwrap();
+        let (code, out, err) = flowgate(&["check", request, "--config", config.to_str().unwrap()]);
+        assert_ne!(code, 0, "{yaml}: accepted\n{out}");
+        assert!(err.contains(why), "{yaml}: {err}");
+    };
+    // A file name over 255 bytes, a key over 1,024 with the prefix, two flows under one name.
+    refused(&format!("flows:\n  object_name: out/{}_{{file_id}}.usr\n", "x".repeat(250)), "segment of 265 bytes");
+    refused(&format!("sink:\n  kind: s3\n  s3:\n    prefix: {}/{}/\n", "p".repeat(255), "q".repeat(255)), "at most 508 bytes");
+    refused("flows:\n  object_name: out/{to_mpid}/{flow}.usr\n", "{file_id}");
+}

@@ -75,8 +75,46 @@ fn sigkill_at_random_moments_loses_no_acknowledged_flow_and_writes_none_twice() 
     assert_eq!(unique.len(), ids.len(), "a file id was written twice");
     let ready = common::request(addr, "GET", "/metrics", &[], b"").text();
     let depth_zero = ready.lines().any(|l| l == "flowgate_outbox_depth 0");
+    // Partial files of the killed runs are cleared at start; the last run's own are removed as it goes.
+    let leftovers = tmp_files(&dtn);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(depth_zero, "the outbox is not empty: {ready}");
-    println!("crash test: {rounds} SIGKILLs, {} flow files acknowledged, {} found, duplicates 0", expected.len(), files.len());
+    assert!(leftovers.is_empty(), "{} temporary files left in dtn/.tmp after the restart: {leftovers:?}", leftovers.len());
+    println!("crash test: {rounds} SIGKILLs, {} flow files acknowledged, {} found, duplicates 0, leftovers in .tmp 0", expected.len(), files.len());
+}
+
+/// The names in the local sink's temporary folder.
+fn tmp_files(dtn: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dtn.join(".tmp")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn partial_files_left_in_the_sinks_temporary_folder_are_cleared_at_start() {
+    let data = common::temp_dir("leftovers");
+    let tmp = data.join("dtn").join(".tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let hour = Duration::from_secs(3600);
+    let now = std::time::SystemTime::now();
+    // What a SIGKILL leaves: files named like the sink's own (`<ulid>.<pid>`), part-written.
+    let stale: Vec<String> = (0..5).map(|n| format!("{}.{}", ulid::Ulid::new(), 4000 + n)).collect();
+    for name in &stale {
+        let f = std::fs::File::create(tmp.join(name)).unwrap();
+        std::io::Write::write_all(&mut &f, b"ZHV|FG0000").unwrap();
+        f.set_modified(now - hour).unwrap();
+    }
+    // Dated after the start: not a leftover of an earlier run, so it is left alone.
+    let newer = format!("{}.{}", ulid::Ulid::new(), 4999);
+    std::fs::File::create(tmp.join(&newer)).unwrap().set_modified(now + hour).unwrap();
+    let server = common::TestServer::start_in(data.clone(), |_| {});
+    assert_eq!(tmp_files(&data.join("dtn")), vec![newer.clone()], "only the file dated after the start stays");
+    // Delivery works as before and leaves nothing of its own behind.
+    let b = body(0, 0);
+    let a = server.post(&b);
+    assert_eq!(a.status, 200, "{}", a.text());
+    server.wait_for("the outbox to drain", || server.app.store.pending_count().unwrap() == 0);
+    assert_eq!(tmp_files(&data.join("dtn")), vec![newer]);
+    println!("leftovers: {} stale temporary files cleared at start, 1 newer kept", stale.len());
 }

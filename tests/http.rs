@@ -326,3 +326,50 @@ fn a_client_name_is_one_identity_and_no_other_client_can_read_replay_or_conflict
     assert_eq!(theirs_changed.status, 409, "Beta's second body conflicts with Beta's first, not Alpha's: {}", theirs_changed.text());
     assert_eq!(theirs_changed.json()["existing_request_id"], theirs.json()["request_id"]);
 }
+
+/// Job ids the schema allows (1-64 characters) whose percent-encoded form is longer than one
+/// file name may be: 43 × "é" (258 bytes encoded), 60 emoji, 64 four-byte characters.
+fn long_job_ids() -> Vec<String> {
+    vec!["\u{e9}".repeat(43), "\u{1f600}".repeat(60), "\u{10348}".repeat(64)]
+}
+
+#[test]
+fn long_non_ascii_job_ids_are_delivered_to_the_local_folder() {
+    let server = TestServer::start(|_| {});
+    let dtn = server.data.join("dtn");
+    for job in long_job_ids() {
+        let mut v: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
+        v["job_details"]["job_id"] = Value::String(job.clone());
+        let a = server.post(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(a.status, 200, "{}", a.text());
+        let id = a.json()["request_id"].as_str().unwrap().to_string();
+        // The 200 promised delivery: the archive and every flow reach the folder.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            let status = server.get(&format!("/v4/sip/{id}")).json();
+            let flows_done = status["flows"].as_array().unwrap().iter().all(|f| f["state"] == "delivered");
+            if status["archive"]["state"] == "delivered" && flows_done {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "job id of {} bytes not delivered: {status:#}", job.len());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let archive = status["archive"]["object"].as_str().unwrap();
+        assert_eq!(archive, flowgate::store::archive_name("Test SIP", &job));
+        let stored = std::fs::read(dtn.join(archive)).unwrap();
+        assert_eq!(flowgate::store::archive_request_id(&stored).as_deref(), Some(id.as_str()));
+        let envelope: Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(envelope["job_id"], job.as_str(), "the archive keeps the exact job id");
+        for f in status["flows"].as_array().unwrap() {
+            let text = std::fs::read_to_string(dtn.join(f["object"].as_str().unwrap())).unwrap();
+            assert!(text.starts_with(&format!("ZHV|{}|", f["file_id"].as_str().unwrap())));
+        }
+        // Within the limits of any sink: a file system's 255 bytes a segment, S3's 1,024 a key.
+        assert!(archive.len() <= 1024 && archive.split('/').all(|s| s.len() <= 255), "{archive}");
+    }
+    // The same id again is the same job: its first answer, not a second archive.
+    let mut v: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
+    v["job_details"]["job_id"] = Value::String(long_job_ids()[0].clone());
+    let again = server.post(&serde_json::to_vec(&v).unwrap());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}

@@ -3,6 +3,8 @@
 //! a broken file is moved aside with its reasons; the same file dropped again is recorded once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -130,4 +132,50 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     }
     drop(app);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The names under `dir` that are files.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_type().unwrap().is_file()).map(|e| e.file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn files_whose_names_take_a_whole_file_name_are_moved_aside_not_left_in_the_inbox() {
+    let server = common::TestServer::start(|c| c.inbound.poll_ms = 50);
+    let inbox = server.data.join("dtn").join("in");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // Names as long as a file name may be (254 and 255 bytes): `.why.txt` or `.1` after them is not.
+    let broken = format!("D0126_{}.usr", "\u{e9}".repeat(122));
+    let good = format!("D0126_{}.usr", "e".repeat(245));
+    assert_eq!((broken.len(), good.len()), (254, 255));
+    let put = |name: &str, content: &str| {
+        let tmp = inbox.join(".incoming.tmp");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, inbox.join(name)).unwrap();
+    };
+    let taken = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !files_in(&inbox).is_empty() {
+            let errors = server.app.metrics.value("flowgate_inbound_errors_total", &[]);
+            assert!(Instant::now() < deadline, "{what} still in the inbox after 10 s ({errors} inbound errors): {:?}", files_in(&inbox));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    put(&broken, &D0126.replace("|2||1|", "|7||1|"));
+    put(&good, D0126);
+    taken("the two files");
+    put(&good, &D0126.replace("Carrier was welded", "Other text"));
+    taken("the second file under a used name");
+    let (processed, rejected) = (files_in(&inbox.join("processed")), files_in(&inbox.join("rejected")));
+    assert_eq!((processed.len(), rejected.len()), (2, 2), "{processed:?} {rejected:?}");
+    for name in processed.iter().chain(&rejected) {
+        assert!(name.len() <= 255, "{name}");
+    }
+    let why = rejected.iter().find(|n| n.ends_with(".why.txt")).unwrap();
+    let text = std::fs::read_to_string(inbox.join("rejected").join(why)).unwrap();
+    assert!(text.starts_with(&format!("{broken}: rejected at")), "the reasons name the file as it came: {text}");
+    assert!(processed.iter().any(|n| n.ends_with(".1")), "{processed:?}");
+    assert_eq!(server.app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);
 }

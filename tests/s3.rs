@@ -602,3 +602,74 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
     assert_eq!(incoming(&a, &ida).len(), 3, "nothing recorded twice after the restart");
     println!("s3 inbound: 2 instances, 5 files dropped into in/ (1 rejected, 1 the same again), each request shows 3 incoming flows, ledger entries {}", bucket.list("in/ledger/").len());
 }
+
+#[test]
+fn long_non_ascii_job_ids_are_delivered_to_the_bucket_under_a_long_prefix() {
+    // A prefix of over 400 bytes (each part within 255): the longest archive name any client and
+    // job id can get must still fit S3's 1,024-byte key after it.
+    let prefix = format!("{}{}/{}/", unique_prefix("long"), "p".repeat(200), "q".repeat(200));
+    assert!(prefix.len() > 400);
+    let (endpoint, _) = s3_env();
+    let server = common::TestServer::start(|c| use_s3(c, &endpoint, &prefix));
+    let bucket = Bucket::new(&prefix);
+    // Schema-valid job ids (1-64 characters) far longer once percent-encoded: 43 × "é",
+    // 60 emoji, 64 four-byte characters.
+    let jobs = ["\u{e9}".repeat(43), "\u{1f600}".repeat(60), "\u{10348}".repeat(64)];
+    let mut promised = BTreeSet::new();
+    let mut ids = Vec::new();
+    for job in &jobs {
+        let a = server.post(&body("public-completed-isolation", job));
+        assert_eq!(a.status, 200, "{}", a.text());
+        promised.extend(flow_objects(&a.json()));
+        promised.insert(flowgate::store::archive_name("Test SIP", job));
+        ids.push(a.json()["request_id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.app.store.pending_count().unwrap() > 0 {
+        if Instant::now() > deadline {
+            let status: Vec<Value> = ids.iter().map(|id| server.get(&format!("/v4/sip/{id}")).json()).collect();
+            panic!("not delivered: {status:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stored: BTreeSet<String> = bucket.list("").into_iter().collect();
+    assert_eq!(stored, promised, "the bucket holds other objects than promised");
+    for (job, id) in jobs.iter().zip(&ids) {
+        let archive = bucket.get(&flowgate::store::archive_name("Test SIP", job)).unwrap();
+        assert_eq!(flowgate::store::archive_request_id(&archive).as_deref(), Some(id.as_str()));
+    }
+    for name in &stored {
+        let key = format!("{prefix}{name}");
+        assert!(key.len() <= 1024 && key.split('/').all(|s| s.len() <= 255), "{} bytes: {key}", key.len());
+    }
+    let longest = stored.iter().map(|n| prefix.len() + n.len()).max().unwrap_or(0);
+    println!("s3 long job ids: {} jobs, {} objects delivered under a {}-byte prefix, longest key {longest} bytes", jobs.len(), stored.len(), prefix.len());
+}
+
+#[test]
+fn an_inbound_file_whose_name_is_longer_than_a_file_name_is_copied_under_one_that_fits() {
+    let prefix = unique_prefix("inlong");
+    let (endpoint, _) = s3_env();
+    let server = common::TestServer::start(|c| {
+        use_s3(c, &endpoint, &prefix);
+        c.inbound.poll_ms = 100;
+    });
+    let bucket = Bucket::new(&prefix);
+    // A bucket takes names a file system would not: 400 bytes in one segment.
+    let name = format!("D0126_{}.usr", "\u{e9}".repeat(195));
+    assert_eq!(name.len(), 400);
+    assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(&format!("in/{name}"), D0126.as_bytes().to_vec())).unwrap(), PutOutcome::Created);
+    wait_until("the file to be taken from in/", Duration::from_secs(20), || bucket.get(&format!("in/{name}")).is_none());
+    let copies = bucket.list("in/processed/");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = &copies[0];
+    assert!(copy.split('/').all(|s| s.len() <= 255), "{} bytes: {copy}", copy.len());
+    assert_eq!(bucket.get(copy).unwrap(), D0126.as_bytes());
+    let ledger = bucket.list("in/ledger/");
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    let entry: Value = serde_json::from_slice(&bucket.get(&ledger[0]).unwrap()).unwrap();
+    assert_eq!(entry["file"], name.as_str(), "the ledger names the file as it came");
+    assert_eq!(entry["object"], copy.as_str());
+    assert_eq!(server.app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);
+    println!("s3 inbound long name: a {}-byte name copied to in/processed/ as {} bytes", name.len(), copy.len() - "in/processed/".len());
+}
