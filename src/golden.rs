@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::Client;
 use crate::clock::Clock;
-use crate::pipeline::{decide, Verdict};
+use crate::pipeline::{decide, Explain, Verdict};
 use crate::ruleset::RuleSet;
 
 /// The instant golden flow files are written at.
@@ -84,7 +84,7 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
         revoked: false,
     };
     let now = crate::clock::parse_rfc3339(GOLDEN_NOW).ok_or("bad golden clock")?;
-    let decision = decide(set, &client, &body, Clock::Fixed(now), false);
+    let decision = decide(set, &client, &body, Clock::Fixed(now), Explain::No);
     match decision.verdict {
         Verdict::Failed(f) => Err(format!("status 500: rule {} failed: {}", f.rule, f.message)),
         Verdict::Rejected(errors) => {

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::dispatch::DispatchStats;
 use crate::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
-use crate::pipeline::{decide_parsed, Verdict};
+use crate::pipeline::{decide_parsed, Explain, Verdict};
 use crate::problem::Problem;
 use crate::ruleset::{self, RuleSet};
 use crate::store::{AcceptOutcome, NewRequest, Store};
@@ -421,7 +421,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
     tracing::Span::current().record("ruleset", set.revision.as_str());
-    let decision = decide_parsed(&set, client, parsed, app.clock, false);
+    let decision = decide_parsed(&set, client, parsed, app.clock, Explain::No);
     match decision.verdict {
         Verdict::Rejected(errors) => {
             for e in &errors {
