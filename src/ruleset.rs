@@ -3,7 +3,10 @@
 //! `load` is the one loader behind every verb (`serve`, `check`, `test`). A candidate set is
 //! built from the files, compiled, checked against the catalogue, and run over the sample bodies
 //! in `rules/samples/` (an empty or half-written file compiles cleanly, so compiling is not
-//! enough). Only a set that passes all of that replaces the running one.
+//! enough). Each sample must get its whole expected answer, and together they must exercise
+//! every rule, scenario, flow choice and optional template group of the candidate: a rule no
+//! sample fires could be cut short or emptied unseen, and a rule that is gone is missed by the
+//! sample that expects its finding. Only a set that passes all of that replaces the running one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,10 @@ pub struct RuleSet {
     pub max_errors: usize,
     /// The files it was built from, relative to the rules folder.
     pub files: Vec<String>,
+    /// What the samples of `rules/samples/` exercise (all of it, or the set would not load).
+    pub coverage: crate::golden::Coverage,
+    /// How many samples it was checked with.
+    pub samples: usize,
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
@@ -151,11 +158,17 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     for case in &samples {
         take(&case.join("request.json"))?;
         take(&case.join("expect.json"))?;
+        let flows = case.join("flows");
+        if flows.is_dir() {
+            for path in files_in(&flows, "usr")? {
+                take(&path)?;
+            }
+        }
     }
 
     let digest = hasher.finalize();
     let revision: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let set = RuleSet {
+    let mut set = RuleSet {
         revision: format!("{}+{}", schema.version, revision),
         schema,
         rules,
@@ -170,14 +183,33 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         roles: config.flows.roles.clone(),
         max_errors: config.max_errors,
         files,
+        coverage: crate::golden::Coverage::default(),
+        samples: samples.len(),
     };
-    // Sample bodies: each must get its expected answer from the candidate.
+    // Sample bodies: each must get its expected answer from the candidate, and together they
+    // must exercise all of it.
+    let mut coverage = crate::golden::Coverage::new(&set);
+    let mut failures = Vec::new();
     for case in &samples {
-        let result = crate::golden::run_case(&set, case, false);
-        if let Some(why) = result.failure {
-            return Err(format!("sample {}: {why}", case.display()));
+        let result = crate::golden::run_sample(&set, case);
+        match result.failure {
+            Some(why) => failures.push(format!("sample {}: {why}", case.display())),
+            None => coverage.add(&result.pinned),
         }
     }
+    if !failures.is_empty() {
+        return Err(format!("{} of {} samples do not get their expected answer:\n{}", failures.len(), samples.len(), failures.join("\n")));
+    }
+    let uncovered = coverage.uncovered();
+    if !uncovered.is_empty() {
+        return Err(format!(
+            "no sample in {} exercises {} (coverage: {}): add a sample that does, or remove what none needs",
+            sdir.display(),
+            uncovered.join(", "),
+            coverage.summary()
+        ));
+    }
+    set.coverage = coverage;
     Ok(set)
 }
 

@@ -30,8 +30,11 @@ fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_se
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["ruleset"], before.as_str());
 
-    // An analyst makes D0396 go out for S01 only to a second recipient... simpler: turn the
-    // category A warning into an error, and see the next answer change.
+    // An analyst turns the category A warning into an error, and the sample that pinned the
+    // warning in the same edit (a sample that still expects the old answer refuses the edit).
+    let sample = rules.join("rules/samples/s01-dno-category-a-warning");
+    std::fs::write(sample.join("expect.json"), r#"{"status": 400, "pointers": ["/site_safety/dno_code_a"], "rules": ["dno-category-a-by-phone"]}"#).unwrap();
+    std::fs::remove_dir_all(sample.join("flows")).unwrap();
     edit(&rules.join("rules/consistency.yaml"), "  - id: dno-category-a-by-phone\n    level: warning", "  - id: dno-category-a-by-phone\n    level: error");
     server.wait_for("the new revision", || server.app.rules.load().revision != before);
     let after = server.app.rules.load().revision.clone();
@@ -71,12 +74,17 @@ fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_se
 fn a_rule_that_loops_forever_is_a_500_naming_it_within_its_deadline_and_others_are_unaffected() {
     let rules = common::temp_dir("rules");
     common::copy_rules(&rules);
-    // A rule that only spins for one job id (so the sample bodies still pass the load check).
-    let spin = "\n  - id: spin-forever\n    pointer: /job_details/job_id\n    message: never\n    when: |\n      if job.job_id == \"spin\" { loop { } }\n      false\n";
+    // A rule that only spins for one job id (so the sample bodies still pass the load check),
+    // and fires for another, which a sample pins (every rule must fire in a sample).
+    let spin = "\n  - id: spin-forever\n    pointer: /job_details/job_id\n    message: never\n    when: |\n      if job.job_id == \"spin\" { loop { } }\n      job.job_id == \"spin-sample\"\n";
     let path = rules.join("rules/consistency.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(spin);
     std::fs::write(&path, text).unwrap();
+    let sample = rules.join("rules/samples/spin-forever");
+    std::fs::create_dir_all(&sample).unwrap();
+    std::fs::write(sample.join("request.json"), body("public-completed-isolation", "spin-sample")).unwrap();
+    std::fs::write(sample.join("expect.json"), r#"{"status": 400, "pointers": ["/job_details/job_id"], "rules": ["spin-forever"]}"#).unwrap();
     let r = rules.clone();
     let server = TestServer::start(move |c| {
         c.rules_dir = r;
@@ -155,4 +163,52 @@ fn a_revoked_key_is_refused_without_a_restart() {
     let text = String::from_utf8(list.stdout).unwrap();
     assert!(text.contains("revoked") && text.contains("Test SIP"), "{text}");
     assert!(!text.contains(&server.key), "keys list shows a key");
+}
+
+/// The last reload's outcome once the server has looked at an edit: the revision moved, or
+/// `/readyz` shows a refusal.
+fn reload_outcome(server: &TestServer, before: &str) -> Value {
+    server.wait_for("the reload", || server.app.rules.load().revision != before || server.get("/readyz").json()["last_rules_reload"]["ok"] == false);
+    server.get("/readyz").json()
+}
+
+#[test]
+fn an_emptied_consistency_file_is_refused_and_the_check_digit_rule_keeps_serving() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+
+    std::fs::write(rules.join("rules/consistency.yaml"), "").unwrap();
+    let ready = reload_outcome(&server, &before);
+    assert_eq!(ready["last_rules_reload"]["ok"], false, "the emptied file was accepted: {ready}");
+    assert_eq!(ready["ruleset"], before.as_str(), "{ready}");
+    assert_eq!(server.app.rules.load().revision, before);
+    // The refusal names a sample that no longer gets its answer.
+    let error = ready["last_rules_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("sample"), "{error}");
+
+    let a = server.post(&body("public-bad-mpan-check-digit", "emptied-1"));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["errors"][0]["rule"], "mpan-check-digit", "{}", a.text());
+}
+
+#[test]
+fn a_rule_no_sample_fires_is_refused_and_readyz_names_it() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+
+    let path = rules.join("rules/consistency.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n  - id: town-in-capitals\n    pointer: /job_details/town\n    message: the town is written in capitals\n    when: job.town == job.town.to_upper()\n");
+    std::fs::write(&path, text).unwrap();
+    let ready = reload_outcome(&server, &before);
+    assert_eq!(ready["last_rules_reload"]["ok"], false, "a rule no sample fires was accepted: {ready}");
+    let error = ready["last_rules_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("exercises rule town-in-capitals") && error.contains("coverage: rules 21/22"), "{error}");
+    assert_eq!(server.app.rules.load().revision, before);
 }
