@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -58,32 +57,44 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The folders a rule set is read from.
+/// The folders a rule set is read from (the sample folders as they are now: list them again to
+/// see a sample added since).
 pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.join("schemas"), root.join("rules"), root.join("flow-templates"), root.join("flow-templates").join("catalogue").join("flows")];
-    dirs.extend(crate::golden::cases(&root.join("rules").join("samples")));
+    let templates = root.join("flow-templates");
+    let mut dirs = vec![root.join("schemas"), root.join("rules"), templates.clone(), templates.join("catalogue"), templates.join("catalogue").join("flows")];
+    for case in crate::golden::cases(&root.join("rules").join("samples")) {
+        dirs.push(case.join("flows"));
+        dirs.push(case);
+    }
     dirs.push(root.join("rules").join("samples"));
     dirs
 }
 
-/// A fingerprint of the files under the rule folders (names, sizes, modification times).
-pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+/// A fingerprint of the files under the rule folders: their names and their bytes, read through
+/// symlinks. Not sizes and modification times: a copy that keeps times (`cp -p`, `rsync -t`,
+/// `tar`) can change a file without changing either, and a file reached through a link (a
+/// Kubernetes ConfigMap swaps its `..data` link to a new folder) changes while the link the
+/// folder holds does not. The folders hold a few hundred KB, read about once a second.
+pub fn fingerprint(root: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for dir in paths {
-        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(Result::ok).collect(),
+    for dir in watched_dirs(root) {
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
             Err(_) => {
                 dir.hash(&mut h);
                 continue;
             }
         };
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            e.path().hash(&mut h);
-            if let Ok(m) = e.metadata() {
-                m.len().hash(&mut h);
-                m.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).hash(&mut h);
+        entries.sort();
+        for path in entries {
+            path.hash(&mut h);
+            // Sub-folders that matter are in the list themselves; only their names count here.
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                match std::fs::read(&path) {
+                    Ok(bytes) => bytes.hash(&mut h),
+                    Err(e) => e.kind().hash(&mut h),
+                }
             }
         }
     }
