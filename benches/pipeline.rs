@@ -42,11 +42,11 @@ fn steps(c: &mut Criterion) {
         g.bench_function("rules-scope", |b| b.iter(|| flowgate::rules::scope_for(&value, "2025-12-31")));
         g.bench_function("decide-whole", |b| {
             b.iter(|| {
-                let d = flowgate::pipeline::decide(&set, &client, body, now, false);
+                let d = flowgate::pipeline::decide(&set, &client, body, now, flowgate::pipeline::Explain::No);
                 assert!(matches!(d.verdict, flowgate::pipeline::Verdict::Accepted(_)));
             })
         });
-        if let flowgate::pipeline::Verdict::Accepted(a) = flowgate::pipeline::decide(&set, &client, body, now, false).verdict {
+        if let flowgate::pipeline::Verdict::Accepted(a) = flowgate::pipeline::decide(&set, &client, body, now, flowgate::pipeline::Explain::No).verdict {
             let flow = a.flows[0].clone();
             g.bench_function("finish-file", |b| b.iter(|| flow.finish("FG00000001", now.now(), &set.envelope)));
         }

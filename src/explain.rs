@@ -4,13 +4,13 @@ use serde_json::{json, Value};
 
 use crate::auth::Client;
 use crate::clock::Clock;
-use crate::pipeline::{decide, Verdict};
+use crate::pipeline::{decide, Explain, Verdict};
 use crate::problem::Problem;
 use crate::ruleset::RuleSet;
 
 /// The would-be answer (status and body, file ids left to the store) and the rule trace.
 pub fn report(set: &RuleSet, client: &Client, body: &[u8], clock: Clock) -> Value {
-    let decision = decide(set, client, body, clock, true);
+    let decision = decide(set, client, body, clock, Explain::Trace);
     let (status, answer) = match &decision.verdict {
         Verdict::Accepted(a) => {
             let flows: Vec<Value> = a

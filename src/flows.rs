@@ -247,6 +247,8 @@ struct Field {
 }
 
 struct Group {
+    /// Its index in [`Template::groups`], in the order the template lists groups.
+    id: usize,
     code: String,
     when: Option<Condition>,
     repeat: Option<Condition>,
@@ -261,8 +263,20 @@ pub struct Template {
     pub flow: String,
     pub version: String,
     pub name: String,
-    groups: Vec<Group>,
+    /// Every group of the template, in the order it lists them (nested ones after their parent).
+    pub groups: Vec<GroupInfo>,
+    tree: Vec<Group>,
     top_codes: Vec<String>,
+}
+
+/// A template group as the reload gate's coverage names it.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    /// The group code with its parents', `262/263`.
+    pub path: String,
+    /// Written only when its `when` holds or its `repeat` gives elements: a choice a sample
+    /// must make for the group to be seen.
+    pub optional: bool,
 }
 
 impl Template {
@@ -272,24 +286,30 @@ impl Template {
         if cat.version != def.version {
             return Err(format!("{file}: {} is version {} in the catalogue, not {}", def.flow, cat.version, def.version));
         }
-        let groups = compile_groups(file, &def.groups, None, cat, rules)?;
-        let top_codes = groups.iter().map(|g| g.code.clone()).collect();
-        Ok(Template { flow: def.flow, version: def.version, name: def.name, groups, top_codes })
+        let mut groups = Vec::new();
+        let tree = compile_groups(file, &def.groups, None, cat, rules, &mut groups)?;
+        let top_codes = tree.iter().map(|g| g.code.clone()).collect();
+        Ok(Template { flow: def.flow, version: def.version, name: def.name, groups, tree, top_codes })
     }
 
     /// Writes the group records for one request (each record is its fields, code first), and
-    /// counts the top-level ones.
-    pub fn render(&self, rules: &Rules, scope: &mut Scope<'static>) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
+    /// counts the top-level ones. `written`, when given, gets the index of every group written.
+    pub fn render(&self, rules: &Rules, scope: &mut Scope<'static>, mut written: Option<&mut Vec<usize>>) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
         let mut out = Vec::new();
-        render_groups(&self.flow, &self.groups, rules, scope, &mut out)?;
+        render_groups(&self.flow, &self.tree, rules, scope, &mut out, &mut written)?;
         let top = out.iter().filter(|r| r.first().is_some_and(|c| self.top_codes.contains(c))).count();
         Ok((out, top))
     }
 }
 
-fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<&str>, cat: &CatFlow, rules: &Rules) -> Result<Vec<Group>, String> {
+/// `parent` is the enclosing group's code and path; `infos` gets every group in order.
+fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<(&str, &str)>, cat: &CatFlow, rules: &Rules, infos: &mut Vec<GroupInfo>) -> Result<Vec<Group>, String> {
+    let (parent, parent_path) = (parent.map(|p| p.0), parent.map(|p| p.1));
     let mut out = Vec::new();
     for g in defs {
+        let id = infos.len();
+        let path = parent_path.map_or_else(|| g.code.clone(), |p| format!("{p}/{}", g.code));
+        infos.push(GroupInfo { path: path.clone(), optional: g.when.is_some() || g.repeat.is_some() });
         let cg = cat.groups.get(&g.code).ok_or_else(|| format!("{file}: group {} is not part of {}", g.code, cat.id))?;
         if cg.parent.as_deref() != parent {
             return Err(format!("{file}: group {} must sit under {}, not {}", g.code, cg.parent.as_deref().unwrap_or("the top"), parent.unwrap_or("the top")));
@@ -313,12 +333,13 @@ fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<&str>, cat: &Cat
         }
         let values = rules.batch(fields.iter().map(|f: &Field| &f.value));
         out.push(Group {
+            id,
             values,
             code: g.code.clone(),
             when: g.when.as_deref().map(|w| compile(format!("{file}: {} when", g.code), w)).transpose()?,
             repeat: g.repeat.as_deref().map(|w| compile(format!("{file}: {} repeat", g.code), w)).transpose()?,
             fields,
-            groups: compile_groups(file, &g.groups, Some(&g.code), cat, rules)?,
+            groups: compile_groups(file, &g.groups, Some((&g.code, &path)), cat, rules, infos)?,
         });
     }
     // Every mandatory child group of this level must be written by the template.
@@ -330,7 +351,7 @@ fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<&str>, cat: &Cat
     Ok(out)
 }
 
-fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<'static>, out: &mut Vec<Vec<String>>) -> Result<(), RuleFailure> {
+fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<'static>, out: &mut Vec<Vec<String>>, written: &mut Option<&mut Vec<usize>>) -> Result<(), RuleFailure> {
     for g in groups {
         let fail = |what: &str, message: String| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message };
         if let Some(w) = &g.when {
@@ -364,7 +385,10 @@ fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<
                 record.push(text);
             }
             out.push(record);
-            let r = render_groups(flow, &g.groups, rules, scope, out);
+            if let Some(w) = written.as_deref_mut() {
+                w.push(g.id);
+            }
+            let r = render_groups(flow, &g.groups, rules, scope, out, written);
             scope.rewind(mark);
             r?;
         }

@@ -3,10 +3,14 @@
 //! project's test suite.
 //!
 //! `expect.json`: `{"status": 200, "scenario": "S01", "flows": ["D0396>X/TEST"]}` or
-//! `{"status": 400, "pointers": [...]}`; optional `warnings` (rule ids), `sip_id` (the sender,
-//! default `DEMO`) and `covers` (what the case is for). Flow files are written with a fixed clock
-//! ([`GOLDEN_NOW`]) and file ids `GT00000001`, `GT00000002`... in the order the flows are chosen,
-//! and compared byte for byte; `flows/<flow>_<role><mpid>.usr`.
+//! `{"status": 400, "pointers": [...], "rules": [...]}`; optional `warnings` (rule ids; absent
+//! means none), `rules` (the rule ids or schema keywords of a 400's errors), `sip_id` (the
+//! sender, default `DEMO`) and `covers` (what the case is for). Flow files are written with a
+//! fixed clock ([`GOLDEN_NOW`]) and file ids `GT00000001`, `GT00000002`... in the order the flows
+//! are chosen, and compared byte for byte; `flows/<flow>_<role><mpid>.usr`.
+//!
+//! A case also tells which rules, scenario, flow choices and template groups its expected
+//! answer pins ([`CaseResult::pinned`]); [`Coverage`] adds them up over a folder of cases.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,8 @@ use serde::Deserialize;
 
 use crate::auth::Client;
 use crate::clock::Clock;
-use crate::pipeline::{decide, Verdict};
+use crate::pipeline::{decide, Explain, Fired, Verdict};
+use crate::rules::Level;
 use crate::ruleset::RuleSet;
 
 /// The instant golden flow files are written at.
@@ -32,6 +37,8 @@ pub struct Expect {
     #[serde(default)]
     pub pointers: Option<Vec<String>>,
     #[serde(default)]
+    pub rules: Option<Vec<String>>,
+    #[serde(default)]
     pub warnings: Option<Vec<String>>,
     #[serde(default)]
     pub sip_id: Option<String>,
@@ -45,6 +52,10 @@ pub struct CaseResult {
     pub failure: Option<String>,
     /// The flow files written (name, content), for catalogue checks.
     pub files: Vec<(String, String)>,
+    /// What fired and is checked by the expected answer: a rule whose finding is in a 400 (or a
+    /// warning in a 200), the scenario and flow choices of a 200 that names them, the template
+    /// groups of flow files compared byte for byte. What fired unseen proves nothing.
+    pub pinned: Fired,
 }
 
 /// Every case folder under `dir` (those holding `request.json`), sorted.
@@ -60,21 +71,57 @@ pub fn cases(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// How much of the answer a case's `expect.json` must pin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// Golden cases: what `expect.json` leaves out is not compared.
+    AsWritten,
+    /// Rule samples: the whole answer (scenario and flows with their files for a 200, pointers
+    /// and rule ids for a 400), or a sample could pass while a rule it exercises is cut short.
+    Whole,
+}
+
 /// Runs one case against a rule set. `bless` rewrites the expected flow files.
 pub fn run_case(set: &RuleSet, dir: &Path, bless: bool) -> CaseResult {
+    run(set, dir, bless, Strictness::AsWritten)
+}
+
+/// Runs one sample of the reload gate: as [`run_case`], but its `expect.json` must pin the whole
+/// answer (`scenario`, `flows` and the `flows/` files for a 200; `pointers` and `rules` for a 400).
+pub fn run_sample(set: &RuleSet, dir: &Path) -> CaseResult {
+    run(set, dir, false, Strictness::Whole)
+}
+
+fn run(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let mut result = CaseResult { name, failure: None, files: vec![] };
-    match check(set, dir, bless, &mut result.files) {
+    let mut result = CaseResult { name, failure: None, files: vec![], pinned: Fired::default() };
+    match check(set, dir, bless, strictness, &mut result.files, &mut result.pinned) {
         Ok(()) => {}
-        Err(e) => result.failure = Some(e),
+        Err(e) => {
+            result.failure = Some(e);
+            result.pinned = Fired::default();
+        }
     }
     result
 }
 
-fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String)>) -> Result<(), String> {
+fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: &mut Vec<(String, String)>, pinned: &mut Fired) -> Result<(), String> {
     let body = std::fs::read(dir.join("request.json")).map_err(|e| format!("request.json: {e}"))?;
     let expect_text = std::fs::read_to_string(dir.join("expect.json")).map_err(|e| format!("expect.json: {e}"))?;
     let expect: Expect = serde_json::from_str(&expect_text).map_err(|e| format!("expect.json: {e}"))?;
+    let flows_dir = dir.join("flows");
+    if strictness == Strictness::Whole {
+        let missing = match expect.status {
+            200 if expect.scenario.is_none() || expect.flows.is_none() => Some("`scenario` and `flows`"),
+            200 if expect.flows.as_ref().is_some_and(|f| !f.is_empty()) && !flows_dir.is_dir() => Some("its flow files in flows/"),
+            400 if expect.pointers.is_none() || expect.rules.is_none() => Some("`pointers` and `rules`"),
+            200 | 400 => None,
+            _ => Some("status 200 or 400"),
+        };
+        if let Some(what) = missing {
+            return Err(format!("a sample must pin its whole answer: expect.json lacks {what}"));
+        }
+    }
     let client = Client {
         name: "golden".into(),
         sip_id: expect.sip_id.clone().unwrap_or_else(|| "DEMO".into()),
@@ -84,7 +131,8 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
         revoked: false,
     };
     let now = crate::clock::parse_rfc3339(GOLDEN_NOW).ok_or("bad golden clock")?;
-    let decision = decide(set, &client, &body, Clock::Fixed(now), false);
+    let decision = decide(set, &client, &body, Clock::Fixed(now), Explain::Fired);
+    let fired = decision.fired;
     match decision.verdict {
         Verdict::Failed(f) => Err(format!("status 500: rule {} failed: {}", f.rule, f.message)),
         Verdict::Rejected(errors) => {
@@ -92,12 +140,22 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
                 let listed: Vec<String> = errors.iter().map(|e| format!("{} ({}: {})", e.pointer, e.rule, e.message)).collect();
                 return Err(format!("status 400, want {}: {}", expect.status, listed.join("; ")));
             }
+            let detail = || errors.iter().map(|e| format!("{} [{}] {}", e.pointer, e.rule, e.message)).collect::<Vec<_>>().join("; ");
             let got: BTreeSet<String> = errors.iter().map(|e| e.pointer.clone()).collect();
             let want: BTreeSet<String> = expect.pointers.unwrap_or_default().into_iter().collect();
             if got != want {
-                let detail: Vec<String> = errors.iter().map(|e| format!("{} [{}] {}", e.pointer, e.rule, e.message)).collect();
-                return Err(format!("pointers {got:?}, want {want:?}; found: {}", detail.join("; ")));
+                return Err(format!("pointers {got:?}, want {want:?}; found: {}", detail()));
             }
+            // Two rules may blame the same field: the pointers alone do not tell which fired.
+            if let Some(want) = expect.rules {
+                let got: BTreeSet<String> = errors.iter().map(|e| e.rule.clone()).collect();
+                let want: BTreeSet<String> = want.into_iter().collect();
+                if got != want {
+                    return Err(format!("rules {got:?}, want {want:?}; found: {}", detail()));
+                }
+            }
+            // A 400 shows its errors only: a warning that fired is not in the answer.
+            pinned.rules = fired.rules.into_iter().filter(|&i| set.rules.rules.get(i).is_some_and(|r| r.def.level == Level::Error)).collect();
             Ok(())
         }
         Verdict::Accepted(a) => {
@@ -116,17 +174,15 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
                     return Err(format!("flows {got:?}, want {want:?}"));
                 }
             }
-            if let Some(want) = &expect.warnings {
-                let mut w: Vec<String> = a.warnings.iter().map(|w| w.rule.clone()).collect();
-                w.sort();
-                let mut want = want.clone();
-                want.sort();
-                if w != want {
-                    return Err(format!("warnings {w:?}, want {want:?}"));
-                }
+            // No `warnings` means none is expected (the format says so).
+            let mut w: Vec<String> = a.warnings.iter().map(|w| w.rule.clone()).collect();
+            w.sort();
+            let mut want = expect.warnings.clone().unwrap_or_default();
+            want.sort();
+            if w != want {
+                return Err(format!("warnings {w:?}, want {want:?}"));
             }
-            let flows_dir = dir.join("flows");
-            // Without a flows/ folder (rule samples), the files are not compared byte for byte.
+            // Without a flows/ folder the files are not compared byte for byte.
             let compare = bless || flows_dir.is_dir();
             for (i, f) in a.flows.iter().enumerate() {
                 let file_id = format!("GT{:08}", i + 1);
@@ -154,8 +210,94 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, files: &mut Vec<(String, String
                     return Err(format!("flows/ holds {expected} files, the case wrote {}", a.flows.len()));
                 }
             }
+            pinned.rules = fired.rules;
+            if expect.scenario.is_some() {
+                pinned.scenario = fired.scenario;
+            }
+            if expect.flows.is_some() {
+                pinned.flows = fired.flows;
+                if compare {
+                    pinned.groups = fired.groups;
+                }
+            }
             Ok(())
         }
+    }
+}
+
+/// Which rules, scenarios, flow choices and optional template groups (those written only when
+/// their `when` holds or their `repeat` gives elements) a set of cases pins, out of a rule set's.
+#[derive(Debug, Clone, Default)]
+pub struct Coverage {
+    rules: Vec<(String, bool)>,
+    scenarios: Vec<(String, bool)>,
+    flows: Vec<(String, bool)>,
+    /// (flow, group index in its template, `flow path`, covered)
+    groups: Vec<(String, usize, String, bool)>,
+}
+
+impl Coverage {
+    /// Nothing covered yet, out of everything `set` holds.
+    pub fn new(set: &RuleSet) -> Coverage {
+        let mut templates: Vec<_> = set.templates.values().collect();
+        templates.sort_by(|a, b| a.flow.cmp(&b.flow));
+        let groups = templates
+            .iter()
+            .flat_map(|t| t.groups.iter().enumerate().filter(|(_, g)| g.optional).map(|(i, g)| (t.flow.clone(), i, format!("{} {}", t.flow, g.path), false)))
+            .collect();
+        Coverage {
+            rules: set.rules.rules.iter().map(|r| (r.def.id.clone(), false)).collect(),
+            scenarios: set.rules.scenarios.iter().map(|s| (s.id.clone(), false)).collect(),
+            flows: set.rules.flows.iter().map(|f| (f.def.id.clone(), false)).collect(),
+            groups,
+        }
+    }
+
+    /// Counts what one case pinned.
+    pub fn add(&mut self, pinned: &Fired) {
+        let mark = |list: &mut Vec<(String, bool)>, i: usize| {
+            if let Some(entry) = list.get_mut(i) {
+                entry.1 = true;
+            }
+        };
+        for &i in &pinned.rules {
+            mark(&mut self.rules, i);
+        }
+        if let Some(i) = pinned.scenario {
+            mark(&mut self.scenarios, i);
+        }
+        for &i in &pinned.flows {
+            mark(&mut self.flows, i);
+        }
+        for (flow, i) in &pinned.groups {
+            if let Some(entry) = self.groups.iter_mut().find(|g| g.0 == *flow && g.1 == *i) {
+                entry.3 = true;
+            }
+        }
+    }
+
+    /// `rules 21/21, scenarios 8/8, flow choices 5/5, optional groups 4/4`.
+    pub fn summary(&self) -> String {
+        let count = |covered: usize, of: usize| format!("{covered}/{of}");
+        let n = |list: &[(String, bool)]| count(list.iter().filter(|e| e.1).count(), list.len());
+        format!(
+            "rules {}, scenarios {}, flow choices {}, optional groups {}",
+            n(&self.rules),
+            n(&self.scenarios),
+            n(&self.flows),
+            count(self.groups.iter().filter(|g| g.3).count(), self.groups.len())
+        )
+    }
+
+    /// What no case pins, each named: `rule mpan-check-digit`, `scenario S05`, `flow choice
+    /// d0002-fault-resolution-report`, `optional group D0139 261/262`.
+    pub fn uncovered(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, list) in [("rule", &self.rules), ("scenario", &self.scenarios), ("flow choice", &self.flows)] {
+            out.extend(list.iter().filter(|e| !e.1).map(|e| format!("{kind} {}", e.0)));
+        }
+        out.extend(self.groups.iter().filter(|g| !g.3).map(|g| format!("optional group {}", g.2)));
+        out
     }
 }
 

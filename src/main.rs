@@ -295,6 +295,18 @@ fn test(args: &Args) -> Result<ExitCode, String> {
     }
     let failed = results.iter().filter(|r| r.failure.is_some()).count();
     println!("{} passed, {} failed", results.len() - failed, failed);
+    let mut coverage = flowgate::golden::Coverage::new(&set);
+    for r in &results {
+        coverage.add(&r.pinned);
+    }
+    println!("coverage: {}", coverage.summary());
+    let uncovered = coverage.uncovered();
+    if !uncovered.is_empty() {
+        println!("not exercised by these cases: {}", uncovered.join(", "));
+    }
+    // The samples always cover the whole set (the set would not have loaded otherwise): this line
+    // says how, for whoever trims or adds samples.
+    println!("samples coverage: {} ({} samples in {})", set.coverage.summary(), set.samples, config.rules_dir.join("rules").join("samples").display());
     if let Some(file) = args.get("--junit") {
         std::fs::write(file, flowgate::golden::junit(&results)).map_err(|e| format!("{file}: {e}"))?;
     }

@@ -39,11 +39,35 @@ pub struct Accepted {
     pub date_of_action: String,
 }
 
+/// What a decision keeps of what the rules did, besides its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// Nothing: the request path.
+    No,
+    /// Which rules, scenario, flow choices and template groups fired, by index ([`Fired`]): the
+    /// reload gate's coverage, without the cost of a trace.
+    Fired,
+    /// A [`Trace`] of every condition with the body values it read (`flowgate check`).
+    Trace,
+}
+
+/// The conditions that fired for one body, as indexes into the rule set's `rules`, `scenarios`
+/// and `flows`, and each template group written as (flow, group index in the template).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fired {
+    pub rules: Vec<usize>,
+    pub scenario: Option<usize>,
+    pub flows: Vec<usize>,
+    pub groups: Vec<(String, usize)>,
+}
+
 /// A verdict and, on request, what every rule did.
 #[derive(Debug)]
 pub struct Decision {
     pub verdict: Verdict,
     pub trace: Vec<Trace>,
+    /// Filled only with [`Explain::Fired`].
+    pub fired: Fired,
     pub revision: String,
 }
 
@@ -127,42 +151,48 @@ pub fn parse(body: &[u8]) -> Result<Value, Finding> {
     Ok(value)
 }
 
-/// Decides one body for one client. `explain` collects a trace of every rule.
-pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain: bool) -> Decision {
+/// Decides one body for one client; `explain` says what to keep of what the rules did.
+pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain: Explain) -> Decision {
     decide_parsed(set, client, parse(body), clock, explain)
 }
 
 /// [`decide`] for a body already [`parse`]d (the server parses once, to look up an earlier answer).
-pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: bool) -> Decision {
-    let done = |verdict, trace| Decision { verdict, trace, revision: set.revision.clone() };
+pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: Explain) -> Decision {
+    let mut fired = Fired::default();
     let value = match parsed {
         Ok(v) => v,
-        Err(f) => return done(Verdict::Rejected(vec![f]), vec![]),
+        Err(f) => return Decision { verdict: Verdict::Rejected(vec![f]), trace: vec![], fired, revision: set.revision.clone() },
     };
+    let mut trace = Vec::new();
+    let verdict = judge(set, client, &value, clock, explain, &mut trace, &mut fired);
+    Decision { verdict, trace, fired, revision: set.revision.clone() }
+}
+
+fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: Explain, trace: &mut Vec<Trace>, fired: &mut Fired) -> Verdict {
+    let cover = explain == Explain::Fired;
     // A list longer than the contract allows anywhere: refused on that alone, in one walk, so
     // neither the validator nor the rules spend time in proportion to it.
-    let oversized = set.schema.oversized_lists(&value, set.max_errors.max(1));
+    let oversized = set.schema.oversized_lists(value, set.max_errors.max(1));
     if !oversized.is_empty() {
-        return done(Verdict::Rejected(oversized), vec![]);
+        return Verdict::Rejected(oversized);
     }
-    let mut errors = set.schema.findings_at_most(&value, set.max_errors.max(1));
+    let mut errors = set.schema.findings_at_most(value, set.max_errors.max(1));
     let schema_clean = errors.is_empty();
     let mut warnings = Vec::new();
-    let mut trace = Vec::new();
     let today = crate::clock::iso_date(crate::clock::london(clock.now()).date());
-    let mut scope = crate::rules::scope_for(&value, &today);
+    let mut scope = crate::rules::scope_for(value, &today);
     let rules = &set.rules;
 
     // A rule that fails at run time on a body the schema already rejected (a wrong type, say)
     // is noted and passed over; on a schema-clean body it is a 500 naming the rule.
     let mut note = |rule: &str, kind: &'static str, source: &str, fired: bool, failed: Option<String>| {
-        if explain {
+        if explain == Explain::Trace {
             trace.push(Trace {
                 rule: rule.to_string(),
                 kind,
                 fired,
                 condition: source.to_string(),
-                values: set.rules.values_read(source, &value),
+                values: set.rules.values_read(source, value),
                 failed,
             });
         }
@@ -171,15 +201,18 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
     let mut scenario = None;
     let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
     let values = rules.run_batch(&mut scope, &rules.scenarios_batch, &conditions);
-    for (s, value) in rules.scenarios.iter().zip(values) {
+    for (i, (s, value)) in rules.scenarios.iter().zip(values).enumerate() {
         match value.and_then(crate::rules::truth_of) {
             Ok(true) => {
                 note(&s.id, "scenario", &s.when.source, true, None);
+                if cover {
+                    fired.scenario = Some(i);
+                }
                 scenario = Some(s);
                 break;
             }
             Ok(false) => note(&s.id, "scenario", &s.when.source, false, None),
-            Err(m) if schema_clean => return done(Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m }), trace),
+            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m }),
             Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m)),
         }
     }
@@ -188,42 +221,50 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
 
     let conditions: Vec<_> = rules.rules.iter().map(|r| &r.when).collect();
     let values = rules.run_batch(&mut scope, &rules.rules_batch, &conditions);
-    for (r, value) in rules.rules.iter().zip(values) {
+    for (i, (r, value)) in rules.rules.iter().zip(values).enumerate() {
         let result = value.and_then(|v| findings_of(&r.def, v));
         match result {
             Ok(found) => {
                 note(&r.def.id, "rule", &r.when.source, !found.is_empty(), None);
+                if cover && !found.is_empty() {
+                    fired.rules.push(i);
+                }
                 match r.def.level {
                     Level::Error => errors.extend(found),
                     Level::Warning => warnings.extend(found),
                 }
             }
-            Err(m) if schema_clean => return done(Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m }), trace),
+            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m }),
             Err(m) => note(&r.def.id, "rule", &r.when.source, false, Some(m)),
         }
     }
     if !errors.is_empty() {
         dedupe(&mut errors);
         errors.truncate(set.max_errors.max(1));
-        return done(Verdict::Rejected(errors), trace);
+        return Verdict::Rejected(errors);
     }
     let Some(scenario) = scenario else {
         let failure = RuleFailure { rule: "scenarios".into(), message: "no scenario matched this body".into() };
-        return done(Verdict::Failed(failure), trace);
+        return Verdict::Failed(failure);
     };
 
     scope.push_constant("sender", ImmutableString::from(client.sip_id.as_str()));
     let mut flows = Vec::new();
     let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
     let values = rules.run_batch(&mut scope, &rules.flows_batch, &conditions);
-    for (choice, value) in rules.flows.iter().zip(values) {
+    for (i, (choice, value)) in rules.flows.iter().zip(values).enumerate() {
         match value.and_then(crate::rules::truth_of) {
             Ok(false) => {
                 note(&choice.def.id, "flow", &choice.when.source, false, None);
                 continue;
             }
-            Ok(true) => note(&choice.def.id, "flow", &choice.when.source, true, None),
-            Err(m) => return done(Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m }), trace),
+            Ok(true) => {
+                note(&choice.def.id, "flow", &choice.when.source, true, None);
+                if cover {
+                    fired.flows.push(i);
+                }
+            }
+            Err(m) => return Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m }),
         }
         let fail = |m: String| RuleFailure { rule: choice.def.id.clone(), message: m };
         let result = (|| -> Result<FlowBody, RuleFailure> {
@@ -237,7 +278,9 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
             let template = set.templates.get(&choice.def.flow).ok_or_else(|| fail(format!("no template for {}", choice.def.flow)))?;
             let mark = scope.len();
             scope.push_constant("recipient", ImmutableString::from(to_mpid.as_str()));
-            let rendered = template.render(rules, &mut scope);
+            let mut written = Vec::new();
+            let rendered = template.render(rules, &mut scope, cover.then_some(&mut written));
+            fired.groups.extend(written.into_iter().map(|g| (template.flow.clone(), g)));
             scope.rewind(mark);
             let (records, top_level) = rendered?;
             Ok(FlowBody {
@@ -253,7 +296,7 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
         })();
         match result {
             Ok(f) => flows.push(f),
-            Err(f) => return done(Verdict::Failed(f), trace),
+            Err(f) => return Verdict::Failed(f),
         }
     }
 
@@ -265,11 +308,11 @@ pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Findi
         scenario_name: scenario.name.clone(),
         warnings,
         flows,
-        body_hash: canonical_hash(&value),
+        body_hash: canonical_hash(value),
         mpan: text("/job_details/mpan"),
         date_of_action: text("/job_completion/date_of_action"),
     };
-    done(Verdict::Accepted(accepted), trace)
+    Verdict::Accepted(accepted)
 }
 
 /// The same pointer and rule reported twice (schema `if`/`then` and a rule, say) is one finding.

@@ -3,12 +3,14 @@
 //! `load` is the one loader behind every verb (`serve`, `check`, `test`). A candidate set is
 //! built from the files, compiled, checked against the catalogue, and run over the sample bodies
 //! in `rules/samples/` (an empty or half-written file compiles cleanly, so compiling is not
-//! enough). Only a set that passes all of that replaces the running one.
+//! enough). Each sample must get its whole expected answer, and together they must exercise
+//! every rule, scenario, flow choice and optional template group of the candidate: a rule no
+//! sample fires could be cut short or emptied unseen, and a rule that is gone is missed by the
+//! sample that expects its finding. Only a set that passes all of that replaces the running one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,10 @@ pub struct RuleSet {
     pub max_errors: usize,
     /// The files it was built from, relative to the rules folder.
     pub files: Vec<String>,
+    /// What the samples of `rules/samples/` exercise (all of it, or the set would not load).
+    pub coverage: crate::golden::Coverage,
+    /// How many samples it was checked with.
+    pub samples: usize,
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
@@ -51,32 +57,44 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The folders a rule set is read from.
+/// The folders a rule set is read from (the sample folders as they are now: list them again to
+/// see a sample added since).
 pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = vec![root.join("schemas"), root.join("rules"), root.join("flow-templates"), root.join("flow-templates").join("catalogue").join("flows")];
-    dirs.extend(crate::golden::cases(&root.join("rules").join("samples")));
+    let templates = root.join("flow-templates");
+    let mut dirs = vec![root.join("schemas"), root.join("rules"), templates.clone(), templates.join("catalogue"), templates.join("catalogue").join("flows")];
+    for case in crate::golden::cases(&root.join("rules").join("samples")) {
+        dirs.push(case.join("flows"));
+        dirs.push(case);
+    }
     dirs.push(root.join("rules").join("samples"));
     dirs
 }
 
-/// A fingerprint of the files under the rule folders (names, sizes, modification times).
-pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+/// A fingerprint of the files under the rule folders: their names and their bytes, read through
+/// symlinks. Not sizes and modification times: a copy that keeps times (`cp -p`, `rsync -t`,
+/// `tar`) can change a file without changing either, and a file reached through a link (a
+/// Kubernetes ConfigMap swaps its `..data` link to a new folder) changes while the link the
+/// folder holds does not. The folders hold a few hundred KB, read about once a second.
+pub fn fingerprint(root: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for dir in paths {
-        let mut entries: Vec<_> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(Result::ok).collect(),
+    for dir in watched_dirs(root) {
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
             Err(_) => {
                 dir.hash(&mut h);
                 continue;
             }
         };
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            e.path().hash(&mut h);
-            if let Ok(m) = e.metadata() {
-                m.len().hash(&mut h);
-                m.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).hash(&mut h);
+        entries.sort();
+        for path in entries {
+            path.hash(&mut h);
+            // Sub-folders that matter are in the list themselves; only their names count here.
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                match std::fs::read(&path) {
+                    Ok(bytes) => bytes.hash(&mut h),
+                    Err(e) => e.kind().hash(&mut h),
+                }
             }
         }
     }
@@ -153,11 +171,17 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     for case in &samples {
         take(&case.join("request.json"))?;
         take(&case.join("expect.json"))?;
+        let flows = case.join("flows");
+        if flows.is_dir() {
+            for path in files_in(&flows, "usr")? {
+                take(&path)?;
+            }
+        }
     }
 
     let digest = hasher.finalize();
     let revision: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let set = RuleSet {
+    let mut set = RuleSet {
         revision: format!("{}+{}", schema.version, revision),
         schema,
         rules,
@@ -172,14 +196,33 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         roles: config.flows.roles.clone(),
         max_errors: config.max_errors,
         files,
+        coverage: crate::golden::Coverage::default(),
+        samples: samples.len(),
     };
-    // Sample bodies: each must get its expected answer from the candidate.
+    // Sample bodies: each must get its expected answer from the candidate, and together they
+    // must exercise all of it.
+    let mut coverage = crate::golden::Coverage::new(&set);
+    let mut failures = Vec::new();
     for case in &samples {
-        let result = crate::golden::run_case(&set, case, false);
-        if let Some(why) = result.failure {
-            return Err(format!("sample {}: {why}", case.display()));
+        let result = crate::golden::run_sample(&set, case);
+        match result.failure {
+            Some(why) => failures.push(format!("sample {}: {why}", case.display())),
+            None => coverage.add(&result.pinned),
         }
     }
+    if !failures.is_empty() {
+        return Err(format!("{} of {} samples do not get their expected answer:\n{}", failures.len(), samples.len(), failures.join("\n")));
+    }
+    let uncovered = coverage.uncovered();
+    if !uncovered.is_empty() {
+        return Err(format!(
+            "no sample in {} exercises {} (coverage: {}): add a sample that does, or remove what none needs",
+            sdir.display(),
+            uncovered.join(", "),
+            coverage.summary()
+        ));
+    }
+    set.coverage = coverage;
     Ok(set)
 }
 

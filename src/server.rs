@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::dispatch::DispatchStats;
 use crate::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
-use crate::pipeline::{decide_parsed, Verdict};
+use crate::pipeline::{decide_parsed, Explain, Verdict};
 use crate::problem::Problem;
 use crate::ruleset::{self, RuleSet};
 use crate::store::{AcceptOutcome, NewRequest, Store};
@@ -195,15 +195,14 @@ fn rfc3339_now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+/// A fingerprint of one file's bytes, read through symlinks (as the rule folders' is: a copy that
+/// keeps modification times, or a swapped link, changes nothing else).
 fn keys_fingerprint(path: &std::path::Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    if let Ok(m) = std::fs::metadata(path) {
-        m.len().hash(&mut h);
-        m.modified().ok().hash(&mut h);
-    }
-    if let Ok(bytes) = std::fs::read(path) {
-        bytes.hash(&mut h);
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.hash(&mut h),
+        Err(e) => e.kind().hash(&mut h),
     }
     h.finish()
 }
@@ -214,26 +213,31 @@ fn keys_fingerprint(path: &std::path::Path) -> u64 {
 pub fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
     let poll = Duration::from_millis(app.config.reload.poll_ms.max(50));
     let debounce = Duration::from_millis(app.config.reload.debounce_ms);
-    let dirs = ruleset::watched_dirs(&app.config.rules_dir);
+    let root = app.config.rules_dir.clone();
     let keys = app.config.keys_path();
-    let mut rules_seen = ruleset::fingerprint(&dirs);
+    let mut rules_seen = ruleset::fingerprint(&root);
     let mut keys_seen = keys_fingerprint(&keys);
     let tls_files = app.config.tls.clone();
     let tls_print = move |files: &Option<crate::config::TlsFiles>| files.as_ref().map(|f| keys_fingerprint(&f.cert_file) ^ keys_fingerprint(&f.key_file).rotate_left(1));
     let mut tls_seen = tls_print(&tls_files);
+    // Off the request workers: the fingerprint reads every file of the rule folders.
+    let rules_print = move || {
+        let root = root.clone();
+        async move { tokio::task::spawn_blocking(move || ruleset::fingerprint(&root)).await.ok() }
+    };
     async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
                 _ = shutdown.changed() => return,
             }
-            let now = ruleset::fingerprint(&dirs);
+            let Some(now) = rules_print().await else { continue };
             if now != rules_seen {
                 // Editors write several times per save: wait until the files stop changing.
                 let mut settled = now;
                 loop {
                     tokio::time::sleep(debounce).await;
-                    let again = ruleset::fingerprint(&dirs);
+                    let Some(again) = rules_print().await else { continue };
                     if again == settled {
                         break;
                     }
@@ -442,7 +446,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
                 return Err(Box::new(first));
             }
-            Ok(decide_parsed(&snapshot, &client, parsed, clock, false))
+            Ok(decide_parsed(&snapshot, &client, parsed, clock, Explain::No))
         });
         match work.await {
             Ok(Ok(decision)) => decision,

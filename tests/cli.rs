@@ -46,15 +46,51 @@ fn test_passes_the_golden_cases_and_fails_a_wrong_expectation() {
     assert_eq!(code, 0, "{out}{err}");
     let cases = flowgate::golden::cases(&common::repo().join("tests/cases")).len();
     assert!(out.contains(&format!("{cases} passed, 0 failed")), "{out}");
+    // The golden cases, and the reload gate's samples, exercise every rule, scenario, flow choice
+    // and optional template group.
+    for prefix in ["coverage:", "samples coverage:"] {
+        let line = out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line: {out}"));
+        let counts = line.trim_start_matches(prefix).split(" (").next().unwrap();
+        let parts: Vec<&str> = counts.split(',').map(str::trim).collect();
+        assert_eq!(parts.len(), 4, "{line}");
+        for part in parts {
+            let (what, count) = part.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+            let (got, of) = count.split_once('/').unwrap_or_else(|| panic!("{line}"));
+            assert!(got == of && of != "0", "{what} {count} in {line}");
+        }
+        assert!(line.contains("scenarios 8/8"), "{line}");
+    }
+    assert!(!out.contains("not exercised"), "{out}");
 
     let dir = common::temp_dir("cli-test");
     let case = dir.join("wrong-scenario");
     std::fs::create_dir_all(&case).unwrap();
     std::fs::copy(common::repo().join("tests/cases/s01-minimal/request.json"), case.join("request.json")).unwrap();
     std::fs::write(case.join("expect.json"), r#"{"status": 200, "scenario": "S02", "flows": ["D0396>X/TEST"]}"#).unwrap();
+    // The same field blamed, by another rule than expected.
+    let case = dir.join("wrong-rule");
+    std::fs::create_dir_all(&case).unwrap();
+    std::fs::copy(common::repo().join("tests/cases/public-bad-mpan-check-digit/request.json"), case.join("request.json")).unwrap();
+    std::fs::write(case.join("expect.json"), r#"{"status": 400, "pointers": ["/job_details/mpan"], "rules": ["mpan-distributor-unknown"]}"#).unwrap();
     let (code, out, err) = flowgate(&["test", dir.to_str().unwrap()]);
     assert_ne!(code, 0, "{out}{err}");
-    assert!(out.contains("FAIL wrong-scenario") && out.contains("0 passed, 1 failed"), "{out}");
+    assert!(out.contains("FAIL wrong-scenario") && out.contains("0 passed, 2 failed"), "{out}");
+    assert!(out.contains("FAIL wrong-rule: rules {\"mpan-check-digit\"}, want {\"mpan-distributor-unknown\"}"), "{out}");
+    // Two cases cover little, and say what they leave out.
+    assert!(out.contains("not exercised by these cases: rule risk-assessment-required"), "{out}");
+}
+
+#[test]
+fn check_and_test_refuse_a_rule_set_whose_samples_leave_a_scenario_unexercised_and_name_it() {
+    let rules = common::temp_dir("cli-coverage");
+    common::copy_rules(&rules);
+    std::fs::remove_dir_all(rules.join("rules/samples/s06-risk-assessment")).unwrap();
+    let dir = rules.to_str().unwrap();
+    for args in [vec!["check", "tests/cases/s01-minimal/request.json", "--rules-dir", dir], vec!["test", "tests/cases", "--rules-dir", dir]] {
+        let (code, out, err) = flowgate(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains("exercises scenario S06 (coverage: rules 21/21, scenarios 7/8, flow choices 5/5, optional groups 4/4)"), "{args:?}: {err}");
+    }
 }
 
 #[test]

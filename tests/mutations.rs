@@ -7,7 +7,7 @@ mod common;
 
 use flowgate::auth::{Client, Rate};
 use flowgate::clock::Clock;
-use flowgate::pipeline::{decide, Verdict};
+use flowgate::pipeline::{decide, Explain, Verdict};
 use serde_json::{json, Value};
 
 struct Rng(u64);
@@ -92,7 +92,7 @@ fn mutated_bodies_never_make_a_rule_fail_or_the_pipeline_panic() {
             }
             let bytes = serde_json::to_vec(&body).unwrap();
             total += 1;
-            match decide(&set, &client, &bytes, now, false).verdict {
+            match decide(&set, &client, &bytes, now, Explain::No).verdict {
                 Verdict::Accepted(_) => accepted += 1,
                 Verdict::Rejected(_) => rejected += 1,
                 Verdict::Failed(f) => panic!("rule {} failed on a mutation of {}: {}\n{}", f.rule, dir.display(), f.message, serde_json::to_string(&body).unwrap()),

@@ -30,8 +30,11 @@ fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_se
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["ruleset"], before.as_str());
 
-    // An analyst makes D0396 go out for S01 only to a second recipient... simpler: turn the
-    // category A warning into an error, and see the next answer change.
+    // An analyst turns the category A warning into an error, and the sample that pinned the
+    // warning in the same edit (a sample that still expects the old answer refuses the edit).
+    let sample = rules.join("rules/samples/s01-dno-category-a-warning");
+    std::fs::write(sample.join("expect.json"), r#"{"status": 400, "pointers": ["/site_safety/dno_code_a"], "rules": ["dno-category-a-by-phone"]}"#).unwrap();
+    std::fs::remove_dir_all(sample.join("flows")).unwrap();
     edit(&rules.join("rules/consistency.yaml"), "  - id: dno-category-a-by-phone\n    level: warning", "  - id: dno-category-a-by-phone\n    level: error");
     server.wait_for("the new revision", || server.app.rules.load().revision != before);
     let after = server.app.rules.load().revision.clone();
@@ -71,12 +74,17 @@ fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_se
 fn a_rule_that_loops_forever_is_a_500_naming_it_within_its_deadline_and_others_are_unaffected() {
     let rules = common::temp_dir("rules");
     common::copy_rules(&rules);
-    // A rule that only spins for one job id (so the sample bodies still pass the load check).
-    let spin = "\n  - id: spin-forever\n    pointer: /job_details/job_id\n    message: never\n    when: |\n      if job.job_id == \"spin\" { loop { } }\n      false\n";
+    // A rule that only spins for one job id (so the sample bodies still pass the load check),
+    // and fires for another, which a sample pins (every rule must fire in a sample).
+    let spin = "\n  - id: spin-forever\n    pointer: /job_details/job_id\n    message: never\n    when: |\n      if job.job_id == \"spin\" { loop { } }\n      job.job_id == \"spin-sample\"\n";
     let path = rules.join("rules/consistency.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(spin);
     std::fs::write(&path, text).unwrap();
+    let sample = rules.join("rules/samples/spin-forever");
+    std::fs::create_dir_all(&sample).unwrap();
+    std::fs::write(sample.join("request.json"), body("public-completed-isolation", "spin-sample")).unwrap();
+    std::fs::write(sample.join("expect.json"), r#"{"status": 400, "pointers": ["/job_details/job_id"], "rules": ["spin-forever"]}"#).unwrap();
     let r = rules.clone();
     let server = TestServer::start(move |c| {
         c.rules_dir = r;
@@ -155,4 +163,137 @@ fn a_revoked_key_is_refused_without_a_restart() {
     let text = String::from_utf8(list.stdout).unwrap();
     assert!(text.contains("revoked") && text.contains("Test SIP"), "{text}");
     assert!(!text.contains(&server.key), "keys list shows a key");
+}
+
+/// The last reload's outcome once the server has looked at an edit: the revision moved, or
+/// `/readyz` shows a refusal.
+fn reload_outcome(server: &TestServer, before: &str) -> Value {
+    server.wait_for("the reload", || server.app.rules.load().revision != before || server.get("/readyz").json()["last_rules_reload"]["ok"] == false);
+    server.get("/readyz").json()
+}
+
+#[test]
+fn an_emptied_consistency_file_is_refused_and_the_check_digit_rule_keeps_serving() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+
+    std::fs::write(rules.join("rules/consistency.yaml"), "").unwrap();
+    let ready = reload_outcome(&server, &before);
+    assert_eq!(ready["last_rules_reload"]["ok"], false, "the emptied file was accepted: {ready}");
+    assert_eq!(ready["ruleset"], before.as_str(), "{ready}");
+    assert_eq!(server.app.rules.load().revision, before);
+    // The refusal names a sample that no longer gets its answer.
+    let error = ready["last_rules_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("sample"), "{error}");
+
+    let a = server.post(&body("public-bad-mpan-check-digit", "emptied-1"));
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(a.json()["errors"][0]["rule"], "mpan-check-digit", "{}", a.text());
+}
+
+#[test]
+fn a_rule_no_sample_fires_is_refused_and_readyz_names_it() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+
+    let path = rules.join("rules/consistency.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n  - id: town-in-capitals\n    pointer: /job_details/town\n    message: the town is written in capitals\n    when: job.town == job.town.to_upper()\n");
+    std::fs::write(&path, text).unwrap();
+    let ready = reload_outcome(&server, &before);
+    assert_eq!(ready["last_rules_reload"]["ok"], false, "a rule no sample fires was accepted: {ready}");
+    let error = ready["last_rules_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("exercises rule town-in-capitals") && error.contains("coverage: rules 21/22"), "{error}");
+    assert_eq!(server.app.rules.load().revision, before);
+}
+
+/// Rewrites a file without changing its size and puts its modification time back, as `cp -p`,
+/// `rsync -t` or `tar` do.
+fn edit_keeping_size_and_mtime(path: &std::path::Path, from: &str, to: &str) {
+    assert_eq!(from.len(), to.len());
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    edit(path, from, to);
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn a_same_size_edit_with_its_modification_time_put_back_is_loaded() {
+    let rules = common::temp_dir("rules");
+    common::copy_rules(&rules);
+    let r = rules.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+    assert_eq!(server.post(&body("s08-re-energised", "mtime-1")).json()["scenario_name"], "Aborted: during work");
+
+    edit_keeping_size_and_mtime(&rules.join("rules/scenarios.yaml"), "name: \"Aborted: during work\"", "name: \"Aborted: during WORK\"");
+    server.wait_for("the edit to load", || server.app.rules.load().revision != before);
+    assert_eq!(server.post(&body("s08-re-energised", "mtime-2")).json()["scenario_name"], "Aborted: during WORK");
+}
+
+#[cfg(unix)]
+#[test]
+fn rule_files_linked_into_a_configmap_style_data_folder_reload_when_the_data_link_is_swapped() {
+    use std::os::unix::fs::symlink;
+    // Kubernetes mounts a ConfigMap as `..<version>/` folders and a `..data` link to the current
+    // one; each file is a link through `..data`. An update writes a new version folder and
+    // renames a new link over `..data`: the links the rules folder holds never change.
+    let root = common::temp_dir("rules");
+    common::copy_rules(&root);
+    let (rules, config) = (root.join("rules"), root.join("config"));
+    let v1 = config.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&rules).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            std::fs::rename(e.path(), v1.join(&name)).unwrap();
+            symlink(format!("../config/..data/{name}"), rules.join(&name)).unwrap();
+            names.push(name);
+        }
+    }
+    assert!(names.iter().any(|n| n == "scenarios.yaml"), "{names:?}");
+    symlink("..v1", config.join("..data")).unwrap();
+
+    let r = root.clone();
+    let server = TestServer::start(move |c| c.rules_dir = r);
+    let before = server.app.rules.load().revision.clone();
+
+    let v2 = config.join("..v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    for name in &names {
+        std::fs::copy(v1.join(name), v2.join(name)).unwrap();
+    }
+    edit(&v2.join("scenarios.yaml"), "name: \"Aborted: during work\"", "name: \"Aborted: during the work\"");
+    symlink("..v2", config.join("..data_tmp")).unwrap();
+    std::fs::rename(config.join("..data_tmp"), config.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+
+    server.wait_for("the swapped files to load", || server.app.rules.load().revision != before);
+    let ready = server.get("/readyz").json();
+    assert_eq!(ready["last_rules_reload"]["ok"], true, "{ready}");
+    assert_eq!(server.post(&body("s08-re-energised", "configmap-1")).json()["scenario_name"], "Aborted: during the work");
+}
+
+#[test]
+fn a_same_size_keys_edit_with_its_modification_time_put_back_is_loaded() {
+    let server = TestServer::start(|_| {});
+    assert_eq!(server.post(&body("public-completed-isolation", "keys-mtime-1")).status, 200);
+    // Revoking turns `revoked: false` into `revoked: true`, one byte shorter: the client's name
+    // gains a character so the file keeps its size.
+    let path = server.data.join("keys.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let revoked = text.replacen("revoked: false", "revoked: true", 1).replacen("name: Test SIP", "name: Test SIPs", 1);
+    assert_eq!(revoked.len(), text.len(), "{text}");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, revoked).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    server.wait_for("the revocation", || server.post(&body("public-completed-isolation", "keys-mtime-2")).status == 401);
 }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use flowgate::auth::{Client, Rate};
 use flowgate::clock::Clock;
-use flowgate::pipeline::{decide, Verdict};
+use flowgate::pipeline::{decide, Explain, Verdict};
 use flowgate::ruleset::RuleSet;
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +21,7 @@ fn set() -> &'static RuleSet {
 fuzz_target!(|data: &[u8]| {
     let client = Client { name: "fuzz".into(), sip_id: "DEMO".into(), key_id: "fuzz".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false };
     let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap_or_else(|| panic!("clock")));
-    if let Verdict::Failed(f) = decide(set(), &client, data, now, false).verdict {
+    if let Verdict::Failed(f) = decide(set(), &client, data, now, Explain::No).verdict {
         panic!("rule {} failed: {}", f.rule, f.message);
     }
 });
