@@ -60,6 +60,7 @@ impl Schema {
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
+            .with_format(PHOTO_FORMAT, |s: &str| photo(s).is_ok())
             .build(&document)
             .map_err(|e| e.to_string())?;
         let version = document.get("x-version").and_then(Value::as_str).unwrap_or("unversioned").to_string();
@@ -139,6 +140,10 @@ impl Schema {
                         K::Enum { options } => format!("must be one of {}", one_line(options)),
                         K::Constant { expected_value } => format!("must be {}", one_line(expected_value)),
                         K::Pattern { .. } => format!("{} does not have the expected form", shown(error.instance())),
+                        K::Format { format } if format == PHOTO_FORMAT => match error.instance().as_str().map(photo) {
+                            Some(Err(why)) => format!("is not a photo: {why}"),
+                            _ => format!("{} is not a valid {format}", shown(error.instance())),
+                        },
                         K::Format { format } => format!("{} is not a valid {format}", shown(error.instance())),
                         K::MinLength { limit: 1 } => "must not be empty".to_string(),
                         K::MinLength { limit } => format!("must be at least {limit} characters long"),
@@ -199,6 +204,40 @@ fn one_line(v: &Value) -> String {
     if s.len() > 300 { format!("{}…", &s[..s.floor_char_boundary(300)]) } else { s }
 }
 
+/// The `format` of a photo: base64, standard alphabet, padded, at most [`PHOTO_MAX_BYTES`] decoded.
+pub const PHOTO_FORMAT: &str = "photo-base64";
+
+/// The most bytes a photo may decode to.
+pub const PHOTO_MAX_BYTES: usize = 10 * 1024 * 1024;
+
+/// Checks a photo in one pass over its bytes, without a regular expression and without decoding
+/// it: the alphabet, the padding, and the decoded size from the length. The size of what it
+/// decodes to, or why it is not a photo.
+pub fn photo(s: &str) -> Result<usize, String> {
+    let b = s.as_bytes();
+    let pad = b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    let body = &b[..b.len() - pad];
+    // Branch-free per byte, so the compiler can check many bytes at once; where a bad one is,
+    // is only looked for once one is known to be there.
+    let fits = |c: u8| c.is_ascii_alphanumeric() | (c == b'+') | (c == b'/');
+    if !body.iter().fold(true, |ok, &c| ok & fits(c)) {
+        let (at, c) = body.iter().enumerate().find(|(_, &c)| !fits(c)).map_or((0, 0), |(i, &c)| (i, c));
+        return Err(if c == b'=' {
+            format!("'=' at character {at}: padding may only end the string")
+        } else {
+            format!("character {at} is not in the base64 alphabet (A-Z, a-z, 0-9, '+', '/')")
+        });
+    }
+    if b.is_empty() || b.len() % 4 != 0 {
+        return Err(format!("base64 comes in groups of 4 characters; this has {}", b.len()));
+    }
+    let decoded = b.len() / 4 * 3 - pad;
+    if decoded > PHOTO_MAX_BYTES {
+        return Err(format!("it decodes to {decoded} bytes, more than 10 MiB ({PHOTO_MAX_BYTES} bytes)"));
+    }
+    Ok(decoded)
+}
+
 /// A value as shown in a message: short strings quoted, long ones (photos) by length only.
 fn shown(v: &Value) -> String {
     match v {
@@ -211,6 +250,30 @@ fn shown(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn photos_are_checked_in_one_pass() {
+        assert_eq!(photo("QUJD"), Ok(3));
+        assert_eq!(photo("QUI="), Ok(2));
+        assert_eq!(photo("QQ=="), Ok(1));
+        assert_eq!(photo("ab+/09AZ"), Ok(6));
+        for (bad, why) in [
+            ("", "groups of 4"),
+            ("QUJ", "groups of 4"),
+            ("Q===", "'=' at character 1"),
+            ("QU=D", "'=' at character 2"),
+            ("QUJD\n", "character 4 is not in the base64 alphabet"),
+            ("QUJ\u{e9}", "character 3 is not"),
+            ("QUJ-QUJD", "character 3 is not in the base64 alphabet"),
+            ("QUJDQ", "groups of 4"),
+        ] {
+            let e = photo(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        // Exactly 10 MiB decoded, and two bytes more.
+        assert_eq!(photo(&format!("{}==", "A".repeat(13_981_014))), Ok(PHOTO_MAX_BYTES));
+        assert!(photo(&"A".repeat(13_981_016)).unwrap_err().contains("more than 10 MiB"));
+    }
 
     #[test]
     fn every_list_needs_a_bound_and_a_longer_one_is_one_finding() {
