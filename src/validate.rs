@@ -228,7 +228,7 @@ pub fn photo(s: &str) -> Result<usize, String> {
             format!("character {at} is not in the base64 alphabet (A-Z, a-z, 0-9, '+', '/')")
         });
     }
-    if b.is_empty() || b.len() % 4 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(4) {
         return Err(format!("base64 comes in groups of 4 characters; this has {}", b.len()));
     }
     let decoded = b.len() / 4 * 3 - pad;
