@@ -35,6 +35,12 @@ pub struct Config {
     pub keys_file: Option<PathBuf>,
     /// Largest accepted body, in bytes.
     pub body_limit_bytes: u64,
+    /// Memory for request bodies in flight, in bytes: each body is charged three times its
+    /// declared length (the bytes, the parsed value, the transient copies of reading it), or three
+    /// times the body limit when it declares none. A body that does not fit waits up to
+    /// `body_budget_wait_ms`, then gets 503 with Retry-After before it is read.
+    pub body_budget_bytes: u64,
+    pub body_budget_wait_ms: u64,
     /// Most errors listed in one 400 answer.
     pub max_errors: usize,
     /// Seconds a client has to send its request headers, and then its body.
@@ -164,6 +170,8 @@ impl Default for Config {
             rules_dir: PathBuf::from("."),
             keys_file: None,
             body_limit_bytes: 32 * 1024 * 1024,
+            body_budget_bytes: 192 * 1024 * 1024,
+            body_budget_wait_ms: 2000,
             max_errors: 100,
             header_timeout_secs: 10,
             body_timeout_secs: 60,
@@ -202,7 +210,22 @@ impl Default for RhaiLimits {
     }
 }
 
+/// What a body in flight costs in memory, as a multiple of its length: the bytes read, the
+/// parsed value (photos are strings, copied once), and the copies made while reading it.
+pub const BODY_MEMORY_FACTOR: u64 = 3;
+
 impl Config {
+    /// What a body of `len` bytes (or of unknown length) is charged against the body budget, in KiB.
+    pub fn body_cost_kib(&self, len: Option<u64>) -> u32 {
+        let len = len.unwrap_or(self.body_limit_bytes).min(self.body_limit_bytes);
+        u32::try_from(len.saturating_mul(BODY_MEMORY_FACTOR).div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The body budget in KiB (the unit of its semaphore).
+    pub fn body_budget_kib(&self) -> usize {
+        usize::try_from(self.body_budget_bytes / 1024).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
     /// How many bodies are decided at once: `decide_threads`, or one per CPU.
     pub fn deciders(&self) -> usize {
         if self.decide_threads > 0 {
@@ -325,6 +348,14 @@ impl Config {
         }
         if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
             return Err(ConfigError::Invalid("header_timeout_secs and body_timeout_secs must be at least 1".into()));
+        }
+        if self.body_budget_bytes < self.body_limit_bytes.saturating_mul(BODY_MEMORY_FACTOR) {
+            return Err(ConfigError::Invalid(format!(
+                "body_budget_bytes ({}) must hold at least one body at the limit: {} × body_limit_bytes = {}",
+                self.body_budget_bytes,
+                BODY_MEMORY_FACTOR,
+                self.body_limit_bytes.saturating_mul(BODY_MEMORY_FACTOR)
+            )));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be at least 1".into()));

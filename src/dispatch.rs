@@ -290,6 +290,10 @@ struct Attempt {
 /// Files written to the local folder in one batch.
 const LOCAL_BATCH: usize = 64;
 
+/// Bytes gathered for one batch (past its first file): bounds the dispatcher's memory when job
+/// archives carry photos.
+const BATCH_BYTES: usize = 64 * 1024 * 1024;
+
 /// Runs until `shutdown` fires: delivers pending files, `concurrency` at a time.
 pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff, stats: Arc<DispatchStats>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut not_before: HashMap<String, (u32, Instant)> = HashMap::new();
@@ -318,14 +322,43 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
             Sink::Local(_) => LOCAL_BATCH.max(concurrency),
             Sink::S3(_) => concurrency.max(1),
         };
-        for chunk in due.chunks(batch_size) {
+        let mut queue = due.iter().peekable();
+        while queue.peek().is_some() {
             if *shutdown.borrow() {
                 break;
             }
-            let items = chunk
-                .iter()
-                .map(|f| (Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() }, f.object.clone(), f.content.clone().into_bytes()))
-                .collect();
+            // A batch holds at most `batch_size` files and, past its first, BATCH_BYTES: job
+            // archives carry photos, and their bytes are only assembled here, a batch at a time.
+            let mut items = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(f) = queue.next_if(|_| items.len() < batch_size && (items.is_empty() || bytes < BATCH_BYTES)) {
+                let attempt = Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() };
+                let content = match (f.kind, f.content.is_empty()) {
+                    (FileKind::Archive, true) => {
+                        let store = store.clone();
+                        let id = f.request_id.clone();
+                        match tokio::task::spawn_blocking(move || store.archive_bytes(&id)).await {
+                            Ok(Ok(Some(b))) => b,
+                            Ok(Ok(None)) => {
+                                tracing::error!(object = %f.object, "the job archive's request or body is not in the store; it cannot be delivered");
+                                continue;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::error!(object = %f.object, error = %e, "cannot read a job archive's body; will retry");
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::error!(object = %f.object, error = %e, "reading a job archive's body failed; will retry");
+                                continue;
+                            }
+                        }
+                    }
+                    // A flow file, or an archive stored whole by an earlier version.
+                    _ => f.content.clone().into_bytes(),
+                };
+                bytes += content.len();
+                items.push((attempt, f.object.clone(), content));
+            }
             for (attempt, r) in sink.put_all(items).await {
                 let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let name = attempt.object.clone();
@@ -510,6 +543,12 @@ mod tests {
         let archive = ra.archive.clone().unwrap();
         assert!(archive.starts_with("jobs/test-sip-") && archive.ends_with("/J1.json"), "{archive}");
         assert_eq!(a.archive_state("REQ-A").unwrap(), Some(DeliveryState::Queued));
+        // One durable copy of a body: the queued archive holds none of it; its bytes are
+        // assembled from the stored body when it is delivered.
+        assert_eq!(a.outbox_file(&archive).unwrap().unwrap().content, "");
+        let bytes = a.archive_bytes("REQ-A").unwrap().unwrap();
+        assert!(bytes.ends_with(b"\"body\":{\"job_details\": {\"job_id\": \"J\"}}}\n"), "{}", String::from_utf8_lossy(&bytes));
+        assert_eq!(crate::store::archive_request_id(&bytes).as_deref(), Some("REQ-A"));
 
         let sa = drain(&a, &sink).await;
         assert_eq!((sa.archived.load(Ordering::Relaxed), sa.delivered.load(Ordering::Relaxed)), (1, 1));

@@ -95,7 +95,7 @@ pub fn document(set: &RuleSet) -> Value {
                             "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
                             "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } },
                         "500": problem_response("A rule failed at run time (named); nothing was accepted"),
-                        "503": problem_response("The store cannot take the request; nothing was accepted")
+                        "503": problem_response("The store cannot take the request, or the memory for bodies in flight is taken (busy, with Retry-After; the body was not read); nothing was accepted")
                     }
                 }
             },

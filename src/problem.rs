@@ -20,6 +20,8 @@ pub enum Problem {
     BodyIncomplete,
     RuleFailed { rule: String },
     StoreUnavailable,
+    /// The memory for bodies in flight is taken: nothing was read.
+    Busy { retry_after_secs: u64 },
 }
 
 impl Problem {
@@ -38,6 +40,7 @@ impl Problem {
             Problem::RateLimited { .. } => (429, "rate-limited", "Too many requests for this key"),
             Problem::RuleFailed { .. } => (500, "rule-failed", "A rule failed while deciding this request"),
             Problem::StoreUnavailable => (503, "store-unavailable", "The request could not be stored; nothing was accepted"),
+            Problem::Busy { .. } => (503, "busy", "Too many large bodies in flight; the body was not read"),
         }
     }
 
@@ -61,6 +64,7 @@ impl Problem {
             Problem::BodyIncomplete => "send the whole body, as many bytes as Content-Length says, or well-formed chunks".into(),
             Problem::RuleFailed { rule } => format!("rule {rule} failed at run time; nothing was accepted; the operators have been told"),
             Problem::StoreUnavailable => "retry later".into(),
+            Problem::Busy { retry_after_secs } => format!("retry after {retry_after_secs} s; nothing was accepted"),
         };
         let mut body = json!({
             "type": format!("/problems/{slug}"),

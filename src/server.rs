@@ -63,6 +63,9 @@ pub struct App {
     /// Turns to decide a body on a blocking thread: deciding is CPU work that grows with the
     /// body, and on an async worker it would hold up health checks and every other client.
     deciders: Arc<tokio::sync::Semaphore>,
+    /// Memory for request bodies in flight, in KiB: bounds what bodies hold whatever the number
+    /// of connections.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 const OLDEST_EVERY: Duration = Duration::from_secs(5);
@@ -132,6 +135,7 @@ impl App {
             tls,
             oldest: Mutex::new(None),
             deciders: Arc::new(tokio::sync::Semaphore::new(config.deciders())),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(config.body_budget_kib())),
             config,
         };
         app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
@@ -281,7 +285,7 @@ fn json_answer(status: StatusCode, content_type: &'static str, body: &Value) -> 
 fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
     let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_answer(status, "application/problem+json", &p.body(instance, request_id));
-    if let Problem::RateLimited { retry_after_secs } = p {
+    if let Problem::RateLimited { retry_after_secs } | Problem::Busy { retry_after_secs } = p {
         if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
             r.headers_mut().insert("retry-after", v);
         }
@@ -425,6 +429,22 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     if !is_json(&req) {
         return problem(&Problem::UnsupportedMediaType, instance, request_id);
     }
+    // The body's share of the memory budget, taken before a byte of it is read and held until
+    // the answer: a body that does not fit within the wait is refused unread.
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.config.body_limit_bytes) {
+        return problem(&Problem::TooLarge { limit: app.config.body_limit_bytes }, instance, request_id);
+    }
+    let cost = app.config.body_cost_kib(declared);
+    let wait = Duration::from_millis(app.config.body_budget_wait_ms);
+    let _budget = match tokio::time::timeout(wait, app.body_budget.clone().acquire_many_owned(cost)).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            app.metrics.inc("flowgate_body_budget_refusals_total", "Bodies refused unread because the body memory budget was taken", &[], 1.0);
+            tracing::warn!(status = 503, cost_kib = cost, "body budget taken; refused unread");
+            return problem(&Problem::Busy { retry_after_secs: 1 }, instance, request_id);
+        }
+    };
     let body = match read_body(app, req).await {
         Ok(b) => b,
         Err(p) => return problem(&p, instance, request_id),

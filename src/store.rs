@@ -129,6 +129,9 @@ pub struct RequestRecord {
     pub job_id: String,
     pub body_hash: String,
     pub received_at: String,
+    /// The prefix of the instance that accepted it (named in its job archive).
+    #[serde(default)]
+    pub instance: String,
     /// The 200 answer, given again on an idempotent replay.
     pub answer: Value,
     /// Object names of its flow files.
@@ -215,8 +218,8 @@ pub enum Delivery {
 }
 
 enum Job {
-    /// A request and its job archive's bytes.
-    Accept(Box<(NewRequest, String)>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
+    /// A request (its job archive is assembled from its body when it is delivered).
+    Accept(Box<NewRequest>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
     Mark(Vec<(String, Delivery)>, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     /// An inbound file's outcome and matches; the reply says whether it was new.
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
@@ -381,11 +384,8 @@ impl Store {
         if let Some(first) = self.job(&req.client, &req.sip_id, &req.job_id)? {
             return Ok(if first.body_hash == req.body_hash { AcceptOutcome::Replayed(first) } else { AcceptOutcome::Conflict { request_id: first.request_id } });
         }
-        // The archive's bytes (the body again, photos included) are made here, not in the writer.
-        let received_at = req.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let archive = archive_envelope(&req.request_id, &self.prefix, &req.client, &req.job_id, &received_at, &req.body);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(Job::Accept(Box::new((req, archive)), reply)).map_err(|_| StoreError::Closed)?;
+        self.tx.send(Job::Accept(Box::new(req), reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -481,6 +481,20 @@ impl Store {
             return Err(StoreError::Identity { name: client.to_string(), stored: first.sip_id.clone(), presented: sip_id.to_string() });
         }
         Ok(record)
+    }
+
+    /// The bytes of a request's job archive, assembled from the one stored copy of its body
+    /// (`None` if the request or its body is not here). Always the same bytes for a request, so a
+    /// retried delivery finds its own archive as "already there".
+    pub fn archive_bytes(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read().db()?;
+        let requests = r.open_table(REQUESTS).db()?;
+        let Some(record) = requests.get(request_id).db()? else { return Ok(None) };
+        let record: RequestRecord = serde_json::from_slice(record.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bodies = r.open_table(BODIES).db()?;
+        let Some(body) = bodies.get(request_id).db()? else { return Ok(None) };
+        let instance = if record.instance.is_empty() { self.prefix.as_str() } else { record.instance.as_str() };
+        Ok(Some(archive_envelope(&record.request_id, instance, &record.client, &record.job_id, &record.received_at, body.value()).into_bytes()))
     }
 
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -602,8 +616,7 @@ impl Writer {
                 for job in batch {
                     match job {
                         Job::Accept(job, reply) => {
-                            let (req, archive) = *job;
-                            let r = self.accept_one(&mut t, req, archive);
+                            let r = self.accept_one(&mut t, *job);
                             if matches!(r, Ok(AcceptOutcome::Accepted(_))) {
                                 accepted += 1;
                             }
@@ -656,7 +669,7 @@ impl Writer {
         }
     }
 
-    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest, archive: String) -> Result<AcceptOutcome, StoreError> {
+    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
         // The keys are checked against this table when they load; this is the last line.
         let stored = t.clients.get(req.client.as_str()).db()?.map(|v| v.value().to_string());
         match stored {
@@ -693,7 +706,8 @@ impl Writer {
             to: "archive".into(),
             file_id: String::new(),
             object: archive_object.clone(),
-            content: archive,
+            // Assembled from the one stored copy of the body when it is delivered.
+            content: String::new(),
             state: DeliveryState::Queued,
             attempts: 0,
             last_error: None,
@@ -752,6 +766,7 @@ impl Writer {
             job_id: req.job_id,
             body_hash: req.body_hash,
             received_at,
+            instance: self.prefix.clone(),
             answer,
             objects,
             archive: Some(archive_object),

@@ -184,3 +184,45 @@ fn health_is_answered_while_large_bodies_are_decided() {
     let first_done = done.iter().map(|(_, at)| *at).min().unwrap();
     assert!(health_at < first_done, "/healthz waited for a decision to finish");
 }
+
+/// Bodies in flight share a memory budget: a body that does not fit waits briefly, then gets 503
+/// with Retry-After before it is read; once the memory is free again it is taken.
+#[test]
+fn a_body_that_does_not_fit_the_memory_budget_gets_503_unread() {
+    let server = TestServer::start(|c| {
+        c.body_limit_bytes = 1024 * 1024;
+        // Room for one body at the limit (three times its length), not two.
+        c.body_budget_bytes = 4 * 1024 * 1024;
+        c.body_budget_wait_ms = 200;
+    });
+    let body = with("/job_details/job_id", Value::String("budget-holder".into()));
+    let mut padded = body.clone();
+    padded.resize(900 * 1024, b' ');
+    // A client that declares 900 KiB and sends it slowly holds the budget meanwhile.
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    let head = format!(
+        "POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n",
+        server.key,
+        padded.len()
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&padded[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = with("/job_details/job_id", Value::String("budget-second".into()));
+    second.resize(900 * 1024, b' ');
+    let refused = server.post(&second);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["type"], "/problems/busy");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Small bodies still fit beside the slow one.
+    assert_eq!(server.post(&with("/job_details/job_id", Value::String("budget-small".into()))).status, 200);
+    // The slow body completes, its memory is returned, and the second body is taken.
+    slow.write_all(&padded[1000..]).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = slow.read(&mut buf).unwrap();
+    assert_eq!(common::parse_answer(&buf[..n]).status, 200);
+    assert_eq!(server.post(&second).status, 200);
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("flowgate_body_budget_refusals_total 1"), "{metrics}");
+}
