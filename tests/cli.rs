@@ -154,3 +154,75 @@ fn a_configuration_whose_names_cannot_be_delivered_is_refused() {
     refused(&format!("sink:\n  kind: s3\n  s3:\n    prefix: {}/{}/\n", "p".repeat(255), "q".repeat(255)), "at most 508 bytes");
     refused("flows:\n  object_name: out/{to_mpid}/{flow}.usr\n", "{file_id}");
 }
+
+/// The check `test --junit` is read with refuses what is not well-formed, so its passing means something.
+#[test]
+fn the_xml_check_refuses_what_is_not_well_formed() {
+    assert!(common::xml::parse("<?xml version=\"1.0\"?>\n<a x=\"1\"><b>t &amp; &#60; &#x3E;</b><c/></a>\n").is_ok());
+    for bad in [
+        "<a>&</a>",
+        "<a>a < b</a>",
+        "<a>&nbsp;</a>",
+        "<a>\u{1}</a>",
+        "<a>&#1;</a>",
+        "<a x=\"\u{1b}\"/>",
+        "<a x=\"a\"b\"/>",
+        "<a x=\"<\"/>",
+        "<a x=1/>",
+        "<a x=\"1\" x=\"2\"/>",
+        "<a><b></a></b>",
+        "<a></a><b/>",
+        "<a>]]></a>",
+        "<a>",
+    ] {
+        assert!(common::xml::parse(bad).is_err(), "accepted {bad:?}");
+    }
+}
+
+#[test]
+fn test_junit_is_well_formed_with_the_attributes_ci_tools_read() {
+    let dir = common::temp_dir("cli-junit");
+    let case = |name: &str, expect: &str| {
+        let case = dir.join(name);
+        std::fs::create_dir_all(&case).unwrap();
+        std::fs::copy(common::repo().join("tests/cases/s01-minimal/request.json"), case.join("request.json")).unwrap();
+        std::fs::write(case.join("expect.json"), expect).unwrap();
+    };
+    case("a-passes", r#"{"status": 200, "scenario": "S01"}"#);
+    // The failure names the expected scenario: XML's special characters, two control characters
+    // XML 1.0 cannot carry at all (even as references), and the end of a CDATA section.
+    case("b-fails", r#"{"status": 200, "scenario": "S0<&\"'>\u0001\u001b]]>"}"#);
+    let junit = dir.join("junit.xml");
+    let (code, out, err) = flowgate(&["test", dir.to_str().unwrap(), "--junit", junit.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let root = common::xml::parse(&xml).unwrap_or_else(|e| panic!("not well-formed: {e}\n{xml}"));
+    let seconds = |el: &common::xml::Element| {
+        let t: f64 = el.attr("time").unwrap_or_else(|| panic!("no time on <{}>: {xml}", el.name)).parse().unwrap();
+        assert!(t.is_finite() && t >= 0.0, "{xml}");
+    };
+    let counts = |el: &common::xml::Element| {
+        assert_eq!((el.attr("tests"), el.attr("failures"), el.attr("errors")), (Some("2"), Some("1"), Some("0")), "<{}>: {xml}", el.name);
+        seconds(el);
+    };
+    assert_eq!(root.name, "testsuites", "{xml}");
+    counts(&root);
+    let suites: Vec<_> = root.children_named("testsuite").collect();
+    assert_eq!(suites.len(), 1, "{xml}");
+    let suite = suites[0];
+    assert!(suite.attr("name").is_some_and(|n| !n.is_empty()), "{xml}");
+    counts(suite);
+    let cases: Vec<_> = suite.children_named("testcase").collect();
+    assert_eq!(cases.iter().map(|c| c.attr("name").unwrap()).collect::<Vec<_>>(), ["a-passes", "b-fails"], "{xml}");
+    for c in &cases {
+        assert!(c.attr("classname").is_some_and(|n| !n.is_empty()), "{xml}");
+        seconds(c);
+    }
+    assert_eq!(cases[0].children.len(), 0, "{xml}");
+    let failures: Vec<_> = cases[1].children_named("failure").collect();
+    assert_eq!(failures.len(), 1, "{xml}");
+    // Each control character is named where it was; everything else arrives as it was written.
+    let want = "scenario S01, want S0<&\"'>[U+0001][U+001B]]]>";
+    assert_eq!(failures[0].attr("message"), Some(want), "{xml}");
+    assert!(failures[0].text.contains(want), "{xml}");
+}
