@@ -379,3 +379,46 @@ fn settings_come_from_defaults_then_the_file_then_the_environment_then_flags() {
     let (code, _, err) = flowgate(&["config", "check", "--config", dir.join("missing.yaml").to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Every key of a value, as dotted paths (`flows.roles.dno`).
+fn key_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    if let Value::Object(map) = value {
+        for (k, v) in map {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            out.push(path.clone());
+            key_paths(v, &path, out);
+        }
+    }
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_holds_every_key_at_its_default() {
+    // Without the environment's settings, the example takes effect as it is written.
+    let out = Command::new(common::BIN)
+        .args(["config", "check", "--config", "flowgate.example.yaml"])
+        .current_dir(common::repo())
+        .env_remove("FLOWGATE_LISTEN")
+        .env_remove("FLOWGATE_DATA_DIR")
+        .env_remove("FLOWGATE_RULES_DIR")
+        .env_remove("FLOWGATE_S3_ENDPOINT")
+        .env_remove("FLOWGATE_S3_BUCKET")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let defaults = serde_json::to_value(flowgate::config::Config::default()).unwrap();
+    let effective: Value = serde_norway::from_str(&stdout).unwrap();
+    assert_eq!(effective, defaults, "{stdout}");
+
+    // The file itself names every key Config has (a key added to Config and not to the example
+    // fails here), at its default.
+    let text = std::fs::read_to_string(common::repo().join("flowgate.example.yaml")).unwrap();
+    let example: Value = serde_norway::from_str(&text).unwrap();
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    key_paths(&defaults, "", &mut want);
+    key_paths(&example, "", &mut got);
+    let missing: Vec<_> = want.iter().filter(|k| !got.contains(k)).collect();
+    let extra: Vec<_> = got.iter().filter(|k| !want.contains(k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing from the example: {missing:?}; not in Config: {extra:?}");
+    assert_eq!(example, defaults);
+}
