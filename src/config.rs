@@ -2,7 +2,7 @@
 //!
 //! Precedence, lowest first: built-in defaults, the file (`--config`), environment variables
 //! (`FLOWGATE_LISTEN`, `FLOWGATE_DATA_DIR`, `FLOWGATE_RULES_DIR`, and for the S3 sink
-//! `FLOWGATE_S3_ENDPOINT` and `FLOWGATE_S3_BUCKET`), command-line flags.
+//! `FLOWGATE_S3_ENDPOINT` and `FLOWGATE_S3_BUCKET`), command-line flags ([`Overrides`]).
 //!
 //! S3 credentials are not configuration: they come from the standard AWS environment variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`), see [`crate::s3`].
@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -22,7 +22,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on.
@@ -64,14 +64,14 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Reload {
     /// How often the rule folders and the keys file are looked at.
@@ -80,7 +80,7 @@ pub struct Reload {
     pub debounce_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RhaiLimits {
     pub max_operations: u64,
@@ -92,7 +92,7 @@ pub struct RhaiLimits {
     pub max_map_size: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowSettings {
     /// Two characters that start every file identifier this instance mints.
@@ -113,7 +113,7 @@ pub struct FlowSettings {
     pub object_name: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     /// `local` (files under `<data_dir>/dtn/`) or `s3`.
@@ -121,7 +121,7 @@ pub struct SinkConfig {
     pub s3: S3Config,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// `http(s)://host:port` of a self-hosted store (Ceph RGW); absent: AWS S3 for `region`.
@@ -134,7 +134,7 @@ pub struct S3Config {
     pub path_style: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchSettings {
     pub concurrency: usize,
@@ -142,14 +142,14 @@ pub struct DispatchSettings {
     pub retry_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundSettings {
     /// How often the inbox (`<data_dir>/dtn/in/`, or `in/` in the bucket) is read.
     pub poll_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// The store's page cache, in MiB (redb's own default is 1 GiB).
@@ -294,9 +294,18 @@ impl Default for InboundSettings {
     }
 }
 
+/// The settings a command line may give, over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub rules_dir: Option<PathBuf>,
+}
+
 impl Config {
-    /// Defaults, then the file if given, then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Defaults, then the file if given, then the environment, then `flags`; checked as a whole
+    /// once all are applied (a flag can make a setting valid or invalid: `--data-dir`'s length).
+    pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -320,6 +329,15 @@ impl Config {
         }
         if let Ok(v) = std::env::var("FLOWGATE_S3_BUCKET") {
             config.sink.s3.bucket = v;
+        }
+        if let Some(v) = flags.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &flags.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.rules_dir {
+            config.rules_dir = v.clone();
         }
         config.check()?;
         Ok(config)

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -56,6 +57,8 @@ pub struct CaseResult {
     /// warning in a 200), the scenario and flow choices of a 200 that names them, the template
     /// groups of flow files compared byte for byte. What fired unseen proves nothing.
     pub pinned: Fired,
+    /// How long the case took, for the JUnit report.
+    pub elapsed: Duration,
 }
 
 /// Every case folder under `dir` (those holding `request.json`), sorted.
@@ -94,7 +97,8 @@ pub fn run_sample(set: &RuleSet, dir: &Path) -> CaseResult {
 
 fn run(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness) -> CaseResult {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let mut result = CaseResult { name, failure: None, files: vec![], pinned: Fired::default() };
+    let started = Instant::now();
+    let mut result = CaseResult { name, failure: None, files: vec![], pinned: Fired::default(), elapsed: Duration::ZERO };
     match check(set, dir, bless, strictness, &mut result.files, &mut result.pinned) {
         Ok(()) => {}
         Err(e) => {
@@ -102,6 +106,7 @@ fn run(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness) -> CaseRe
             result.pinned = Fired::default();
         }
     }
+    result.elapsed = started.elapsed();
     result
 }
 
@@ -314,17 +319,52 @@ fn diff(want: &str, got: &str) -> String {
     out
 }
 
-/// JUnit XML for a run.
+/// JUnit XML for a run, in the shape CI tools read (the common JUnit schema of Ant and Jenkins): a
+/// `testsuites` root holding one `testsuite`, each with `tests`, `failures`, `errors` and `time`;
+/// a `testcase` per case with `name`, `classname` and `time` (seconds); a failing case holds a
+/// `failure` whose `message` is the first line of what differs and whose body is all of it.
 pub fn junit(results: &[CaseResult]) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    const SUITE: &str = "flowgate-golden";
     let failures = results.iter().filter(|r| r.failure.is_some()).count();
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuite name=\"flowgate-golden\" tests=\"{}\" failures=\"{failures}\">\n", results.len());
+    let total: f64 = results.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let counts = format!("tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total:.3}\"", results.len());
+    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"{SUITE}\" {counts}>\n");
+    out.push_str(&format!("  <testsuite name=\"{SUITE}\" {counts} skipped=\"0\">\n"));
     for r in results {
+        let case = format!("<testcase name=\"{}\" classname=\"{SUITE}\" time=\"{:.3}\"", xml_escape(&r.name, true), r.elapsed.as_secs_f64());
         match &r.failure {
-            None => out.push_str(&format!("  <testcase name=\"{}\"/>\n", esc(&r.name))),
-            Some(f) => out.push_str(&format!("  <testcase name=\"{}\"><failure message=\"{}\"/></testcase>\n", esc(&r.name), esc(f))),
+            None => out.push_str(&format!("    {case}/>\n")),
+            Some(f) => {
+                let message = f.lines().next().unwrap_or_default();
+                out.push_str(&format!("    {case}>\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n", xml_escape(message, true), xml_escape(f, false)));
+            }
         }
     }
-    out.push_str("</testsuite>\n");
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+/// `s` as XML 1.0 character data, or an attribute value (`attribute`). A failure quotes the body
+/// and the expected answer, so it can hold anything: the five special characters become
+/// references, and the characters XML 1.0 cannot carry at all, not even as a reference (C0
+/// controls other than tab, line feed and carriage return; U+FFFE, U+FFFF), are named instead:
+/// `[U+001B]`. A carriage return, and in an attribute a tab or line feed, are written as
+/// references, since a parser would otherwise turn them into a line feed or a space.
+fn xml_escape(s: &str, attribute: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' | '\n' if attribute => out.push_str(&format!("&#{};", u32::from(c))),
+            '\t' | '\n' => out.push(c),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push_str(&format!("[U+{:04X}]", u32::from(c))),
+            c => out.push(c),
+        }
+    }
     out
 }

@@ -1,112 +1,249 @@
-//! The `flowgate` command: `serve`, `keys`, `check`, `parse`, `test`. Parsing only; the work is in the library.
+//! The `flowgate` command: `serve`, `keys`, `check`, `parse`, `test`, `config check`. Parsing
+//! only (clap derive); the work is in the library.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use flowgate::auth::{KeysFile, Rate};
-use flowgate::config::Config;
+use flowgate::config::{Config, ConfigError, Overrides};
 
-const USAGE: &str = "\
-flowgate: the rules-as-data gateway from SIP job worksheets to DTC data flows
+const ENVIRONMENT: &str = "\
+Environment (over the configuration file, under the flags):
+  FLOWGATE_LISTEN, FLOWGATE_DATA_DIR, FLOWGATE_RULES_DIR
+  FLOWGATE_S3_ENDPOINT, FLOWGATE_S3_BUCKET   with sink.kind: s3 (credentials: AWS_ACCESS_KEY_ID,
+                                             AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)
+  FLOWGATE_LOG                               log filter, default info (e.g. warn, flowgate=debug)";
 
-usage:
-  flowgate serve [--config FILE] [--listen ADDR] [--data-dir DIR] [--rules-dir DIR]
-  flowgate keys add --name NAME --sip-id ABCD [--rate N] [--burst N] [--data-dir DIR] [--config FILE]
-  flowgate keys list [--data-dir DIR] [--config FILE]
-  flowgate keys revoke NAME|KEY_ID [--data-dir DIR] [--config FILE]
-  flowgate check REQUEST.json [--sip-id ABCD] [--config FILE] [--rules-dir DIR]
-  flowgate parse FLOW_FILE [--config FILE] [--rules-dir DIR]
-  flowgate test [DIR] [--junit FILE] [--bless] [--config FILE] [--rules-dir DIR]
+/// The same three codes for every verb: the verb's answer (0 yes, 1 no), or no answer (2).
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  done; the answer is yes (check: accepted, parse: read, test: all passed, config check: valid)
+  1  the answer is no: check of a body that would be refused (400) or fail a rule (500), parse of
+     a file with findings, test with a failed case, config check of a refused configuration
+  2  usage error (unknown verb or option, missing or stray argument, bad value), or the command
+     could not run (a file it cannot read, a configuration or rule set it cannot load, a server
+     that cannot start)";
 
-Defaults: listen 127.0.0.1:8080, data dir ./data, rules dir . (the folder holding schemas/,
-rules/ and flow-templates/). Environment: FLOWGATE_LISTEN, FLOWGATE_DATA_DIR, FLOWGATE_RULES_DIR,
-FLOWGATE_S3_ENDPOINT, FLOWGATE_S3_BUCKET (with sink.kind: s3), FLOWGATE_LOG (log filter).
-";
-
-/// Flags after the verb: `--name value` pairs, bare switches, and positional words.
-struct Args {
-    flags: Vec<(String, Option<String>)>,
-    words: Vec<String>,
+#[derive(Parser)]
+#[command(
+    name = "flowgate",
+    version,
+    about = "The rules-as-data gateway from SIP job worksheets to DTC data flows",
+    after_help = format!("{ENVIRONMENT}\n\n{EXIT_STATUS}"),
+    subcommand_required = true,
+    arg_required_else_help = true,
+    // The hand parser it replaces let a repeated flag's last value win; scripts that append an
+    // override to a base command line rely on that.
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
 }
 
-const SWITCHES: [&str; 1] = ["--bless"];
-
-impl Args {
-    fn parse(raw: &[String]) -> Result<Args, String> {
-        let mut flags = Vec::new();
-        let mut words = Vec::new();
-        let mut it = raw.iter();
-        while let Some(a) = it.next() {
-            if let Some((k, v)) = a.split_once('=').filter(|_| a.starts_with("--")) {
-                flags.push((k.to_string(), Some(v.to_string())));
-            } else if SWITCHES.contains(&a.as_str()) {
-                flags.push((a.clone(), None));
-            } else if a.starts_with("--") {
-                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-                flags.push((a.clone(), Some(v.clone())));
-            } else {
-                words.push(a.clone());
-            }
-        }
-        Ok(Args { flags, words })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.flags.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.flags.iter().any(|(k, _)| k == name)
-    }
-
-    fn only(&self, allowed: &[&str]) -> Result<(), String> {
-        match self.flags.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            Some((k, _)) => Err(format!("unknown option {k}")),
-            None => Ok(()),
-        }
-    }
-
-    /// The configuration: file, environment, then these flags.
-    fn config(&self) -> Result<Config, String> {
-        let mut c = Config::load(self.get("--config").map(std::path::Path::new)).map_err(|e| e.to_string())?;
-        if let Some(v) = self.get("--listen") {
-            c.listen = v.parse().map_err(|_| format!("--listen: not an address: {v}"))?;
-        }
-        if let Some(v) = self.get("--data-dir") {
-            c.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = self.get("--rules-dir") {
-            c.rules_dir = PathBuf::from(v);
-        }
-        Ok(c)
-    }
+#[derive(Subcommand)]
+enum Verb {
+    /// Run the gateway
+    ///
+    /// HTTP on --listen; rule edits are picked up live; flow files are delivered in the
+    /// background. On a first start (no keys file, no store in the data dir) a development
+    /// client (SIP ID DEMO) is added and its key printed once. A data dir that holds a store but
+    /// no keys file is refused. Stops on SIGTERM or Ctrl-C after the requests in flight.
+    #[command(after_help = "Exit status: 0 stopped cleanly; 2 could not start (configuration, rules, keys, address)")]
+    Serve {
+        #[command(flatten)]
+        config: ConfigFile,
+        #[command(flatten)]
+        listen: ListenFlag,
+        #[command(flatten)]
+        data_dir: DataDirFlag,
+        #[command(flatten)]
+        rules_dir: RulesDirFlag,
+    },
+    /// Add, list and revoke API keys
+    ///
+    /// The keys file is <data dir>/keys.yaml unless the configuration names another; it holds
+    /// only SHA-256 hashes of the keys.
+    Keys(KeysArgs),
+    /// Show the answer `serve` would give a body, and why
+    ///
+    /// Prints the answer, every rule that fired with the values it read, and the flow files it
+    /// would write, as JSON. Nothing is stored.
+    #[command(after_help = "Exit status: 0 the body would be accepted (200); 1 refused (400) or a rule failed (500);\n2 usage error, or the file, configuration or rule set cannot be read")]
+    Check {
+        /// The request body, as a SIP would POST it to /v4/sip
+        #[arg(value_name = "REQUEST.json")]
+        request: PathBuf,
+        /// The sender's SIP ID
+        #[arg(long, value_name = "ABCD", default_value = "DEMO")]
+        sip_id: String,
+        #[command(flatten)]
+        config: ConfigFile,
+        #[command(flatten)]
+        rules_dir: RulesDirFlag,
+    },
+    /// Read a DTC flow file: its tree as JSON, or its findings
+    #[command(after_help = "Exit status: 0 read; 1 the file has findings (printed);\n2 usage error, or the file, configuration or catalogue cannot be read")]
+    Parse {
+        #[arg(value_name = "FLOW_FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+        #[command(flatten)]
+        rules_dir: RulesDirFlag,
+    },
+    /// Replay the golden cases and say what they exercise
+    ///
+    /// One folder per case: request.json, expect.json and the expected flow files in flows/.
+    /// Prints each case, `N passed, N failed`, and what the cases and the rule samples exercise.
+    #[command(after_help = "Exit status: 0 every case passed; 1 a case failed;\n2 usage error, no cases, or the configuration or rule set cannot be read")]
+    Test {
+        /// The folder of cases (default: <rules dir>/tests/cases)
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Also write the results as JUnit XML to FILE
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Rewrite the expected flow files from what the rules give now (read the diff)
+        #[arg(long)]
+        bless: bool,
+        #[command(flatten)]
+        config: ConfigFile,
+        #[command(flatten)]
+        rules_dir: RulesDirFlag,
+    },
+    /// Check a configuration file
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print the version (as -V does)
+    #[command(hide = true)]
+    Version,
 }
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Add a key for a client; prints the key once
+    ///
+    /// A new client, or another key for an existing one (same name and SIP ID: a rotation).
+    Add {
+        /// The client's name (a client keeps one SIP ID for good)
+        #[arg(long)]
+        name: String,
+        /// The client's SIP ID
+        #[arg(long, value_name = "ABCD")]
+        sip_id: String,
+        /// Requests per second allowed
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        rate: u32,
+        /// Requests allowed at once above the rate
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        burst: u32,
+    },
+    /// List the keys: key id, SIP ID, rate, state, client
+    List,
+    /// Revoke every active key of a client, or one key by its id
+    Revoke {
+        #[arg(value_name = "NAME|KEY_ID")]
+        who: String,
+    },
+}
+
+#[derive(Args)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+struct KeysArgs {
+    /// The configuration file (YAML), for data_dir or keys_file
+    // Global: `keys --data-dir D list` and `keys list --data-dir D` both work, as they did.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The data folder, whose keys.yaml is the keys file [default: ./data]
+    #[arg(long, value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a configuration and print it as it takes effect
+    ///
+    /// Reads it as `serve` would (defaults, then the file, the environment and the flags), checks
+    /// it, and prints every key with its value as YAML.
+    #[command(after_help = "Exit status: 0 valid (printed as YAML); 1 refused (why, on stderr);\n2 usage error, or the file cannot be read")]
+    Check {
+        #[command(flatten)]
+        config: ConfigFile,
+        #[command(flatten)]
+        listen: ListenFlag,
+        #[command(flatten)]
+        data_dir: DataDirFlag,
+        #[command(flatten)]
+        rules_dir: RulesDirFlag,
+    },
+}
+
+#[derive(Args)]
+struct ConfigFile {
+    /// The configuration file (YAML; every key optional, unknown keys refused)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ListenFlag {
+    /// The address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct DataDirFlag {
+    /// The store, keys file and local DTN folder [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RulesDirFlag {
+    /// The folder holding schemas/, rules/ and flow-templates/ [default: .]
+    #[arg(long, value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
+}
+
+/// The configuration: defaults, file, environment, then the flags given (the library applies
+/// them in that order and checks the result once).
+fn load(file: &ConfigFile, flags: Overrides) -> Result<Config, ConfigError> {
+    Config::load(file.config.as_deref(), &flags)
+}
+
+/// A verb's outcome: its answer as an exit code (0 yes, 1 no), or why it could not answer (2).
+type Outcome = Result<ExitCode, String>;
 
 fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let Some((verb, rest)) = raw.split_first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let result = Args::parse(rest).and_then(|args| match verb.as_str() {
-        "serve" => serve(&args),
-        "keys" => keys(&args),
-        "check" => check(&args),
-        "parse" => parse(&args),
-        "test" => test(&args),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
+    // Usage errors and help end here, before any verb runs: clap prints them and exits 2 or 0.
+    let cli = Cli::parse();
+    let outcome = match cli.verb {
+        Verb::Serve { config, listen, data_dir, rules_dir } => {
+            serve(&config, Overrides { listen: listen.listen, data_dir: data_dir.data_dir, rules_dir: rules_dir.rules_dir })
         }
-        "version" | "--version" => {
+        Verb::Keys(args) => keys(args),
+        Verb::Check { request, sip_id, config, rules_dir } => check(&request, sip_id, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
+        Verb::Parse { file, config, rules_dir } => parse(&file, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
+        Verb::Test { dir, junit, bless, config, rules_dir } => test(dir, junit.as_deref(), bless, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
+        Verb::Config { action: ConfigAction::Check { config, listen, data_dir, rules_dir } } => {
+            config_check(&config, Overrides { listen: listen.listen, data_dir: data_dir.data_dir, rules_dir: rules_dir.rules_dir })
+        }
+        Verb::Version => {
             println!("flowgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
-    });
-    match result {
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flowgate: {e}");
@@ -125,9 +262,8 @@ fn init_logs(config: &Config) {
     }
 }
 
-fn serve(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["--config", "--listen", "--data-dir", "--rules-dir"])?;
-    let config = args.config()?;
+fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
+    let config = load(file, flags).map_err(|e| e.to_string())?;
     init_logs(&config);
     let keys_path = config.keys_path();
     if !keys_path.exists() && config.data_dir.join("store").exists() {
@@ -191,59 +327,46 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn keys(args: &Args) -> Result<ExitCode, String> {
-    let config = args.config()?;
+fn keys(args: KeysArgs) -> Outcome {
+    let config = load(&ConfigFile { config: args.config }, Overrides { data_dir: args.data_dir, ..Overrides::default() }).map_err(|e| e.to_string())?;
     let path = config.keys_path();
     // One keys command at a time: two read-change-writes at once could undo a revoke.
     let _lock = KeysFile::lock(&path).map_err(|e| e.to_string())?;
     let mut file = if path.exists() { KeysFile::read(&path).map_err(|e| e.to_string())? } else { KeysFile::default() };
-    match args.words.first().map(String::as_str) {
-        Some("add") => {
-            args.only(&["--config", "--data-dir", "--name", "--sip-id", "--rate", "--burst"])?;
-            let name = args.get("--name").ok_or("keys add needs --name")?;
-            let sip_id = args.get("--sip-id").ok_or("keys add needs --sip-id")?;
-            let num = |flag: &str, default: u32| -> Result<u32, String> {
-                args.get(flag).map_or(Ok(default), |v| v.parse().map_err(|_| format!("{flag} must be a whole number")))
-            };
-            let rate = Rate { per_second: num("--rate", 10)?, burst: num("--burst", 20)? };
-            let key = file.add(name, sip_id, rate).map_err(|e| e.to_string())?;
+    match args.action {
+        KeysAction::Add { name, sip_id, rate, burst } => {
+            let key = file.add(&name, &sip_id, Rate { per_second: rate, burst }).map_err(|e| e.to_string())?;
             file.write(&path).map_err(|e| e.to_string())?;
             let client = file.clients.last().ok_or("no client")?;
             eprintln!("added client {name:?} (SIP ID {sip_id}, key id {}) to {}; the key is shown once, below", client.key_id, path.display());
             println!("{key}");
         }
-        Some("list") => {
-            args.only(&["--config", "--data-dir"])?;
+        KeysAction::List => {
             println!("{:<14} {:<6} {:<10} {:<8} name", "key id", "sip id", "rate", "state");
             for c in &file.clients {
                 let state = if c.revoked { "revoked" } else { "active" };
                 println!("{:<14} {:<6} {:<10} {:<8} {}", c.key_id, c.sip_id, format!("{}/s+{}", c.rate.per_second, c.rate.burst), state, c.name);
             }
         }
-        Some("revoke") => {
-            args.only(&["--config", "--data-dir"])?;
-            let who = args.words.get(1).ok_or("keys revoke needs a client name or key id")?;
-            let n = file.revoke(who);
+        KeysAction::Revoke { who } => {
+            let n = file.revoke(&who);
             if n == 0 {
                 return Err(format!("no active key for {who:?}"));
             }
             file.write(&path).map_err(|e| e.to_string())?;
             println!("revoked {n} key(s) of {who:?}; a running server stops accepting them at its next reload");
         }
-        _ => return Err("keys: add, list or revoke".into()),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["--config", "--rules-dir", "--sip-id"])?;
-    let config = args.config()?;
-    let path = args.words.first().ok_or("check needs a REQUEST.json")?;
-    let body = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) -> Outcome {
+    let config = load(file, flags).map_err(|e| e.to_string())?;
+    let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
     let set = flowgate::ruleset::load(&config)?;
     let client = flowgate::auth::Client {
         name: "check".into(),
-        sip_id: args.get("--sip-id").unwrap_or("DEMO").to_string(),
+        sip_id,
         key_id: "check".into(),
         key_sha256: String::new(),
         rate: Rate::default(),
@@ -251,15 +374,16 @@ fn check(args: &Args) -> Result<ExitCode, String> {
     };
     let report = flowgate::explain::report(&set, &client, &body, config.clock());
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-    Ok(ExitCode::SUCCESS)
+    // The exit status answers "would this body be accepted?", so a script or CI step can use
+    // `check` without reading the report.
+    let accepted = report.get("status").and_then(serde_json::Value::as_u64) == Some(200);
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Reads one DTC flow file: the parsed tree as JSON, or the findings and exit status 1.
-fn parse(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["--config", "--rules-dir"])?;
-    let config = args.config()?;
-    let path = args.words.first().ok_or("parse needs a flow file")?;
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
+    let config = load(file, flags).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let catalogue = flowgate::flows::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
     match flowgate::reader::read(&bytes, &catalogue) {
         Ok(flow) => {
@@ -268,17 +392,16 @@ fn parse(args: &Args) -> Result<ExitCode, String> {
         }
         Err(findings) => {
             for f in &findings {
-                println!("{path}: {f}");
+                println!("{}: {f}", path.display());
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn test(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["--config", "--rules-dir", "--junit", "--bless"])?;
-    let config = args.config()?;
-    let dir = args.words.first().map(PathBuf::from).unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
+fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFile, flags: Overrides) -> Outcome {
+    let config = load(file, flags).map_err(|e| e.to_string())?;
+    let dir = dir.unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
     let set = Arc::new(flowgate::ruleset::load(&config)?);
     let cases = flowgate::golden::cases(&dir);
     if cases.is_empty() {
@@ -286,7 +409,7 @@ fn test(args: &Args) -> Result<ExitCode, String> {
     }
     let mut results = Vec::new();
     for case in &cases {
-        let r = flowgate::golden::run_case(&set, case, args.has("--bless"));
+        let r = flowgate::golden::run_case(&set, case, bless);
         match &r.failure {
             None => println!("ok   {}", r.name),
             Some(f) => println!("FAIL {}: {f}", r.name),
@@ -307,8 +430,25 @@ fn test(args: &Args) -> Result<ExitCode, String> {
     // The samples always cover the whole set (the set would not have loaded otherwise): this line
     // says how, for whoever trims or adds samples.
     println!("samples coverage: {} ({} samples in {})", set.coverage.summary(), set.samples, config.rules_dir.join("rules").join("samples").display());
-    if let Some(file) = args.get("--junit") {
-        std::fs::write(file, flowgate::golden::junit(&results)).map_err(|e| format!("{file}: {e}"))?;
+    if let Some(file) = junit {
+        std::fs::write(file, flowgate::golden::junit(&results)).map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `config check`: the configuration as it takes effect, or why it is refused (the answer, 1); a
+/// file that cannot be read is no answer (2).
+fn config_check(file: &ConfigFile, flags: Overrides) -> Outcome {
+    let config = match load(file, flags) {
+        Ok(config) => config,
+        Err(e @ ConfigError::Read { .. }) => return Err(e.to_string()),
+        Err(e) => {
+            eprintln!("flowgate: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let source = file.config.as_ref().map_or("defaults".to_string(), |f| format!("defaults < {}", f.display()));
+    println!("# the configuration in effect: {source} < environment < flags");
+    print!("{}", serde_norway::to_string(&config).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,8 @@ use flowgate::auth::{KeysFile, Rate};
 use flowgate::config::Config;
 use flowgate::server::App;
 
+pub mod xml;
+
 /// The repository root: the default rules folder.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
