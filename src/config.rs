@@ -154,11 +154,16 @@ pub struct InboundSettings {
 pub struct StoreSettings {
     /// The store's page cache, in MiB (redb's own default is 1 GiB).
     pub cache_mb: u64,
+    /// Hours a request's body stays in the local store once its job archive and flow files are
+    /// settled (the archive in the bucket is then the long-term copy); 0 keeps bodies for ever.
+    pub retain_bodies_hours: u64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        StoreSettings { cache_mb: 64 }
+        // Three days: time for an operator to look into a delivered job over a weekend with its
+        // body at hand; past that, photos in the local store only cost disk and start-up time.
+        StoreSettings { cache_mb: 64, retain_bodies_hours: 72 }
     }
 }
 

@@ -533,6 +533,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_drops_a_body_only_once_its_archive_and_flows_are_settled() {
+        let dir = std::env::temp_dir().join(format!("flowgate-retain-{}", ulid::Ulid::new()));
+        let store = Store::open(&dir.join("store"), "A1").unwrap();
+        let AcceptOutcome::Accepted(_) = store.accept(request("REQ-1", "J1")).await.unwrap() else { panic!("not accepted") };
+        let later = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(3600);
+        // Not delivered yet: the archive is built from the body, so it stays.
+        assert_eq!(store.sweep(later).await.unwrap(), 0);
+        assert!(store.body("REQ-1").unwrap().is_some());
+        let sink = Sink::Local(LocalSink::new(dir.join("dtn")));
+        drain(&store, &sink).await;
+        // Delivered, but received after the cutoff: stays.
+        assert_eq!(store.sweep(time::OffsetDateTime::UNIX_EPOCH).await.unwrap(), 0);
+        // Delivered and older than the cutoff: the body goes, the request and its answer stay.
+        assert_eq!(store.sweep(later).await.unwrap(), 1);
+        assert!(store.body("REQ-1").unwrap().is_none());
+        assert!(store.request("REQ-1").unwrap().is_some());
+        assert!(store.job("Test SIP", "DEMO", "J1").unwrap().is_some(), "idempotency outlives the body");
+        assert_eq!(store.sweep(later).await.unwrap(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_job_archive_goes_first_and_the_second_instance_with_the_same_job_sends_nothing() {
         let dir = std::env::temp_dir().join(format!("flowgate-dispatch-{}", ulid::Ulid::new()));
         let sink = Sink::Local(LocalSink::new(dir.join("dtn")));

@@ -804,6 +804,28 @@ async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool
 
 /// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, and the
 /// inbound poller.
+/// Retention: every minute, drops the bodies of settled requests older than
+/// `store.retain_bodies_hours`, until none is left to drop.
+async fn retain(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let hours = app.config.store.retain_bodies_hours;
+    if hours == 0 {
+        return;
+    }
+    loop {
+        let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(hours.saturating_mul(3600));
+        match app.store.sweep(cutoff).await {
+            Ok(n) if n >= crate::store::SWEEP_BATCH => continue,
+            Ok(0) => {}
+            Ok(n) => tracing::info!(bodies = n, "retention: bodies of settled requests dropped"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let sink = crate::dispatch::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
     if let crate::dispatch::Sink::Local(local) = &sink {
@@ -818,6 +840,7 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
     };
+    let stop_retention = stop.clone();
     let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
     let inbound = crate::inbound::Poller::new(app.clone())?;
     let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
@@ -829,5 +852,6 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
         app.dispatch.clone(),
         stop,
     ));
-    Ok(vec![watcher, dispatcher, inbound])
+    let retention = tokio::spawn(retain(app.clone(), stop_retention));
+    Ok(vec![watcher, dispatcher, inbound, retention])
 }

@@ -39,6 +39,9 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const CLIENTS: TableDefinition<&str, &str> = TableDefinition::new("clients");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 const PENDING: TableDefinition<&str, u64> = TableDefinition::new("pending");
+/// Bodies by age: `<received, ms since 1970, 20 digits>\u{1f}<request id>` → request id. The
+/// retention sweep reads it from the oldest and stops at its cutoff.
+const RETAIN: TableDefinition<&str, &str> = TableDefinition::new("retain");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MPANS: TableDefinition<&str, &[u8]> = TableDefinition::new("mpans");
 const INCOMING: TableDefinition<&str, &[u8]> = TableDefinition::new("incoming");
@@ -223,6 +226,8 @@ enum Job {
     Mark(Vec<(String, Delivery)>, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     /// An inbound file's outcome and matches; the reply says whether it was new.
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
+    /// Drops the bodies of settled requests received before the cutoff (ms since 1970).
+    Sweep(i64, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
 }
 
 /// Counters of the group commit.
@@ -364,6 +369,7 @@ impl Store {
             w.open_table(CLIENTS).db()?;
             w.open_table(OUTBOX).db()?;
             w.open_table(PENDING).db()?;
+            w.open_table(RETAIN).db()?;
             w.open_table(META).db()?;
             w.open_table(MPANS).db()?;
             w.open_table(INCOMING).db()?;
@@ -386,6 +392,16 @@ impl Store {
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Accept(Box::new(req), reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Retention: drops the stored bodies of requests received before `cutoff` whose job archive
+    /// and flow files are all settled (delivered, or never to be sent); the bucket's job archive
+    /// is then the copy. At most [`SWEEP_BATCH`] per call; returns how many were dropped.
+    pub async fn sweep(&self, cutoff: OffsetDateTime) -> Result<usize, StoreError> {
+        let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(Job::Sweep(cutoff_ms, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -579,6 +595,7 @@ enum Pending {
     Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Box<Result<AcceptOutcome, StoreError>>),
     Mark(tokio::sync::oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Inbound(tokio::sync::oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
+    Sweep(tokio::sync::oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
 }
 
 impl Writer {
@@ -608,6 +625,7 @@ impl Writer {
                     clients: w.open_table(CLIENTS).db()?,
                     outbox: w.open_table(OUTBOX).db()?,
                     pending: w.open_table(PENDING).db()?,
+                    retain: w.open_table(RETAIN).db()?,
                     meta: w.open_table(META).db()?,
                     mpans: w.open_table(MPANS).db()?,
                     incoming: w.open_table(INCOMING).db()?,
@@ -629,6 +647,10 @@ impl Writer {
                         Job::Inbound(record, reply) => {
                             let r = inbound(&mut t, *record);
                             replies.push(Pending::Inbound(reply, r));
+                        }
+                        Job::Sweep(cutoff, reply) => {
+                            let r = sweep(&mut t, cutoff);
+                            replies.push(Pending::Sweep(reply, r));
                         }
                     }
                 }
@@ -660,6 +682,12 @@ impl Writer {
                     });
                 }
                 Pending::Inbound(reply, r) => {
+                    let _ = reply.send(match &outcome {
+                        Ok(()) => r,
+                        Err(e) => Err(StoreError::Db(e.to_string())),
+                    });
+                }
+                Pending::Sweep(reply, r) => {
                     let _ = reply.send(match &outcome {
                         Ok(()) => r,
                         Err(e) => Err(StoreError::Db(e.to_string())),
@@ -774,6 +802,8 @@ impl Writer {
         };
         t.requests.insert(req.request_id.as_str(), serde_json::to_vec(&record).db()?.as_slice()).db()?;
         t.bodies.insert(req.request_id.as_str(), req.body.as_ref()).db()?;
+        let received_ms = i64::try_from(req.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0).max(0);
+        t.retain.insert(format!("{received_ms:020}\u{1f}{}", req.request_id).as_str(), req.request_id.as_str()).db()?;
         t.jobs.insert(key.as_str(), req.request_id.as_str()).db()?;
         if !req.mpan.is_empty() {
             let entry = MpanEntry { request_id: req.request_id.clone(), sip_id: req.sip_id, date_of_action: req.date_of_action };
@@ -790,10 +820,55 @@ struct Tables<'t> {
     clients: redb::Table<'t, &'static str, &'static str>,
     outbox: redb::Table<'t, &'static str, &'static [u8]>,
     pending: redb::Table<'t, &'static str, u64>,
+    retain: redb::Table<'t, &'static str, &'static str>,
     meta: redb::Table<'t, &'static str, u64>,
     mpans: redb::Table<'t, &'static str, &'static [u8]>,
     incoming: redb::Table<'t, &'static str, &'static [u8]>,
     inbound_seen: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+/// Bodies dropped by one sweep at most: bounds one write transaction.
+pub const SWEEP_BATCH: usize = 10_000;
+
+/// Drops the bodies of settled requests received before `cutoff_ms`, oldest first.
+fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<usize, StoreError> {
+    let end = format!("{:020}", cutoff_ms.max(0));
+    let mut due = Vec::new();
+    for row in t.retain.range::<&str>(..end.as_str()).db()? {
+        let (key, id) = row.db()?;
+        due.push((key.value().to_string(), id.value().to_string()));
+        if due.len() >= SWEEP_BATCH * 4 {
+            break;
+        }
+    }
+    let mut dropped = 0;
+    for (key, id) in due {
+        if dropped >= SWEEP_BATCH {
+            break;
+        }
+        let record: RequestRecord = match t.requests.get(id.as_str()).db()? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => {
+                t.retain.remove(key.as_str()).db()?;
+                continue;
+            }
+        };
+        // Settled: nothing of the request is still waiting to go (its archive is built from the
+        // body, so the body stays while the archive is pending or failing).
+        let mut settled = true;
+        for object in record.archive.iter().chain(record.objects.iter()) {
+            if t.pending.get(object.as_str()).db()?.is_some() {
+                settled = false;
+                break;
+            }
+        }
+        if settled {
+            t.bodies.remove(id.as_str()).db()?;
+            t.retain.remove(key.as_str()).db()?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
 }
 
 /// Records an inbound file unless the same name and content was recorded before.
