@@ -155,6 +155,9 @@ fn archived_bodies(dtn: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Job id → (the body sent, the object names of its flows) for every 200.
+type Acknowledged = BTreeMap<String, (Vec<u8>, Vec<String>)>;
+
 /// The durable promise with real job bodies (photos, one of 30 MB): SIGKILL while they are being
 /// received, decided and stored; after a restart every acknowledged body is in its job archive
 /// byte for byte and its flow files are delivered, each once.
@@ -162,7 +165,7 @@ fn archived_bodies(dtn: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 fn photo_bodies_acknowledged_before_a_sigkill_are_archived_byte_for_byte() {
     let data = common::temp_dir("crash-photos");
     let key = common::add_key_cli(&data, "Crash Photos");
-    let acknowledged: Arc<Mutex<BTreeMap<String, (Vec<u8>, Vec<String>)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Acknowledged>> = Arc::default();
     let mut seed: u64 = 0x9407_0b0d;
     for round in 0..3 {
         let (mut child, addr) = common::serve_binary(&data, &[]);
