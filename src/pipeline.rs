@@ -73,8 +73,21 @@ pub struct Decision {
 
 /// Hex SHA-256 of the canonical form of a JSON value (serde_json's map is sorted by key).
 pub fn canonical_hash(v: &Value) -> String {
-    let bytes = serde_json::to_vec(v).unwrap_or_default();
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    // Written straight into the hash: a body with photos is megabytes, and a second copy of it
+    // only to hash it would double what deciding it allocates.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    let _ = serde_json::to_writer(&mut h, v);
+    h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A JSON value read with duplicate object keys refused: parsers disagree on which of two
@@ -319,4 +332,16 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
 fn dedupe(findings: &mut Vec<Finding>) {
     let mut seen = std::collections::HashSet::new();
     findings.retain(|f| seen.insert((f.pointer.clone(), f.rule.clone())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_hash_is_of_sorted_keys_without_white_space() {
+        let v: Value = serde_json::from_str("{ \"b\": 1, \"a\": [1, \"\\u00e9\"] }").unwrap();
+        // SHA-256 of {"a":[1,"é"],"b":1}
+        assert_eq!(canonical_hash(&v), "8717ac25ea6b88548fae92fcf938c6f0764f85913ba025812e1859bf0166f5d8");
+    }
 }
