@@ -119,42 +119,6 @@ fn partial_files_left_in_the_sinks_temporary_folder_are_cleared_at_start() {
     println!("leftovers: {} stale temporary files cleared at start, 1 newer kept", stale.len());
 }
 
-/// A body with its four photos, each `photo_bytes` of pseudo-random data (base64).
-fn photo_body(job_id: &str, photo_bytes: usize, seed: u64) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases/s01-all-flows/request.json")).unwrap()).unwrap();
-    v["job_details"]["job_id"] = Value::String(job_id.into());
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut state = seed | 1;
-    let chars = photo_bytes.div_ceil(3) * 4;
-    for (block, field) in [("job_execution", "pre_job_photo"), ("job_execution", "post_job_photo"), ("job_execution", "post_resealing_photo"), ("meter", "photo")] {
-        let photo: String = (0..chars)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                char::from(ALPHABET[(state % 64) as usize])
-            })
-            .collect();
-        v[block][field] = Value::String(photo);
-    }
-    serde_json::to_vec(&v).unwrap()
-}
-
-/// The job archives in the sink: job id → the body bytes each holds, exactly as embedded.
-fn archived_bodies(dtn: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let Ok(clients) = std::fs::read_dir(dtn.join("jobs")) else { return out };
-    for client in clients.flatten() {
-        for file in std::fs::read_dir(client.path()).unwrap().flatten() {
-            let bytes = std::fs::read(file.path()).unwrap();
-            let head: Value = serde_json::from_slice(&bytes).unwrap();
-            let at = bytes.windows(8).position(|w| w == b",\"body\":").unwrap() + 8;
-            out.insert(head["job_id"].as_str().unwrap().to_string(), bytes[at..bytes.len() - 2].to_vec());
-        }
-    }
-    out
-}
-
 /// Job id → (the body sent, the object names of its flows) for every 200.
 type Acknowledged = BTreeMap<String, (Vec<u8>, Vec<String>)>;
 
@@ -181,7 +145,7 @@ fn photo_bodies_acknowledged_before_a_sigkill_are_archived_byte_for_byte() {
                     let job_id = format!("photos-{round}-{w}-{n}");
                     // One 30 MB body (four photos of 5.5 MB, in base64), the others about 8 MB.
                     let size = if round == 0 && w == 0 && n == 0 { 5_500_000 } else { 1_500_000 };
-                    let b = photo_body(&job_id, size, (round * 100 + w * 10 + n) as u64 + 1);
+                    let b = common::photo_body(&job_id, size, (round * 100 + w * 10 + n) as u64 + 1);
                     let r = common::try_request(addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", &key)], &b);
                     let Ok(a) = r else { return };
                     if a.status == 200 {
@@ -204,7 +168,7 @@ fn photo_bodies_acknowledged_before_a_sigkill_are_archived_byte_for_byte() {
     assert!(!acknowledged.is_empty(), "no photo body was acknowledged before the kills");
     let deadline = Instant::now() + Duration::from_secs(120);
     let archives = loop {
-        let archives = archived_bodies(&dtn);
+        let archives = common::archived_bodies(&dtn);
         let present: BTreeSet<String> = common::usr_files(&dtn).iter().map(|p| p.strip_prefix(&dtn).unwrap().display().to_string()).collect();
         let done = acknowledged.iter().all(|(job, (_, objects))| archives.contains_key(job) && objects.iter().all(|o| present.contains(o)));
         if done {

@@ -219,6 +219,18 @@ fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing(
     for n in 8..16 {
         post(format!("outage-{n}"), CASES[n % 4]);
     }
+    // Real job bodies while the store is down: about 8 MB, and 29 MB (four photos of 5.5 MB).
+    let mut photo_jobs = Vec::new();
+    for (n, photo_bytes) in [(0, 1_500_000), (1, 5_500_000)] {
+        let job = format!("outage-photos-{n}");
+        let bytes = common::photo_body(&job, photo_bytes, 7 + n as u64);
+        let a = server.post(&bytes);
+        assert_eq!(a.status, 200, "{}", a.text());
+        objects.extend(flow_objects(&a.json()));
+        objects.insert(flowgate::store::archive_name("Test SIP", &job));
+        photo_jobs.push((job, bytes));
+        accepted += 1;
+    }
     let d = &server.app.dispatch;
     server.wait_for("failed attempts during the outage", || d.failed_attempts.load(Ordering::Relaxed) >= 3);
     let waiting = server.app.store.pending_count().unwrap();
@@ -238,6 +250,13 @@ fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing(
         assert_eq!(bucket.get(name).unwrap(), f.content.into_bytes(), "{name}");
         flows += 1;
     }
+    // Each photo body is in its job archive in the bucket, byte for byte.
+    for (job, bytes) in &photo_jobs {
+        let archive = bucket.get(&flowgate::store::archive_name("Test SIP", job)).unwrap();
+        let (archived_job, body) = common::archived_body(&archive);
+        assert_eq!(&archived_job, job);
+        assert!(body == *bytes, "{job}: the archived body differs from the one acknowledged");
+    }
     let delivered = d.delivered.load(Ordering::Relaxed) + d.already_there.load(Ordering::Relaxed);
     assert_eq!(delivered, flows);
     assert_eq!(d.conflicts.load(Ordering::Relaxed), 0);
@@ -246,7 +265,7 @@ fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing(
     assert!(metrics.contains("flowgate_flows_delivered_total{flow=\"D0396\"}"), "{metrics}");
     assert!(metrics.contains("flowgate_flow_delivery_failures_total{flow="), "{metrics}");
     println!(
-        "s3 outage: accepted {accepted} requests ({flows} flow files), {waiting} files held during the outage, {} failed attempts, delivered {delivered}, duplicates 0",
+        "s3 outage: accepted {accepted} requests, two of them photo bodies of 8 and 29 MB archived byte for byte ({flows} flow files), {waiting} files held during the outage, {} failed attempts, delivered {delivered}, duplicates 0",
         d.failed_attempts.load(Ordering::Relaxed)
     );
 }
@@ -375,11 +394,12 @@ fn two_instances_given_the_same_job_write_one_set_of_flows() {
         use_s3(c, &endpoint, &prefix);
         c.flows.instance_prefix = "B2".into();
     });
-    let jobs = 6;
-    // The same body to both instances at once.
+    let jobs = 7;
+    // The same body to both instances at once; the last one a real job body (8 MB of photos).
     let mut pairs = Vec::new();
     for n in 0..jobs {
-        let bytes = body(CASES[n % 4], &format!("pair-{n}"));
+        let job = format!("pair-{n}");
+        let bytes = if n == jobs - 1 { common::photo_body(&job, 1_500_000, 11) } else { body(CASES[n % 4], &job) };
         let (ra, rb) = std::thread::scope(|s| {
             let ha = s.spawn(|| a.post(&bytes));
             let hb = s.spawn(|| b.post(&bytes));
@@ -428,6 +448,9 @@ fn two_instances_given_the_same_job_write_one_set_of_flows() {
         winners_flows.extend(flow_objects(win_answer));
         let archive = bucket.get(&flowgate::store::archive_name("Test SIP", win["job_id"].as_str().unwrap())).unwrap();
         assert_eq!(flowgate::store::archive_request_id(&archive).as_deref(), win["request_id"].as_str());
+        let (job, archived) = common::archived_body(&archive);
+        let sent = if job == format!("pair-{}", jobs - 1) { common::photo_body(&job, 1_500_000, 11) } else { body(CASES[job.trim_start_matches("pair-").parse::<usize>().unwrap() % 4], &job) };
+        assert!(archived == sent, "{job}: the archived body differs from the one both instances acknowledged");
     }
     let in_bucket: BTreeSet<String> = bucket.list("out/").into_iter().collect();
     assert_eq!(in_bucket, winners_flows, "the bucket should hold exactly the winners' flows");

@@ -303,3 +303,47 @@ pub fn tls_server(tag: &str) -> (TestServer, rustls_pki_types::CertificateDer<'s
     let server = TestServer::start(move |c| c.tls = Some(flowgate::config::TlsFiles { cert_file: d.join("cert.pem"), key_file: d.join("key.pem") }));
     (server, trust, dir)
 }
+
+#[allow(dead_code)]
+/// A body with its four photos, each `photo_bytes` of pseudo-random data (base64).
+pub fn photo_body(job_id: &str, photo_bytes: usize, seed: u64) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("tests/cases/s01-all-flows/request.json")).unwrap()).unwrap();
+    v["job_details"]["job_id"] = serde_json::Value::String(job_id.into());
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state = seed | 1;
+    let chars = photo_bytes.div_ceil(3) * 4;
+    for (block, field) in [("job_execution", "pre_job_photo"), ("job_execution", "post_job_photo"), ("job_execution", "post_resealing_photo"), ("meter", "photo")] {
+        let photo: String = (0..chars)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(ALPHABET[(state % 64) as usize])
+            })
+            .collect();
+        v[block][field] = serde_json::Value::String(photo);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[allow(dead_code)]
+/// The job archives in the sink: job id → the body bytes each holds, exactly as embedded.
+pub fn archived_bodies(dtn: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(clients) = std::fs::read_dir(dtn.join("jobs")) else { return out };
+    for client in clients.flatten() {
+        for file in std::fs::read_dir(client.path()).unwrap().flatten() {
+            let (job, body) = archived_body(&std::fs::read(file.path()).unwrap());
+            out.insert(job, body);
+        }
+    }
+    out
+}
+
+/// A job archive's job id and the body bytes it embeds, exactly as embedded.
+#[allow(dead_code)]
+pub fn archived_body(bytes: &[u8]) -> (String, Vec<u8>) {
+    let head: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let at = bytes.windows(8).position(|w| w == b",\"body\":").unwrap() + 8;
+    (head["job_id"].as_str().unwrap().to_string(), bytes[at..bytes.len() - 2].to_vec())
+}
