@@ -56,13 +56,7 @@ enum Verb {
     #[command(after_help = "Exit status: 0 stopped cleanly; 2 could not start (configuration, rules, keys, address)")]
     Serve {
         #[command(flatten)]
-        config: ConfigFile,
-        #[command(flatten)]
-        listen: ListenFlag,
-        #[command(flatten)]
-        data_dir: DataDirFlag,
-        #[command(flatten)]
-        rules_dir: RulesDirFlag,
+        settings: ServerSettings,
     },
     /// Add, list and revoke API keys
     ///
@@ -177,14 +171,27 @@ enum ConfigAction {
     #[command(after_help = "Exit status: 0 valid (printed as YAML); 1 refused (why, on stderr);\n2 usage error, or the file cannot be read")]
     Check {
         #[command(flatten)]
-        config: ConfigFile,
-        #[command(flatten)]
-        listen: ListenFlag,
-        #[command(flatten)]
-        data_dir: DataDirFlag,
-        #[command(flatten)]
-        rules_dir: RulesDirFlag,
+        settings: ServerSettings,
     },
+}
+
+/// Everything `serve` reads its configuration from (and `config check` checks).
+#[derive(Args)]
+struct ServerSettings {
+    #[command(flatten)]
+    config: ConfigFile,
+    #[command(flatten)]
+    listen: ListenFlag,
+    #[command(flatten)]
+    data_dir: DataDirFlag,
+    #[command(flatten)]
+    rules_dir: RulesDirFlag,
+}
+
+impl ServerSettings {
+    fn overrides(self) -> (ConfigFile, Overrides) {
+        (self.config, Overrides { listen: self.listen.listen, data_dir: self.data_dir.data_dir, rules_dir: self.rules_dir.rules_dir })
+    }
 }
 
 #[derive(Args)]
@@ -228,15 +235,17 @@ fn main() -> ExitCode {
     // Usage errors and help end here, before any verb runs: clap prints them and exits 2 or 0.
     let cli = Cli::parse();
     let outcome = match cli.verb {
-        Verb::Serve { config, listen, data_dir, rules_dir } => {
-            serve(&config, Overrides { listen: listen.listen, data_dir: data_dir.data_dir, rules_dir: rules_dir.rules_dir })
+        Verb::Serve { settings } => {
+            let (config, overrides) = settings.overrides();
+            serve(&config, overrides)
         }
         Verb::Keys(args) => keys(args),
         Verb::Check { request, sip_id, config, rules_dir } => check(&request, sip_id, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
         Verb::Parse { file, config, rules_dir } => parse(&file, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
         Verb::Test { dir, junit, bless, config, rules_dir } => test(dir, junit.as_deref(), bless, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
-        Verb::Config { action: ConfigAction::Check { config, listen, data_dir, rules_dir } } => {
-            config_check(&config, Overrides { listen: listen.listen, data_dir: data_dir.data_dir, rules_dir: rules_dir.rules_dir })
+        Verb::Config { action: ConfigAction::Check { settings } } => {
+            let (config, overrides) = settings.overrides();
+            config_check(&config, overrides)
         }
         Verb::Version => {
             println!("flowgate {}", env!("CARGO_PKG_VERSION"));
