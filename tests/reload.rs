@@ -19,13 +19,19 @@ fn edit(path: &std::path::Path, from: &str, to: &str) {
     std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
-#[test]
-fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_serving() {
+/// A server on a copy of the repo's rule folders: the server, the copy, its first revision.
+fn on_copied_rules() -> (TestServer, std::path::PathBuf, String) {
     let rules = common::temp_dir("rules");
     common::copy_rules(&rules);
     let r = rules.clone();
     let server = TestServer::start(move |c| c.rules_dir = r);
     let before = server.app.rules.load().revision.clone();
+    (server, rules, before)
+}
+
+#[test]
+fn a_rule_edit_changes_the_next_answer_and_a_broken_edit_leaves_the_old_rules_serving() {
+    let (server, rules, before) = on_copied_rules();
     let a = server.post(&body("public-completed-isolation", "reload-1"));
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["ruleset"], before.as_str());
@@ -103,11 +109,8 @@ fn a_rule_that_loops_forever_is_a_500_naming_it_within_its_deadline_and_others_a
 
 #[test]
 fn a_broken_rule_file_written_under_load_fails_no_request() {
-    let rules = common::temp_dir("rules");
-    common::copy_rules(&rules);
-    let r = rules.clone();
-    let server = std::sync::Arc::new(TestServer::start(move |c| c.rules_dir = r));
-    let before = server.app.rules.load().revision.clone();
+    let (server, rules, before) = on_copied_rules();
+    let server = std::sync::Arc::new(server);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..3 {
@@ -174,11 +177,7 @@ fn reload_outcome(server: &TestServer, before: &str) -> Value {
 
 #[test]
 fn an_emptied_consistency_file_is_refused_and_the_check_digit_rule_keeps_serving() {
-    let rules = common::temp_dir("rules");
-    common::copy_rules(&rules);
-    let r = rules.clone();
-    let server = TestServer::start(move |c| c.rules_dir = r);
-    let before = server.app.rules.load().revision.clone();
+    let (server, rules, before) = on_copied_rules();
 
     std::fs::write(rules.join("rules/consistency.yaml"), "").unwrap();
     let ready = reload_outcome(&server, &before);
@@ -196,11 +195,7 @@ fn an_emptied_consistency_file_is_refused_and_the_check_digit_rule_keeps_serving
 
 #[test]
 fn a_rule_no_sample_fires_is_refused_and_readyz_names_it() {
-    let rules = common::temp_dir("rules");
-    common::copy_rules(&rules);
-    let r = rules.clone();
-    let server = TestServer::start(move |c| c.rules_dir = r);
-    let before = server.app.rules.load().revision.clone();
+    let (server, rules, before) = on_copied_rules();
 
     let path = rules.join("rules/consistency.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
@@ -225,11 +220,7 @@ fn edit_keeping_size_and_mtime(path: &std::path::Path, from: &str, to: &str) {
 
 #[test]
 fn a_same_size_edit_with_its_modification_time_put_back_is_loaded() {
-    let rules = common::temp_dir("rules");
-    common::copy_rules(&rules);
-    let r = rules.clone();
-    let server = TestServer::start(move |c| c.rules_dir = r);
-    let before = server.app.rules.load().revision.clone();
+    let (server, rules, before) = on_copied_rules();
     assert_eq!(server.post(&body("s08-re-energised", "mtime-1")).json()["scenario_name"], "Aborted: during work");
 
     edit_keeping_size_and_mtime(&rules.join("rules/scenarios.yaml"), "name: \"Aborted: during work\"", "name: \"Aborted: during WORK\"");
