@@ -50,7 +50,8 @@ pub struct App {
     pub keys: Arc<ArcSwap<KeyState>>,
     pub store: Store,
     pub clock: Clock,
-    pub metrics: Metrics,
+    /// One registry for the server and the dispatcher, so each family is exposed once.
+    pub metrics: Arc<Metrics>,
     pub dispatch: Arc<DispatchStats>,
     pub rules_reload: Mutex<ReloadStatus>,
     pub keys_reload: Mutex<ReloadStatus>,
@@ -123,13 +124,14 @@ impl App {
             Some(files) => Some(ArcSwap::from_pointee(tls_acceptor(files).map_err(StartError::Tls)?)),
             None => None,
         };
+        let metrics = Arc::new(Metrics::default());
         let app = App {
             rules: Arc::new(ArcSwap::from_pointee(set)),
             keys: Arc::new(ArcSwap::from_pointee(KeyState { keys, limits })),
             store,
             clock,
-            metrics: Metrics::default(),
-            dispatch: Arc::new(DispatchStats::default()),
+            dispatch: Arc::new(DispatchStats { metrics: metrics.clone(), ..DispatchStats::default() }),
+            metrics,
             rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
             keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
             tls,
@@ -138,7 +140,7 @@ impl App {
             body_budget: Arc::new(tokio::sync::Semaphore::new(config.body_budget_kib())),
             config,
         };
-        app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
+        app.metrics.set("flowgate_ruleset_info", &[("revision", &app.rules.load().revision)], 1.0);
         Ok(Arc::new(app))
     }
 
@@ -152,15 +154,15 @@ impl App {
                 let old = self.rules.load().revision.clone();
                 let revision = set.revision.clone();
                 self.rules.store(Arc::new(set));
-                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "ok")], 1.0);
-                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &old)], 0.0);
-                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &revision)], 1.0);
+                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "ok")], 1.0);
+                self.metrics.set("flowgate_ruleset_info", &[("revision", &old)], 0.0);
+                self.metrics.set("flowgate_ruleset_info", &[("revision", &revision)], 1.0);
                 tracing::info!(%revision, previous = %old, "rule set reloaded");
                 *status = ReloadStatus { ok: true, at: status.at.clone(), error: None };
                 Ok(revision)
             }
             Err(e) => {
-                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "failed")], 1.0);
+                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "failed")], 1.0);
                 tracing::error!(error = %e, serving = %self.rules.load().revision, "rule edit refused; the running rule set stays");
                 status.ok = false;
                 status.error = Some(e.clone());
@@ -398,7 +400,7 @@ fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result
     tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
     let limit = app.keys.load().limits.check(&client.key_id);
     if let Limit::Limited { retry_after, .. } = limit {
-        app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
+        app.metrics.inc("flowgate_rate_limited_total", &[], 1.0);
         let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
         return Err(Box::new(with_limit_headers(problem(&p, instance, request_id), &limit)));
     }
@@ -440,7 +442,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     let _budget = match tokio::time::timeout(wait, app.body_budget.clone().acquire_many_owned(cost)).await {
         Ok(Ok(permit)) => permit,
         _ => {
-            app.metrics.inc("flowgate_body_budget_refusals_total", "Bodies refused unread because the body memory budget was taken", &[], 1.0);
+            app.metrics.inc("flowgate_body_budget_refusals_total", &[], 1.0);
             tracing::warn!(status = 503, cost_kib = cost, "body budget taken; refused unread");
             return problem(&Problem::Busy { retry_after_secs: 1 }, instance, request_id);
         }
@@ -481,19 +483,19 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     match decision.verdict {
         Verdict::Rejected(errors) => {
             for e in &errors {
-                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &e.rule)], 1.0);
+                app.metrics.inc("flowgate_validation_findings_total", &[("rule", &e.rule)], 1.0);
             }
             tracing::info!(status = 400, findings = errors.len(), "rejected");
             decided(&Problem::Invalid(errors), instance, request_id, &set.revision)
         }
         Verdict::Failed(f) => {
-            app.metrics.inc("flowgate_rule_failures_total", "Rules that failed at run time", &[("rule", &f.rule)], 1.0);
+            app.metrics.inc("flowgate_rule_failures_total", &[("rule", &f.rule)], 1.0);
             tracing::error!(status = 500, rule = %f.rule, error = %redacted(&f.message), "a rule failed at run time (`flowgate check` on the body shows the whole error)");
             decided(&Problem::RuleFailed { rule: f.rule }, instance, request_id, &set.revision)
         }
         Verdict::Accepted(a) => {
             for w in &a.warnings {
-                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &w.rule)], 1.0);
+                app.metrics.inc("flowgate_validation_findings_total", &[("rule", &w.rule)], 1.0);
             }
             let flows: Vec<String> = a.flows.iter().map(|f| f.flow.clone()).collect();
             let scenario = a.scenario.clone();
@@ -517,9 +519,9 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             };
             match app.store.accept(new).await {
                 Ok(AcceptOutcome::Accepted(record)) => {
-                    app.metrics.inc("flowgate_scenarios_total", "Accepted requests by scenario", &[("scenario", &scenario)], 1.0);
+                    app.metrics.inc("flowgate_scenarios_total", &[("scenario", &scenario)], 1.0);
                     for f in &flows {
-                        app.metrics.inc("flowgate_flows_queued_total", "Flow files queued for delivery, by flow", &[("flow", f)], 1.0);
+                        app.metrics.inc("flowgate_flows_queued_total", &[("flow", f)], 1.0);
                     }
                     tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
                     json_answer(StatusCode::OK, "application/json", &record.answer)
@@ -665,11 +667,13 @@ fn metrics(app: &App) -> Answer {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &app.metrics;
     let s = &app.store.stats;
-    m.set("flowgate_store_commits", "Store commits (fsyncs) since start", &[], s.commits.load(Relaxed) as f64);
-    m.set("flowgate_store_commit_accepts", "Requests accepted in those commits", &[], s.accepts.load(Relaxed) as f64);
-    m.set("flowgate_store_largest_commit_batch", "Most requests that shared one commit", &[], s.largest_batch.load(Relaxed) as f64);
+    // Counters kept as atomics by the store and the dispatcher, copied in at each scrape; the
+    // type each is exposed with comes from the one table of families (metrics::FAMILIES).
+    m.set("flowgate_store_commits_total", &[], s.commits.load(Relaxed) as f64);
+    m.set("flowgate_store_commit_accepts_total", &[], s.accepts.load(Relaxed) as f64);
+    m.set("flowgate_store_largest_commit_batch", &[], s.largest_batch.load(Relaxed) as f64);
     if let Ok(n) = app.store.pending_count() {
-        m.set("flowgate_outbox_depth", "Flow files waiting for delivery", &[], n as f64);
+        m.set("flowgate_outbox_depth", &[], n as f64);
     }
     // Age of the oldest undelivered file: when its request was accepted.
     let accepted_at = {
@@ -690,18 +694,13 @@ fn metrics(app: &App) -> Answer {
         }
     };
     let age = accepted_at.map_or(0.0, |t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0));
-    m.set("flowgate_outbox_oldest_age_seconds", "Age of the oldest undelivered flow file (0 when none)", &[], age);
+    m.set("flowgate_outbox_oldest_age_seconds", &[], age);
     let d = &app.dispatch;
-    m.set("flowgate_flows_delivered", "Flow files delivered since start", &[], d.delivered.load(Relaxed) as f64);
-    m.set("flowgate_flows_found_delivered", "Flow files found already delivered (same bytes)", &[], d.already_there.load(Relaxed) as f64);
-    m.set("flowgate_flow_delivery_failures", "Failed delivery attempts since start", &[], d.failed_attempts.load(Relaxed) as f64);
-    m.set("flowgate_flow_conflicts", "Objects found with different bytes (alarms)", &[], d.conflicts.load(Relaxed) as f64);
-    m.set("flowgate_job_archives_delivered", "Job archives written (or found with the same bytes) since start", &[], d.archived.load(Relaxed) as f64);
-    m.set("flowgate_job_duplicates", "Requests whose job another instance had archived first (flows not sent)", &[], d.duplicates.load(Relaxed) as f64);
-    // Per-flow delivery counters live with the dispatcher; the names differ, so appending is safe.
-    let mut text = m.render();
-    text.push_str(&d.metrics.render());
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    // Flow deliveries, conflicts and failures are counted by flow as they happen, in the same
+    // registry (`DispatchStats::metrics`); only the unlabelled job counters are copied here.
+    m.set("flowgate_job_archives_delivered_total", &[], d.archived.load(Relaxed) as f64);
+    m.set("flowgate_job_duplicates_total", &[], d.duplicates.load(Relaxed) as f64);
+    let mut r = Response::new(Full::new(Bytes::from(m.render())));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }

@@ -373,3 +373,85 @@ fn long_non_ascii_job_ids_are_delivered_to_the_local_folder() {
     let again = server.post(&serde_json::to_vec(&v).unwrap());
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
 }
+
+/// The families of a text exposition: name → the types its `# TYPE` lines give, and the names
+/// its samples carry (histogram samples under their family's name).
+fn families(text: &str) -> (std::collections::BTreeMap<String, Vec<String>>, std::collections::BTreeSet<String>) {
+    let mut types: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut sampled = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.entry(name.to_string()).or_default().push(kind.to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t.contains(&"histogram".to_string())))).unwrap_or(name);
+            sampled.insert(family.to_string());
+        }
+    }
+    (types, sampled)
+}
+
+/// Prometheus conventions, as a new user's dashboards and alerts assume them: every cumulative
+/// series is a counter named `_total`, a gauge never is, no name has two types, every sample has
+/// a type, and the README's metrics table names exactly what `/metrics` shows, with its type.
+#[test]
+fn metrics_follow_prometheus_naming_and_the_readme_lists_every_one() {
+    let server = TestServer::start(|_| {});
+    assert_eq!(server.post(&case("s01-all-flows")).status, 200);
+    assert_eq!(server.post(&case("public-bad-mpan-check-digit")).status, 400);
+    server.wait_for("delivery", || common::usr_files(&server.data.join("dtn")).len() == 4);
+    let text = server.get("/metrics").text();
+    let (types, sampled) = families(&text);
+    let mut wrong = Vec::new();
+    for (name, kinds) in &types {
+        if kinds.len() != 1 {
+            wrong.push(format!("{name} has {} TYPE lines: {kinds:?}", kinds.len()));
+        }
+        let counter = kinds.iter().any(|k| k == "counter");
+        if name.ends_with("_total") != counter {
+            wrong.push(format!("{name} is a {kinds:?}: a counter, and only a counter, is named _total"));
+        }
+    }
+    for name in &sampled {
+        if !types.contains_key(name) {
+            wrong.push(format!("{name} has samples but no TYPE"));
+        }
+    }
+    // The counts a user would graph after this traffic.
+    for series in ["flowgate_flows_delivered_total{flow=\"D0396\"}", "flowgate_job_archives_delivered_total", "flowgate_store_commits_total"] {
+        let v: f64 = text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).map_or(0.0, |v| v.parse().unwrap());
+        if v < 1.0 {
+            wrong.push(format!("{series} is {v} after delivery"));
+        }
+    }
+    // The README's table: | `name` | type | meaning |
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let listed: std::collections::BTreeMap<String, String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `flowgate_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('`')?;
+            let kind = rest.trim_start_matches([' ', '|']).split('|').next()?.trim();
+            Some((format!("flowgate_{name}"), kind.to_string()))
+        })
+        .collect();
+    let exposed: std::collections::BTreeMap<String, String> = types.iter().map(|(n, k)| (n.clone(), k[0].clone())).collect();
+    if listed != exposed {
+        let only_readme: Vec<_> = listed.iter().filter(|(n, k)| exposed.get(*n) != Some(k)).collect();
+        let only_metrics: Vec<_> = exposed.iter().filter(|(n, k)| listed.get(*n) != Some(k)).collect();
+        wrong.push(format!("README and /metrics differ: README only (or other type) {only_readme:?}; /metrics only (or other type) {only_metrics:?}"));
+    }
+    // Every metric name the README and the docs mention is one /metrics shows.
+    for file in ["README.md", "docs/deployment.md", "docs/PROOF.md"] {
+        let doc = std::fs::read_to_string(common::repo().join(file)).unwrap();
+        for (i, _) in doc.match_indices("flowgate_") {
+            let name: String = doc[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            if !exposed.contains_key(&name) {
+                wrong.push(format!("{file} names {name}, which /metrics does not show"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+}
+
