@@ -287,10 +287,22 @@ fn json_answer(status: StatusCode, content_type: &'static str, body: &Value) -> 
 fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
     let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_answer(status, "application/problem+json", &p.body(instance, request_id));
-    if let Problem::RateLimited { retry_after_secs } | Problem::Busy { retry_after_secs } = p {
-        if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-            r.headers_mut().insert("retry-after", v);
+    match p {
+        Problem::RateLimited { retry_after_secs } | Problem::Busy { retry_after_secs } => {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
         }
+        // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with (X-API-Key is ours
+        // alone; Bearer is the standard one the server also takes).
+        Problem::Unauthorized => {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flowgate\""));
+        }
+        // RFC 9110 §15.5.6: a 405 lists the methods the route takes.
+        Problem::MethodNotAllowed { allow } => {
+            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
     }
     r
 }
@@ -326,6 +338,23 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
+/// The methods a path's route takes (HEAD wherever GET is), for a 405's `Allow`; `None` for a
+/// path that is no route (404).
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/v4/sip" => Some("POST"),
+        p if p.starts_with("/v4/sip/") => Some("GET, HEAD"),
+        "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json" => Some("GET, HEAD"),
+        _ => None,
+    }
+}
+
+/// A header value a client sent, fit for a log field: printable ASCII only, at most 128 bytes.
+/// Logged beside our own id so a client's trace can be followed here; never put in an answer.
+pub fn loggable(value: &[u8]) -> String {
+    value.iter().filter(|b| (0x20..=0x7e).contains(*b)).take(128).map(|b| char::from(*b)).collect()
+}
+
 /// Routes one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let started = Instant::now();
@@ -335,14 +364,34 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Inf
     let request_id = ulid::Ulid::new().to_string();
     // One span per request; the client and rule set are recorded once known. Never the key,
     // the body, or anything personal.
-    let span = tracing::info_span!("request", %request_id, %route, client = tracing::field::Empty, key_id = tracing::field::Empty, ruleset = tracing::field::Empty);
-    let answer = route_request(&app, req, method, &path, &request_id).instrument(span.clone()).await;
+    let span = tracing::info_span!(
+        "request",
+        %request_id,
+        %route,
+        client_request_id = tracing::field::Empty,
+        traceparent = tracing::field::Empty,
+        client = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        ruleset = tracing::field::Empty
+    );
+    if let Some(v) = req.headers().get("x-request-id") {
+        span.record("client_request_id", loggable(v.as_bytes()).as_str());
+    }
+    if let Some(v) = req.headers().get("traceparent") {
+        span.record("traceparent", loggable(v.as_bytes()).as_str());
+    }
+    let mut answer = route_request(&app, req, method, &path, &request_id).instrument(span.clone()).await;
+    // Every answer names our id for this request (a ULID: always a valid header value), the one
+    // the logs carry, so a client can quote it.
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        answer.headers_mut().insert("x-request-id", v);
+    }
     let status = answer.status().as_u16();
     let elapsed = started.elapsed();
     span.in_scope(|| tracing::info!(status, micros = elapsed.as_micros() as u64, "answered"));
     let status = status.to_string();
-    app.metrics.inc("flowgate_http_requests_total", "HTTP requests by route and status", &[("route", route), ("status", &status)], 1.0);
-    app.metrics.observe("flowgate_http_request_duration_seconds", "Time to answer, by route", &[("route", route)], elapsed.as_secs_f64());
+    app.metrics.inc("flowgate_http_requests_total", &[("route", route), ("status", &status)], 1.0);
+    app.metrics.observe("flowgate_http_request_duration_seconds", &[("route", route)], elapsed.as_secs_f64());
     Ok(answer)
 }
 
@@ -351,16 +400,37 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>, method: Method, p
     let request_id = request_id.to_string();
     let request_id = request_id.as_str();
     let path = path.to_string();
-    match (method, path.as_str()) {
+    // HEAD is answered as GET is, then the body is dropped (RFC 9110 §9.3.2): same status and
+    // headers, Content-Length included.
+    let head = method == Method::HEAD;
+    let method = if head { Method::GET } else { method };
+    let answer = match (method, path.as_str()) {
         (Method::POST, "/v4/sip") => post_sip(&app, req, request_id).await,
         (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], request_id),
         (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
         (Method::GET, "/readyz") => readyz(&app),
         (Method::GET, "/metrics") => metrics(&app),
         (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::openapi::document(&app.rules.load())),
-        (_, "/v4/sip" | "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json") => problem(&Problem::MethodNotAllowed, &path, request_id),
-        _ => problem(&Problem::NotFound, &path, request_id),
+        _ => match allowed(&path) {
+            Some(allow) => problem(&Problem::MethodNotAllowed { allow }, &path, request_id),
+            None => problem(&Problem::NotFound, &path, request_id),
+        },
+    };
+    if head {
+        without_body(answer)
+    } else {
+        answer
     }
+}
+
+/// The answer to a HEAD: the GET's status and headers, with the length its body would have had.
+fn without_body(answer: Answer) -> Answer {
+    use hyper::body::Body as _;
+    let (mut parts, body) = answer.into_parts();
+    if let Some(n) = body.size_hint().exact() {
+        parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn is_json(req: &Request<Incoming>) -> bool {

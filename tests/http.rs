@@ -455,3 +455,88 @@ fn metrics_follow_prometheus_naming_and_the_readme_lists_every_one() {
     assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
 }
 
+/// What a new client expects of any HTTP API: a 405 names the methods the route takes (`Allow`),
+/// HEAD works wherever GET does (same status and headers, no body), a 401 names the scheme to use
+/// (`WWW-Authenticate: Bearer`), and every answer carries the server's request id, whatever id
+/// the client sent.
+#[test]
+fn methods_head_auth_challenge_and_request_id_follow_http_conventions() {
+    let server = TestServer::start(|_| {});
+    let key = server.key.clone();
+    let accepted = server.post(&case("public-completed-isolation"));
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let id = accepted.json()["request_id"].as_str().unwrap().to_string();
+    let status_path = format!("/v4/sip/{id}");
+    let mut wrong = Vec::new();
+
+    // 405 with Allow, on every route, for methods it does not take.
+    let routes: [(&str, &str, &[&str]); 6] = [
+        ("/v4/sip", "POST", &["GET", "PUT", "DELETE", "HEAD"]),
+        (&status_path, "GET, HEAD", &["POST", "PUT", "DELETE", "PATCH"]),
+        ("/healthz", "GET, HEAD", &["POST", "DELETE"]),
+        ("/readyz", "GET, HEAD", &["POST"]),
+        ("/metrics", "GET, HEAD", &["POST"]),
+        ("/v4/openapi.json", "GET, HEAD", &["POST"]),
+    ];
+    for (path, allow, refused) in routes {
+        for method in refused {
+            let a = request(server.addr, method, path, &[("X-API-Key", &key)], b"");
+            if a.status != 405 || a.header("allow") != Some(allow) {
+                wrong.push(format!("{method} {path}: {} Allow {:?}, want 405 Allow {allow:?}", a.status, a.header("allow")));
+            }
+        }
+    }
+
+    // HEAD on every GET route: the GET's status and headers, no body.
+    for path in ["/healthz", "/readyz", "/metrics", "/v4/openapi.json", status_path.as_str()] {
+        let get = request(server.addr, "GET", path, &[("X-API-Key", &key)], b"");
+        let head = request(server.addr, "HEAD", path, &[("X-API-Key", &key)], b"");
+        if head.status != get.status || head.header("content-type") != get.header("content-type") || !head.body.is_empty() {
+            wrong.push(format!("HEAD {path}: {} {:?} body {} bytes; GET: {} {:?}", head.status, head.header("content-type"), head.body.len(), get.status, get.header("content-type")));
+        }
+        // /metrics and the status change between two calls; the others are the same bytes.
+        if !path.starts_with("/metrics") && !path.starts_with("/v4/sip/") && head.header("content-length") != get.header("content-length") {
+            wrong.push(format!("HEAD {path}: Content-Length {:?}, GET {:?}", head.header("content-length"), get.header("content-length")));
+        }
+        if path.starts_with("/v4/sip/") && head.header("ratelimit").is_none() {
+            wrong.push(format!("HEAD {path}: no RateLimit"));
+        }
+    }
+
+    // 401 names the scheme.
+    for (method, path) in [("POST", "/v4/sip"), ("GET", status_path.as_str())] {
+        let a = request(server.addr, method, path, &[("Content-Type", "application/json"), ("X-API-Key", "fgk_unknown")], b"{}");
+        if a.status != 401 || !a.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")) {
+            wrong.push(format!("{method} {path} with an unknown key: {} WWW-Authenticate {:?}", a.status, a.header("www-authenticate")));
+        }
+    }
+
+    // Every answer carries our request id; a problem's body names the same one; a client's own
+    // X-Request-Id or traceparent is never echoed.
+    let sent = [("X-API-Key", key.as_str()), ("Content-Type", "application/json"), ("X-Request-Id", "client-chosen-id"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")];
+    let answers = [
+        ("POST /v4/sip 200", request(server.addr, "POST", "/v4/sip", &sent, &{
+            let mut b: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
+            b["job_details"]["job_id"] = Value::String("request-id-test".into());
+            serde_json::to_vec(&b).unwrap()
+        })),
+        ("POST /v4/sip 400", request(server.addr, "POST", "/v4/sip", &sent, b"{}")),
+        ("GET status", request(server.addr, "GET", &status_path, &sent, b"")),
+        ("404", request(server.addr, "GET", "/nothing", &sent, b"")),
+        ("405", request(server.addr, "DELETE", "/v4/sip", &sent, b"")),
+        ("401", request(server.addr, "POST", "/v4/sip", &[("X-Request-Id", "client-chosen-id")], b"{}")),
+        ("healthz", request(server.addr, "GET", "/healthz", &sent, b"")),
+        ("HEAD metrics", request(server.addr, "HEAD", "/metrics", &sent, b"")),
+    ];
+    for (what, a) in &answers {
+        match a.header("x-request-id") {
+            Some(v) if v.len() == 26 && v.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                if a.status >= 400 && a.json()["request_id"] != *v {
+                    wrong.push(format!("{what}: X-Request-Id {v} but the problem names {}", a.json()["request_id"]));
+                }
+            }
+            other => wrong.push(format!("{what}: {} X-Request-Id {other:?}, want the server's id", a.status)),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
