@@ -400,7 +400,11 @@ fn metrics_follow_prometheus_naming_and_the_readme_lists_every_one() {
     let server = TestServer::start(|_| {});
     assert_eq!(server.post(&case("s01-all-flows")).status, 200);
     assert_eq!(server.post(&case("public-bad-mpan-check-digit")).status, 400);
-    server.wait_for("delivery", || common::usr_files(&server.data.join("dtn")).len() == 4);
+    // The files reach the folder a moment before the dispatcher counts them: wait for the count.
+    server.wait_for("delivery to be counted", || {
+        let m = server.get("/metrics").text();
+        m.lines().any(|l| l == "flowgate_flows_delivered_total{flow=\"D0396\"} 1") || m.lines().any(|l| l == "flowgate_flows_delivered 4")
+    });
     let text = server.get("/metrics").text();
     let (types, sampled) = families(&text);
     let mut wrong = Vec::new();
