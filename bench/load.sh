@@ -185,10 +185,10 @@ SAT_NON2XX=$(pct "$WORK/sat.txt" errors_status)
 SAT_DUR_US=$(pct "$WORK/sat.txt" duration_us)
 SAT_SOCKERR=$(( $(pct "$WORK/sat.txt" errors_connect) + $(pct "$WORK/sat.txt" errors_read) + $(pct "$WORK/sat.txt" errors_write) + $(pct "$WORK/sat.txt" errors_timeout) ))
 SAT_OK_RPS=$(awk -v n="$SAT_REQS" -v e="$SAT_NON2XX" -v d="$SAT_DUR_US" 'BEGIN { printf "%.0f", (n - e) / (d / 1e6) }')
-C0=$(metric "$WORK/metrics.before" flowgate_store_commits)
-C1=$(metric "$WORK/metrics.after" flowgate_store_commits)
-A0=$(metric "$WORK/metrics.before" flowgate_store_commit_accepts)
-A1=$(metric "$WORK/metrics.after" flowgate_store_commit_accepts)
+C0=$(metric "$WORK/metrics.before" flowgate_store_commits_total)
+C1=$(metric "$WORK/metrics.after" flowgate_store_commits_total)
+A0=$(metric "$WORK/metrics.before" flowgate_store_commit_accepts_total)
+A1=$(metric "$WORK/metrics.after" flowgate_store_commit_accepts_total)
 LARGEST=$(metric "$WORK/metrics.after" flowgate_store_largest_commit_batch)
 COMMITS=$((C1 - C0))
 ACCEPTS=$((A1 - A0))
@@ -211,7 +211,7 @@ wrk_run "$WORK/replay.txt" "$GW_URL" replay
 scrape "$WORK/metrics.replay.after"
 REPLAY_RPS=$(rps "$WORK/replay.txt")
 REPLAY_NON2XX=$(pct "$WORK/replay.txt" errors_status)
-REPLAY_ACCEPTS=$(( $(metric "$WORK/metrics.replay.after" flowgate_store_commit_accepts) - $(metric "$WORK/metrics.replay.before" flowgate_store_commit_accepts) ))
+REPLAY_ACCEPTS=$(( $(metric "$WORK/metrics.replay.after" flowgate_store_commit_accepts_total) - $(metric "$WORK/metrics.replay.before" flowgate_store_commit_accepts_total) ))
 
 # (e) memory after the whole run.
 END_RSS=$(status_kb "$GW_PID" VmRSS)

@@ -232,14 +232,14 @@ pub struct DispatchStats {
     pub archived: AtomicU64,
     /// Requests whose job another instance had archived first: their flows are not sent.
     pub duplicates: AtomicU64,
-    /// Per-flow counters (`flowgate_flows_delivered_total{flow}` and the like), rendered with
-    /// the server's metrics.
-    pub metrics: Metrics,
+    /// Per-flow counters (`flowgate_flows_delivered_total{flow}` and the like): the server's own
+    /// registry when it runs, so they are exposed with the rest.
+    pub metrics: Arc<Metrics>,
 }
 
 impl DispatchStats {
-    fn count(&self, name: &str, help: &'static str, flow: &str) {
-        self.metrics.inc(name, help, &[("flow", flow)], 1.0);
+    fn count(&self, name: &str, flow: &str) {
+        self.metrics.inc(name, &[("flow", flow)], 1.0);
     }
 }
 
@@ -379,24 +379,25 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
                     }
                     (FileKind::Flow, Ok(PutOutcome::Created)) => {
                         stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flows_delivered_total", "Flow files delivered, by flow", &attempt.flow);
+                        stats.count("flowgate_flows_delivered_total", &attempt.flow);
                         Delivery::Delivered { at }
                     }
                     (FileKind::Flow, Ok(PutOutcome::AlreadyThere)) => {
                         stats.already_there.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flows_delivered_total", "Flow files delivered, by flow", &attempt.flow);
+                        stats.count("flowgate_flows_delivered_total", &attempt.flow);
+                        stats.count("flowgate_flows_found_delivered_total", &attempt.flow);
                         Delivery::Delivered { at }
                     }
                     (FileKind::Flow, Ok(PutOutcome::Different(_))) => {
                         stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flow_conflicts_total", "Flow files found with different bytes in the store (alarms), by flow", &attempt.flow);
+                        stats.count("flowgate_flow_conflicts_total", &attempt.flow);
                         tracing::error!(object = %name, "ALARM: the store holds different bytes under this object name; not overwritten");
                         Delivery::Conflict { error: "the store holds different bytes under this name".into() }
                     }
                     (kind, Err(e)) => {
                         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                         let label = if kind == FileKind::Archive { "archive" } else { attempt.flow.as_str() };
-                        stats.count("flowgate_flow_delivery_failures_total", "Failed delivery attempts, by flow (archive: job archives)", label);
+                        stats.count("flowgate_flow_delivery_failures_total", label);
                         let entry = not_before.entry(name.clone()).or_insert((0, now));
                         entry.0 += 1;
                         entry.1 = Instant::now() + backoff.delay(entry.0);

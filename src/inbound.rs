@@ -217,7 +217,7 @@ impl Poller {
     }
 
     fn failed(&self) {
-        self.app.metrics.inc("flowgate_inbound_errors_total", "Inbound polls, files and ledger entries that failed (retried)", &[], 1.0);
+        self.app.metrics.inc("flowgate_inbound_errors_total", &[], 1.0);
     }
 
     fn where_(&self) -> String {
@@ -340,7 +340,7 @@ impl Poller {
                 FileOutcome::Unmatched(_) => "unmatched",
                 FileOutcome::Rejected(_) => "rejected",
             };
-            self.app.metrics.inc("flowgate_inbound_files_total", "Incoming flow files recorded, by outcome", &[("outcome", label)], 1.0);
+            self.app.metrics.inc("flowgate_inbound_files_total", &[("outcome", label)], 1.0);
         }
         match &outcome {
             FileOutcome::Matched(ids) if new => tracing::info!(file = %name, flow, requests = ids.len(), "inbound flow matched"),

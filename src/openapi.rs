@@ -11,8 +11,56 @@ fn problem_response(description: &str) -> Value {
     })
 }
 
+/// A 401: the problem, and the scheme to authenticate with.
+fn unauthorized() -> Value {
+    let mut r = problem_response("No key, or an unknown key");
+    r["headers"] = json!({ "WWW-Authenticate": { "description": "The scheme to use: Bearer (X-API-Key works as well)", "schema": { "type": "string" } } });
+    r
+}
+
 /// OpenAPI 3.1 for the v4 API; the request body schema is the one the gateway validates with.
 pub fn document(set: &RuleSet) -> Value {
+    let mut doc = paths_and_components(set);
+    conventions(&mut doc);
+    doc
+}
+
+/// What every operation shares, added in one place so no operation can miss it: `X-Request-Id`
+/// on every answer, a 405 with `Allow`, and a HEAD beside every GET (its answers without bodies).
+fn conventions(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        if let Some(get) = item.get("get").cloned() {
+            let mut head = get;
+            if let Some(id) = head["operationId"].as_str().and_then(|id| id.strip_prefix("get")) {
+                head["operationId"] = Value::String(format!("head{id}"));
+            }
+            if let Some(summary) = head["summary"].as_str() {
+                head["summary"] = Value::String(format!("{summary} (headers only)"));
+            }
+            if let Some(responses) = head.get_mut("responses").and_then(Value::as_object_mut) {
+                for r in responses.values_mut() {
+                    if let Some(r) = r.as_object_mut() {
+                        r.remove("content");
+                    }
+                }
+            }
+            item.insert("head".into(), head);
+        }
+        for op in item.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+            for r in responses.values_mut() {
+                if r.get("$ref").is_none() {
+                    r["headers"]["X-Request-Id"] = json!({ "$ref": "#/components/headers/X-Request-Id" });
+                }
+            }
+            responses.insert("405".into(), json!({ "$ref": "#/components/responses/MethodNotAllowed" }));
+        }
+    }
+}
+
+fn paths_and_components(set: &RuleSet) -> Value {
     let mut body_schema = set.schema.document().clone();
     if let Some(o) = body_schema.as_object_mut() {
         o.remove("$schema");
@@ -32,6 +80,19 @@ pub fn document(set: &RuleSet) -> Value {
             "description": format!("Rule set {}", set.revision),
         },
         "components": {
+            "headers": {
+                "X-Request-Id": { "description": "The server's id for this request, as its logs name it (a client's own X-Request-Id is logged beside it, never echoed)", "schema": { "type": "string" } }
+            },
+            "responses": {
+                "MethodNotAllowed": {
+                    "description": "The route does not take this method",
+                    "headers": {
+                        "Allow": { "description": "The methods the route takes", "schema": { "type": "string" } },
+                        "X-Request-Id": { "$ref": "#/components/headers/X-Request-Id" }
+                    },
+                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                }
+            },
             "securitySchemes": {
                 "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
                 "bearer": { "type": "http", "scheme": "bearer" }
@@ -77,6 +138,7 @@ pub fn document(set: &RuleSet) -> Value {
         "paths": {
             "/v4/sip": {
                 "post": {
+                    "operationId": "submitSipJob",
                     "summary": "Report one SIP job; answers with the scenario and the flows queued",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
                     "responses": {
@@ -85,7 +147,7 @@ pub fn document(set: &RuleSet) -> Value {
                             "Idempotent-Replayed": { "description": "true when this is the first answer again", "schema": { "type": "string" } } },
                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
                         "400": problem_response("The body is not JSON, not an object, fails the schema or a rule (every problem is listed), or it ended early or was badly chunked"),
-                        "401": problem_response("No key, or an unknown key"),
+                        "401": unauthorized(),
                         "408": problem_response("The body was not received in time"),
                         "409": problem_response("A different body was already accepted for this job_id"),
                         "413": problem_response("The body is too large"),
@@ -101,18 +163,27 @@ pub fn document(set: &RuleSet) -> Value {
             },
             "/v4/sip/{request_id}": {
                 "get": {
-                    "summary": "Status of an accepted request: its answer, flow deliveries and incoming flows",
+                    "operationId": "getSipRequest",
+                    "summary": "Status of an accepted request: its answer, flow deliveries and incoming flows (counted against the calling key's rate limit)",
                     "parameters": [ { "name": "request_id", "in": "path", "required": true, "schema": { "type": "string" } } ],
                     "responses": {
-                        "200": { "description": "The request's status", "content": { "application/json": { "schema": { "type": "object" } } } },
-                        "401": problem_response("No key, or an unknown key"),
-                        "404": problem_response("No request with this id for this key")
+                        "200": { "description": "The request's status", "headers": {
+                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
+                            "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": unauthorized(),
+                        "404": problem_response("No request with this id for this client"),
+                        "429": { "description": "Rate limited", "headers": {
+                            "Retry-After": { "schema": { "type": "integer" } },
+                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
+                            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } },
+                        "503": problem_response("The store could not be read")
                     }
                 }
             },
-            "/healthz": { "get": { "summary": "Alive", "security": [], "responses": { "200": { "description": "alive" } } } },
-            "/readyz": { "get": { "summary": "Rule set loaded and store writable", "security": [], "responses": { "200": { "description": "ready" }, "503": { "description": "not ready" } } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition" } } } }
+            "/healthz": { "get": { "operationId": "getHealth", "summary": "Alive", "security": [], "responses": { "200": { "description": "alive" } } } },
+            "/readyz": { "get": { "operationId": "getReadiness", "summary": "Rule set loaded and store writable", "security": [], "responses": { "200": { "description": "ready" }, "503": { "description": "not ready" } } } },
+            "/metrics": { "get": { "operationId": "getMetrics", "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition" } } } },
+            "/v4/openapi.json": { "get": { "operationId": "getOpenApi", "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
         }
     })
 }

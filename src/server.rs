@@ -50,7 +50,8 @@ pub struct App {
     pub keys: Arc<ArcSwap<KeyState>>,
     pub store: Store,
     pub clock: Clock,
-    pub metrics: Metrics,
+    /// One registry for the server and the dispatcher, so each family is exposed once.
+    pub metrics: Arc<Metrics>,
     pub dispatch: Arc<DispatchStats>,
     pub rules_reload: Mutex<ReloadStatus>,
     pub keys_reload: Mutex<ReloadStatus>,
@@ -123,13 +124,14 @@ impl App {
             Some(files) => Some(ArcSwap::from_pointee(tls_acceptor(files).map_err(StartError::Tls)?)),
             None => None,
         };
+        let metrics = Arc::new(Metrics::default());
         let app = App {
             rules: Arc::new(ArcSwap::from_pointee(set)),
             keys: Arc::new(ArcSwap::from_pointee(KeyState { keys, limits })),
             store,
             clock,
-            metrics: Metrics::default(),
-            dispatch: Arc::new(DispatchStats::default()),
+            dispatch: Arc::new(DispatchStats { metrics: metrics.clone(), ..DispatchStats::default() }),
+            metrics,
             rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
             keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
             tls,
@@ -138,7 +140,7 @@ impl App {
             body_budget: Arc::new(tokio::sync::Semaphore::new(config.body_budget_kib())),
             config,
         };
-        app.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &app.rules.load().revision)], 1.0);
+        app.metrics.set("flowgate_ruleset_info", &[("revision", &app.rules.load().revision)], 1.0);
         Ok(Arc::new(app))
     }
 
@@ -152,15 +154,15 @@ impl App {
                 let old = self.rules.load().revision.clone();
                 let revision = set.revision.clone();
                 self.rules.store(Arc::new(set));
-                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "ok")], 1.0);
-                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &old)], 0.0);
-                self.metrics.set("flowgate_ruleset_info", "The active rule set revision", &[("revision", &revision)], 1.0);
+                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "ok")], 1.0);
+                self.metrics.set("flowgate_ruleset_info", &[("revision", &old)], 0.0);
+                self.metrics.set("flowgate_ruleset_info", &[("revision", &revision)], 1.0);
                 tracing::info!(%revision, previous = %old, "rule set reloaded");
                 *status = ReloadStatus { ok: true, at: status.at.clone(), error: None };
                 Ok(revision)
             }
             Err(e) => {
-                self.metrics.inc("flowgate_rule_reloads_total", "Rule set reloads by result", &[("result", "failed")], 1.0);
+                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "failed")], 1.0);
                 tracing::error!(error = %e, serving = %self.rules.load().revision, "rule edit refused; the running rule set stays");
                 status.ok = false;
                 status.error = Some(e.clone());
@@ -285,10 +287,22 @@ fn json_answer(status: StatusCode, content_type: &'static str, body: &Value) -> 
 fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
     let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = json_answer(status, "application/problem+json", &p.body(instance, request_id));
-    if let Problem::RateLimited { retry_after_secs } | Problem::Busy { retry_after_secs } = p {
-        if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-            r.headers_mut().insert("retry-after", v);
+    match p {
+        Problem::RateLimited { retry_after_secs } | Problem::Busy { retry_after_secs } => {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert("retry-after", v);
+            }
         }
+        // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with (X-API-Key is ours
+        // alone; Bearer is the standard one the server also takes).
+        Problem::Unauthorized => {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"flowgate\""));
+        }
+        // RFC 9110 §15.5.6: a 405 lists the methods the route takes.
+        Problem::MethodNotAllowed { allow } => {
+            r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
     }
     r
 }
@@ -324,6 +338,23 @@ fn route_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
+/// The methods a path's route takes (HEAD wherever GET is), for a 405's `Allow`; `None` for a
+/// path that is no route (404).
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/v4/sip" => Some("POST"),
+        p if p.starts_with("/v4/sip/") => Some("GET, HEAD"),
+        "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json" => Some("GET, HEAD"),
+        _ => None,
+    }
+}
+
+/// A header value a client sent, fit for a log field: printable ASCII only, at most 128 bytes.
+/// Logged beside our own id so a client's trace can be followed here; never put in an answer.
+pub fn loggable(value: &[u8]) -> String {
+    value.iter().filter(|b| (0x20..=0x7e).contains(*b)).take(128).map(|b| char::from(*b)).collect()
+}
+
 /// Routes one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let started = Instant::now();
@@ -333,14 +364,34 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Inf
     let request_id = ulid::Ulid::new().to_string();
     // One span per request; the client and rule set are recorded once known. Never the key,
     // the body, or anything personal.
-    let span = tracing::info_span!("request", %request_id, %route, client = tracing::field::Empty, key_id = tracing::field::Empty, ruleset = tracing::field::Empty);
-    let answer = route_request(&app, req, method, &path, &request_id).instrument(span.clone()).await;
+    let span = tracing::info_span!(
+        "request",
+        %request_id,
+        %route,
+        client_request_id = tracing::field::Empty,
+        traceparent = tracing::field::Empty,
+        client = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+        ruleset = tracing::field::Empty
+    );
+    if let Some(v) = req.headers().get("x-request-id") {
+        span.record("client_request_id", loggable(v.as_bytes()).as_str());
+    }
+    if let Some(v) = req.headers().get("traceparent") {
+        span.record("traceparent", loggable(v.as_bytes()).as_str());
+    }
+    let mut answer = route_request(&app, req, method, &path, &request_id).instrument(span.clone()).await;
+    // Every answer names our id for this request (a ULID: always a valid header value), the one
+    // the logs carry, so a client can quote it.
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        answer.headers_mut().insert("x-request-id", v);
+    }
     let status = answer.status().as_u16();
     let elapsed = started.elapsed();
     span.in_scope(|| tracing::info!(status, micros = elapsed.as_micros() as u64, "answered"));
     let status = status.to_string();
-    app.metrics.inc("flowgate_http_requests_total", "HTTP requests by route and status", &[("route", route), ("status", &status)], 1.0);
-    app.metrics.observe("flowgate_http_request_duration_seconds", "Time to answer, by route", &[("route", route)], elapsed.as_secs_f64());
+    app.metrics.inc("flowgate_http_requests_total", &[("route", route), ("status", &status)], 1.0);
+    app.metrics.observe("flowgate_http_request_duration_seconds", &[("route", route)], elapsed.as_secs_f64());
     Ok(answer)
 }
 
@@ -349,16 +400,37 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>, method: Method, p
     let request_id = request_id.to_string();
     let request_id = request_id.as_str();
     let path = path.to_string();
-    match (method, path.as_str()) {
+    // HEAD is answered as GET is, then the body is dropped (RFC 9110 §9.3.2): same status and
+    // headers, Content-Length included.
+    let head = method == Method::HEAD;
+    let method = if head { Method::GET } else { method };
+    let answer = match (method, path.as_str()) {
         (Method::POST, "/v4/sip") => post_sip(&app, req, request_id).await,
         (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], request_id),
         (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
         (Method::GET, "/readyz") => readyz(&app),
         (Method::GET, "/metrics") => metrics(&app),
         (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::openapi::document(&app.rules.load())),
-        (_, "/v4/sip" | "/healthz" | "/readyz" | "/metrics" | "/v4/openapi.json") => problem(&Problem::MethodNotAllowed, &path, request_id),
-        _ => problem(&Problem::NotFound, &path, request_id),
+        _ => match allowed(&path) {
+            Some(allow) => problem(&Problem::MethodNotAllowed { allow }, &path, request_id),
+            None => problem(&Problem::NotFound, &path, request_id),
+        },
+    };
+    if head {
+        without_body(answer)
+    } else {
+        answer
     }
+}
+
+/// The answer to a HEAD: the GET's status and headers, with the length its body would have had.
+fn without_body(answer: Answer) -> Answer {
+    use hyper::body::Body as _;
+    let (mut parts, body) = answer.into_parts();
+    if let Some(n) = body.size_hint().exact() {
+        parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 fn is_json(req: &Request<Incoming>) -> bool {
@@ -398,7 +470,7 @@ fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result
     tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
     let limit = app.keys.load().limits.check(&client.key_id);
     if let Limit::Limited { retry_after, .. } = limit {
-        app.metrics.inc("flowgate_rate_limited_total", "Requests refused by the rate limit", &[], 1.0);
+        app.metrics.inc("flowgate_rate_limited_total", &[], 1.0);
         let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
         return Err(Box::new(with_limit_headers(problem(&p, instance, request_id), &limit)));
     }
@@ -440,7 +512,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     let _budget = match tokio::time::timeout(wait, app.body_budget.clone().acquire_many_owned(cost)).await {
         Ok(Ok(permit)) => permit,
         _ => {
-            app.metrics.inc("flowgate_body_budget_refusals_total", "Bodies refused unread because the body memory budget was taken", &[], 1.0);
+            app.metrics.inc("flowgate_body_budget_refusals_total", &[], 1.0);
             tracing::warn!(status = 503, cost_kib = cost, "body budget taken; refused unread");
             return problem(&Problem::Busy { retry_after_secs: 1 }, instance, request_id);
         }
@@ -481,19 +553,19 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
     match decision.verdict {
         Verdict::Rejected(errors) => {
             for e in &errors {
-                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &e.rule)], 1.0);
+                app.metrics.inc("flowgate_validation_findings_total", &[("rule", &e.rule)], 1.0);
             }
             tracing::info!(status = 400, findings = errors.len(), "rejected");
             decided(&Problem::Invalid(errors), instance, request_id, &set.revision)
         }
         Verdict::Failed(f) => {
-            app.metrics.inc("flowgate_rule_failures_total", "Rules that failed at run time", &[("rule", &f.rule)], 1.0);
+            app.metrics.inc("flowgate_rule_failures_total", &[("rule", &f.rule)], 1.0);
             tracing::error!(status = 500, rule = %f.rule, error = %redacted(&f.message), "a rule failed at run time (`flowgate check` on the body shows the whole error)");
             decided(&Problem::RuleFailed { rule: f.rule }, instance, request_id, &set.revision)
         }
         Verdict::Accepted(a) => {
             for w in &a.warnings {
-                app.metrics.inc("flowgate_validation_findings_total", "Findings in rejected bodies, by rule", &[("rule", &w.rule)], 1.0);
+                app.metrics.inc("flowgate_validation_findings_total", &[("rule", &w.rule)], 1.0);
             }
             let flows: Vec<String> = a.flows.iter().map(|f| f.flow.clone()).collect();
             let scenario = a.scenario.clone();
@@ -517,9 +589,9 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             };
             match app.store.accept(new).await {
                 Ok(AcceptOutcome::Accepted(record)) => {
-                    app.metrics.inc("flowgate_scenarios_total", "Accepted requests by scenario", &[("scenario", &scenario)], 1.0);
+                    app.metrics.inc("flowgate_scenarios_total", &[("scenario", &scenario)], 1.0);
                     for f in &flows {
-                        app.metrics.inc("flowgate_flows_queued_total", "Flow files queued for delivery, by flow", &[("flow", f)], 1.0);
+                        app.metrics.inc("flowgate_flows_queued_total", &[("flow", f)], 1.0);
                     }
                     tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
                     json_answer(StatusCode::OK, "application/json", &record.answer)
@@ -665,11 +737,13 @@ fn metrics(app: &App) -> Answer {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &app.metrics;
     let s = &app.store.stats;
-    m.set("flowgate_store_commits", "Store commits (fsyncs) since start", &[], s.commits.load(Relaxed) as f64);
-    m.set("flowgate_store_commit_accepts", "Requests accepted in those commits", &[], s.accepts.load(Relaxed) as f64);
-    m.set("flowgate_store_largest_commit_batch", "Most requests that shared one commit", &[], s.largest_batch.load(Relaxed) as f64);
+    // Counters kept as atomics by the store and the dispatcher, copied in at each scrape; the
+    // type each is exposed with comes from the one table of families (metrics::FAMILIES).
+    m.set("flowgate_store_commits_total", &[], s.commits.load(Relaxed) as f64);
+    m.set("flowgate_store_commit_accepts_total", &[], s.accepts.load(Relaxed) as f64);
+    m.set("flowgate_store_largest_commit_batch", &[], s.largest_batch.load(Relaxed) as f64);
     if let Ok(n) = app.store.pending_count() {
-        m.set("flowgate_outbox_depth", "Flow files waiting for delivery", &[], n as f64);
+        m.set("flowgate_outbox_depth", &[], n as f64);
     }
     // Age of the oldest undelivered file: when its request was accepted.
     let accepted_at = {
@@ -690,18 +764,13 @@ fn metrics(app: &App) -> Answer {
         }
     };
     let age = accepted_at.map_or(0.0, |t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0));
-    m.set("flowgate_outbox_oldest_age_seconds", "Age of the oldest undelivered flow file (0 when none)", &[], age);
+    m.set("flowgate_outbox_oldest_age_seconds", &[], age);
     let d = &app.dispatch;
-    m.set("flowgate_flows_delivered", "Flow files delivered since start", &[], d.delivered.load(Relaxed) as f64);
-    m.set("flowgate_flows_found_delivered", "Flow files found already delivered (same bytes)", &[], d.already_there.load(Relaxed) as f64);
-    m.set("flowgate_flow_delivery_failures", "Failed delivery attempts since start", &[], d.failed_attempts.load(Relaxed) as f64);
-    m.set("flowgate_flow_conflicts", "Objects found with different bytes (alarms)", &[], d.conflicts.load(Relaxed) as f64);
-    m.set("flowgate_job_archives_delivered", "Job archives written (or found with the same bytes) since start", &[], d.archived.load(Relaxed) as f64);
-    m.set("flowgate_job_duplicates", "Requests whose job another instance had archived first (flows not sent)", &[], d.duplicates.load(Relaxed) as f64);
-    // Per-flow delivery counters live with the dispatcher; the names differ, so appending is safe.
-    let mut text = m.render();
-    text.push_str(&d.metrics.render());
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    // Flow deliveries, conflicts and failures are counted by flow as they happen, in the same
+    // registry (`DispatchStats::metrics`); only the unlabelled job counters are copied here.
+    m.set("flowgate_job_archives_delivered_total", &[], d.archived.load(Relaxed) as f64);
+    m.set("flowgate_job_duplicates_total", &[], d.duplicates.load(Relaxed) as f64);
+    let mut r = Response::new(Full::new(Bytes::from(m.render())));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }

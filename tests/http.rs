@@ -373,3 +373,174 @@ fn long_non_ascii_job_ids_are_delivered_to_the_local_folder() {
     let again = server.post(&serde_json::to_vec(&v).unwrap());
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
 }
+
+/// The families of a text exposition: name → the types its `# TYPE` lines give, and the names
+/// its samples carry (histogram samples under their family's name).
+fn families(text: &str) -> (std::collections::BTreeMap<String, Vec<String>>, std::collections::BTreeSet<String>) {
+    let mut types: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut sampled = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.entry(name.to_string()).or_default().push(kind.to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t.contains(&"histogram".to_string())))).unwrap_or(name);
+            sampled.insert(family.to_string());
+        }
+    }
+    (types, sampled)
+}
+
+/// Prometheus conventions, as a new user's dashboards and alerts assume them: every cumulative
+/// series is a counter named `_total`, a gauge never is, no name has two types, every sample has
+/// a type, and the README's metrics table names exactly what `/metrics` shows, with its type.
+#[test]
+fn metrics_follow_prometheus_naming_and_the_readme_lists_every_one() {
+    let server = TestServer::start(|_| {});
+    assert_eq!(server.post(&case("s01-all-flows")).status, 200);
+    assert_eq!(server.post(&case("public-bad-mpan-check-digit")).status, 400);
+    // The files reach the folder a moment before the dispatcher counts them: wait for the count.
+    server.wait_for("delivery to be counted", || {
+        let m = server.get("/metrics").text();
+        m.lines().any(|l| l == "flowgate_flows_delivered_total{flow=\"D0396\"} 1") || m.lines().any(|l| l == "flowgate_flows_delivered 4")
+    });
+    let text = server.get("/metrics").text();
+    let (types, sampled) = families(&text);
+    let mut wrong = Vec::new();
+    for (name, kinds) in &types {
+        if kinds.len() != 1 {
+            wrong.push(format!("{name} has {} TYPE lines: {kinds:?}", kinds.len()));
+        }
+        let counter = kinds.iter().any(|k| k == "counter");
+        if name.ends_with("_total") != counter {
+            wrong.push(format!("{name} is a {kinds:?}: a counter, and only a counter, is named _total"));
+        }
+    }
+    for name in &sampled {
+        if !types.contains_key(name) {
+            wrong.push(format!("{name} has samples but no TYPE"));
+        }
+    }
+    // The counts a user would graph after this traffic.
+    for series in ["flowgate_flows_delivered_total{flow=\"D0396\"}", "flowgate_job_archives_delivered_total", "flowgate_store_commits_total"] {
+        let v: f64 = text.lines().find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' '))).map_or(0.0, |v| v.parse().unwrap());
+        if v < 1.0 {
+            wrong.push(format!("{series} is {v} after delivery"));
+        }
+    }
+    // The README's table: | `name` | type | meaning |
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let listed: std::collections::BTreeMap<String, String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `flowgate_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('`')?;
+            let kind = rest.trim_start_matches([' ', '|']).split('|').next()?.trim();
+            Some((format!("flowgate_{name}"), kind.to_string()))
+        })
+        .collect();
+    let exposed: std::collections::BTreeMap<String, String> = types.iter().map(|(n, k)| (n.clone(), k[0].clone())).collect();
+    if listed != exposed {
+        let only_readme: Vec<_> = listed.iter().filter(|(n, k)| exposed.get(*n) != Some(k)).collect();
+        let only_metrics: Vec<_> = exposed.iter().filter(|(n, k)| listed.get(*n) != Some(k)).collect();
+        wrong.push(format!("README and /metrics differ: README only (or other type) {only_readme:?}; /metrics only (or other type) {only_metrics:?}"));
+    }
+    // Every metric name the README and the docs mention is one /metrics shows.
+    for file in ["README.md", "docs/deployment.md", "docs/PROOF.md"] {
+        let doc = std::fs::read_to_string(common::repo().join(file)).unwrap();
+        for (i, _) in doc.match_indices("flowgate_") {
+            let name: String = doc[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            if !exposed.contains_key(&name) {
+                wrong.push(format!("{file} names {name}, which /metrics does not show"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+}
+
+/// What a new client expects of any HTTP API: a 405 names the methods the route takes (`Allow`),
+/// HEAD works wherever GET does (same status and headers, no body), a 401 names the scheme to use
+/// (`WWW-Authenticate: Bearer`), and every answer carries the server's request id, whatever id
+/// the client sent.
+#[test]
+fn methods_head_auth_challenge_and_request_id_follow_http_conventions() {
+    let server = TestServer::start(|_| {});
+    let key = server.key.clone();
+    let accepted = server.post(&case("public-completed-isolation"));
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let id = accepted.json()["request_id"].as_str().unwrap().to_string();
+    let status_path = format!("/v4/sip/{id}");
+    let mut wrong = Vec::new();
+
+    // 405 with Allow, on every route, for methods it does not take.
+    let routes: [(&str, &str, &[&str]); 6] = [
+        ("/v4/sip", "POST", &["GET", "PUT", "DELETE", "HEAD"]),
+        (&status_path, "GET, HEAD", &["POST", "PUT", "DELETE", "PATCH"]),
+        ("/healthz", "GET, HEAD", &["POST", "DELETE"]),
+        ("/readyz", "GET, HEAD", &["POST"]),
+        ("/metrics", "GET, HEAD", &["POST"]),
+        ("/v4/openapi.json", "GET, HEAD", &["POST"]),
+    ];
+    for (path, allow, refused) in routes {
+        for method in refused {
+            let a = request(server.addr, method, path, &[("X-API-Key", &key)], b"");
+            if a.status != 405 || a.header("allow") != Some(allow) {
+                wrong.push(format!("{method} {path}: {} Allow {:?}, want 405 Allow {allow:?}", a.status, a.header("allow")));
+            }
+        }
+    }
+
+    // HEAD on every GET route: the GET's status and headers, no body.
+    for path in ["/healthz", "/readyz", "/metrics", "/v4/openapi.json", status_path.as_str()] {
+        let get = request(server.addr, "GET", path, &[("X-API-Key", &key)], b"");
+        let head = request(server.addr, "HEAD", path, &[("X-API-Key", &key)], b"");
+        if head.status != get.status || head.header("content-type") != get.header("content-type") || !head.body.is_empty() {
+            wrong.push(format!("HEAD {path}: {} {:?} body {} bytes; GET: {} {:?}", head.status, head.header("content-type"), head.body.len(), get.status, get.header("content-type")));
+        }
+        // /metrics and the status change between two calls; the others are the same bytes.
+        if !path.starts_with("/metrics") && !path.starts_with("/v4/sip/") && head.header("content-length") != get.header("content-length") {
+            wrong.push(format!("HEAD {path}: Content-Length {:?}, GET {:?}", head.header("content-length"), get.header("content-length")));
+        }
+        if path.starts_with("/v4/sip/") && head.header("ratelimit").is_none() {
+            wrong.push(format!("HEAD {path}: no RateLimit"));
+        }
+    }
+
+    // 401 names the scheme.
+    for (method, path) in [("POST", "/v4/sip"), ("GET", status_path.as_str())] {
+        let a = request(server.addr, method, path, &[("Content-Type", "application/json"), ("X-API-Key", "fgk_unknown")], b"{}");
+        if a.status != 401 || !a.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")) {
+            wrong.push(format!("{method} {path} with an unknown key: {} WWW-Authenticate {:?}", a.status, a.header("www-authenticate")));
+        }
+    }
+
+    // Every answer carries our request id; a problem's body names the same one; a client's own
+    // X-Request-Id or traceparent is never echoed.
+    let sent = [("X-API-Key", key.as_str()), ("Content-Type", "application/json"), ("X-Request-Id", "client-chosen-id"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")];
+    let answers = [
+        ("POST /v4/sip 200", request(server.addr, "POST", "/v4/sip", &sent, &{
+            let mut b: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
+            b["job_details"]["job_id"] = Value::String("request-id-test".into());
+            serde_json::to_vec(&b).unwrap()
+        })),
+        ("POST /v4/sip 400", request(server.addr, "POST", "/v4/sip", &sent, b"{}")),
+        ("GET status", request(server.addr, "GET", &status_path, &sent, b"")),
+        ("404", request(server.addr, "GET", "/nothing", &sent, b"")),
+        ("405", request(server.addr, "DELETE", "/v4/sip", &sent, b"")),
+        ("401", request(server.addr, "POST", "/v4/sip", &[("X-Request-Id", "client-chosen-id")], b"{}")),
+        ("healthz", request(server.addr, "GET", "/healthz", &sent, b"")),
+        ("HEAD metrics", request(server.addr, "HEAD", "/metrics", &sent, b"")),
+    ];
+    for (what, a) in &answers {
+        match a.header("x-request-id") {
+            Some(v) if v.len() == 26 && v.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                if a.status >= 400 && a.json()["request_id"] != *v {
+                    wrong.push(format!("{what}: X-Request-Id {v} but the problem names {}", a.json()["request_id"]));
+                }
+            }
+            other => wrong.push(format!("{what}: {} X-Request-Id {other:?}, want the server's id", a.status)),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

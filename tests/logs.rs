@@ -69,6 +69,11 @@ fn no_key_name_phone_address_postcode_or_photo_reaches_the_logs() {
     // A bad key is not logged either.
     common::request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", "fgk_not-a-real-key-1234")], b"{}");
     secrets.push("fgk_not-a-real-key-1234".into());
+    // A client's own request id and trace context are logged beside ours, printable ASCII only
+    // and at most 128 bytes of each.
+    let long = format!("trace-{}\u{e9}{}", "x".repeat(20), "y".repeat(300));
+    let kept: String = long.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(128).collect();
+    common::request(server.addr, "GET", "/healthz", &[("X-Request-Id", &long), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], b"");
     server.wait_for("deliveries", || common::usr_files(&server.data.join("dtn")).len() > 10);
     drop(server);
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
@@ -85,5 +90,9 @@ fn no_key_name_phone_address_postcode_or_photo_reaches_the_logs() {
         }
     }
     assert!(with_request_id >= requests, "every request is logged with its request id");
+    let client_id = format!("\"client_request_id\":\"{kept}\"");
+    assert!(lines.iter().any(|l| l.contains(&client_id)), "no line carries {client_id}");
+    assert!(!logs.contains(&format!("{kept}y")) && !logs.contains("xxx\u{e9}"), "the client's id is logged whole");
+    assert!(logs.contains("\"traceparent\":\"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\""), "traceparent is not logged");
     assert!(secrets.len() > 100, "the test looked for {} values", secrets.len());
 }

@@ -35,3 +35,63 @@ fn the_openapi_document_describes_every_status_and_validates_like_the_server() {
         assert_eq!(validator.is_valid(&body), set.schema.findings(&body).is_empty(), "{}", dir.display());
     }
 }
+
+/// What a client generator and a reader expect: every operation has a unique operationId, the
+/// status route declares its rate limit (429 with Retry-After and the RateLimit fields, the fields
+/// on its 200), every GET route its HEAD, and 405 (with Allow) and X-Request-Id are described.
+#[test]
+fn every_operation_is_named_and_declares_the_headers_and_statuses_the_server_sends() {
+    let server = common::TestServer::start(|_| {});
+    let doc = server.get("/v4/openapi.json").json();
+    let mut wrong = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let resolve = |v: &Value| -> Value {
+        match v["$ref"].as_str() {
+            Some(r) => doc.pointer(r.trim_start_matches('#')).cloned().unwrap_or(Value::Null),
+            None => v.clone(),
+        }
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            match op["operationId"].as_str() {
+                Some(id) if ids.insert(id.to_string()) => {}
+                other => wrong.push(format!("{what}: operationId {other:?} missing or repeated")),
+            }
+            let responses = op["responses"].as_object().unwrap();
+            for (status, r) in responses {
+                if resolve(&resolve(r)["headers"]["X-Request-Id"]).is_null() {
+                    wrong.push(format!("{what} {status}: X-Request-Id not described"));
+                }
+            }
+            let not_allowed = resolve(&op["responses"]["405"]);
+            if resolve(&not_allowed["headers"]["Allow"]).is_null() {
+                wrong.push(format!("{what}: no 405 with Allow"));
+            }
+        }
+        if item.get("get").is_some() && item.get("head").is_none() {
+            wrong.push(format!("{path}: GET without HEAD"));
+        }
+    }
+    for path in ["/v4/sip", "/v4/sip/{request_id}", "/healthz", "/readyz", "/metrics", "/v4/openapi.json"] {
+        if !doc["paths"][path].is_object() {
+            wrong.push(format!("{path} is not described"));
+        }
+    }
+    let get = &doc["paths"]["/v4/sip/{request_id}"]["get"]["responses"];
+    for h in ["RateLimit", "RateLimit-Policy"] {
+        if resolve(&get["200"]["headers"][h]).is_null() {
+            wrong.push(format!("GET /v4/sip/{{request_id}} 200 lacks {h}"));
+        }
+    }
+    for h in ["Retry-After", "RateLimit", "RateLimit-Policy"] {
+        if resolve(&get["429"]["headers"][h]).is_null() {
+            wrong.push(format!("GET /v4/sip/{{request_id}} 429 lacks {h}"));
+        }
+    }
+    let post = &doc["paths"]["/v4/sip"]["post"]["responses"];
+    if resolve(&post["401"]["headers"]["WWW-Authenticate"]).is_null() || resolve(&get["401"]["headers"]["WWW-Authenticate"]).is_null() {
+        wrong.push("401 does not describe WWW-Authenticate".into());
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -90,8 +90,13 @@ fn flow_objects(answer: &Value) -> Vec<String> {
 }
 
 /// One value from the Prometheus text (0 if absent).
+/// A family's value: its one unlabelled series, or the sum of its labelled ones (by flow).
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|r| if r.starts_with('{') { r.split_once("} ").map(|(_, v)| v) } else { r.strip_prefix(' ') })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -319,7 +324,7 @@ fn sigkill_mid_dispatch_then_restart_delivers_every_acknowledged_flow_once() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Ok(m) = common::try_request(addr, "GET", "/metrics", &[], b"") {
             let m = m.text();
-            let out = metric(&m, "flowgate_flows_delivered") + metric(&m, "flowgate_job_archives_delivered");
+            let out = metric(&m, "flowgate_flows_delivered_total") + metric(&m, "flowgate_job_archives_delivered_total");
             let depth = metric(&m, "flowgate_outbox_depth");
             if out >= threshold && depth > 0.0 {
                 mid_dispatch += 1;
@@ -345,9 +350,9 @@ fn sigkill_mid_dispatch_then_restart_delivers_every_acknowledged_flow_once() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(metric(&metrics, "flowgate_flow_conflicts"), 0.0, "{metrics}");
-    assert_eq!(metric(&metrics, "flowgate_job_duplicates"), 0.0, "{metrics}");
-    let found_again = metric(&metrics, "flowgate_flows_found_delivered");
+    assert_eq!(metric(&metrics, "flowgate_flow_conflicts_total"), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "flowgate_job_duplicates_total"), 0.0, "{metrics}");
+    let found_again = metric(&metrics, "flowgate_flows_found_delivered_total");
 
     // Every acknowledged object is in the bucket with the bytes the outbox recorded; every flow
     // file in the bucket is one of this store's, with distinct file ids.
