@@ -114,6 +114,9 @@ prun() {
 start_server() {
     local log=$1 pattern=$2
     shift 2
+    # Made first: the server opens them only once it runs, and the loop below reads them at once.
+    : >"$log.out"
+    : >"$log.err"
     "$@" >"$log.out" 2>"$log.err" &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
