@@ -13,8 +13,9 @@
 #   CRITERION=0 bench/load.sh     # no criterion run (its rows are left out of the report)
 #   NODE_PEER=0 bench/load.sh     # no Node peer (it needs node and npm; npm ci on first use)
 #   PHOTO_SECS=20 PHOTO_MAX=300   # the 8 MB run's duration and most requests (the defaults)
-#   PHOTO_DIR=DIR bench/load.sh   # where the photo section's data dirs go (default: the temp dir);
-#                                 # the report names its file system (on tmpfs an fsync is free)
+#   PHOTO_DIR=DIR bench/load.sh   # where the photo section's data dirs go (default: the temp dir,
+#                                 # which follows TMPDIR); the report names its file system
+#                                 # (on tmpfs an fsync is free)
 #   PERF=1 bench/load.sh          # also perf-records the gateway under saturation (bench/perf.txt)
 #   KEEP=1 bench/load.sh          # keep the temp data dir and server logs
 #   NOTE="..." bench/load.sh      # a line for the report, e.g. what else ran on the machine
