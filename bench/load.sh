@@ -527,7 +527,7 @@ photo_report() {
     schema=$(criterion_ns "$c8/schema")
     parse=$(criterion_ns "$c8/parse")
     scope=$(criterion_ns "$c8/rules-scope")
-    nsms() { [[ -n "$1" ]] && awk -v n="$1" 'BEGIN { printf "%.1f ms", n / 1e6 }' || echo n/a; }
+    nsms() { [[ -n "$1" ]] && awk -v n="$1" 'BEGIN { if (n >= 1e6) printf "%.1f ms", n / 1e6; else printf "%.1f µs", n / 1e3 }' || echo n/a; }
     local busy_note= fs_note=
     [[ "$PHOTO_FS" == tmpfs ]] && fs_note=" (memory: an fsync costs nothing there, so these figures leave the disk out)"
     if [[ $(busy "$G_LOAD_BEFORE") == 1 || $(busy "$H_LOAD_BEFORE") == 1 || $(busy "$PHOTO_LOAD_BEFORE") == 1 ]]; then
@@ -564,7 +564,7 @@ CPU, \`store.cache_mb\` 64, body limit 32 MiB). The data dirs were on a \`$PHOTO
 | (g) ~8 MB body, $PHOTO_CONNS connections, ${PHOTO_SECS} s, new job_id each | **$(bp "$WORK/photos-8mb.txt" 'round(ok_rate, 2)') accepted req/s**; $(bp "$WORK/photos-8mb.txt" completed)/$(bp "$WORK/photos-8mb.txt" started) answered in $(bp "$WORK/photos-8mb.txt" 'round(elapsed_s, 1)') s, statuses $(bp "$WORK/photos-8mb.txt" statuses), errors $(bp "$WORK/photos-8mb.txt" errors) | $G_LOAD_BEFORE / $G_LOAD_AFTER |
 | (g) latency (first byte sent to last byte of the answer) | **p50 $(bp "$WORK/photos-8mb.txt" 'round(p50_ms)') ms, p99 $(bp "$WORK/photos-8mb.txt" 'round(p99_ms)') ms**, max $(bp "$WORK/photos-8mb.txt" 'round(max_ms)') ms | |
 | (g) gateway peak RSS (VmHWM, through the load and the delivery after it) | **$(mib "$G_HWM") MiB**; VmRSS at the end of the load $(mib "$G_RSS_END") MiB, after delivery $(mib "$G_RSS") MiB | |
-| (g) store (\`<data_dir>/store/\`, after delivery) | $(human_bytes "$G_STORE") (file size; $(human_bytes "$G_STORE_ALLOC") in allocated blocks) for $G_ACCEPTS accepted requests: **$(human_bytes "$(div "$G_STORE" "$G_ACCEPTS" %.0f)") per accepted request** ($(div "$G_STORE" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) × the body; allocated $(human_bytes "$(div "$G_STORE_ALLOC" "$G_ACCEPTS" %.0f)"), $(div "$G_STORE_ALLOC" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) ×) | |
+| (g) store (\`<data_dir>/store/\`, after delivery; redb grows its file in steps, so the file size depends on where a run stops, the allocated blocks less) | $(human_bytes "$G_STORE") (file size; $(human_bytes "$G_STORE_ALLOC") in allocated blocks) for $G_ACCEPTS accepted requests: **$(human_bytes "$(div "$G_STORE" "$G_ACCEPTS" %.0f)") per accepted request** ($(div "$G_STORE" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) × the body; allocated $(human_bytes "$(div "$G_STORE_ALLOC" "$G_ACCEPTS" %.0f)"), $(div "$G_STORE_ALLOC" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) ×) | |
 | (g) sink (\`<data_dir>/dtn/\`, after delivery) | $(human_bytes "$G_SINK"): **$(human_bytes "$(div "$G_SINK" "$G_ACCEPTS" %.0f)") per accepted request** (job archives $(human_bytes "$G_SINK_JOBS"), the rest flow files) | |
 | (g) delivery | outbox empty $G_DRAIN s after the load ended (at most 300 s waited) | |
 $(node_row)
