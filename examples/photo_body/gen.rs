@@ -8,12 +8,8 @@
 use base64::Engine as _;
 
 /// The four photo fields of a body: (block, field).
-pub const PHOTO_FIELDS: [(&str, &str); 4] = [
-    ("job_execution", "pre_job_photo"),
-    ("job_execution", "post_job_photo"),
-    ("job_execution", "post_resealing_photo"),
-    ("meter", "photo"),
-];
+pub const PHOTO_FIELDS: [(&str, &str); 4] =
+    [("job_execution", "pre_job_photo"), ("job_execution", "post_job_photo"), ("job_execution", "post_resealing_photo"), ("meter", "photo")];
 
 /// Bytes of each photo in the ~8 MB body: 1.5 MiB decoded, 2 MiB of base64.
 pub const PHOTO_8MB: usize = 1536 * 1024;
