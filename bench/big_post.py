@@ -16,9 +16,10 @@ may discard the answer: that counts as an "io" error).
         --body photos-30mb.json --connections 64 --per-connection 1   # all 64 at once
 
 Several --key values are handed out round robin over the connections. Latency runs from the
-first byte of a request to the last byte of its answer. Prints one machine-readable line
-starting with BIG_POST, then a human summary. Bounded: loopback only, at most 256 connections,
---duration at most 600 s, every request at most --timeout seconds, --max-requests in all.
+first byte of a request to the last byte of its answer (and, apart, to the last byte of its body
+handed to the socket). Prints one machine-readable line starting with BIG_POST, then a human
+summary. Bounded: loopback only, at most 256 connections, --duration at most 600 s, every
+request at most --timeout seconds, --max-requests in all.
 """
 
 import argparse
@@ -102,6 +103,7 @@ async def main():
     ]
 
     latencies = []  # seconds, first byte sent -> last byte of the answer
+    sent = []  # seconds, first byte sent -> last byte of the body written (to the socket buffer)
     ok_latencies = []
     statuses = {}
     errors = {"connect": 0, "io": 0, "timeout": 0}
@@ -113,11 +115,13 @@ async def main():
         body_len = len(before) + len(tag) + len(after)
 
         async def send():
+            t0 = time.perf_counter()
             writer.write(head + b"Content-Length: " + str(body_len).encode() + b"\r\n\r\n")
             for part in (before_view, memoryview(tag), after_view):
                 for i in range(0, len(part), CHUNK):
                     writer.write(part[i:i + CHUNK])
                     await writer.drain()
+            sent.append(time.perf_counter() - t0)
 
         sender = asyncio.create_task(send())
         try:
@@ -182,6 +186,7 @@ async def main():
         t.cancel()
 
     lat = sorted(latencies)
+    snt = sorted(sent)
     okl = sorted(ok_latencies)
     ms = lambda s: s * 1000.0
     ok = len(ok_latencies)
@@ -201,6 +206,9 @@ async def main():
         "p50_ms": ms(percentile(lat, 50)),
         "p99_ms": ms(percentile(lat, 99)),
         "max_ms": ms(lat[-1]) if lat else float("nan"),
+        "min_ms": ms(lat[0]) if lat else float("nan"),
+        "sent_p50_ms": ms(percentile(snt, 50)),
+        "sent_max_ms": ms(snt[-1]) if snt else float("nan"),
         "ok_p50_ms": ms(percentile(okl, 50)),
         "ok_p99_ms": ms(percentile(okl, 99)),
         "unfinished_workers": len(pending),
