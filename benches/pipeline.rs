@@ -1,6 +1,12 @@
 //! Per-request cost of each step on the 3 KB reference body (a completed S01 job with two
-//! readings), and on the same body carrying three 1 MB photos.
+//! readings), on the same body carrying three 1 MB photos, and on the realistic ~8 MB body: four
+//! photos of 1.5 MiB of pseudo-random bytes (`examples/photo_body/gen.rs`, the generator
+//! `bench/load.sh` uses too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../examples/photo_body/gen.rs"]
+#[allow(dead_code)]
+mod photo_gen;
 
 use std::path::PathBuf;
 
@@ -8,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowgate::auth::{Client, Rate};
 use flowgate::clock::Clock;
 
-fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>) {
+fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>, Vec<u8>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
     let set = flowgate::ruleset::load(&config).unwrap();
@@ -19,7 +25,8 @@ fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>) {
     v["job_execution"]["pre_job_photo"] = photo.clone().into();
     v["job_execution"]["post_job_photo"] = photo.clone().into();
     v["job_execution"]["post_resealing_photo"] = photo.into();
-    (set, reference, serde_json::to_vec(&v).unwrap())
+    let four = photo_gen::body_with_photos(&reference, photo_gen::PHOTO_8MB, photo_gen::SEED).unwrap();
+    (set, reference, serde_json::to_vec(&v).unwrap(), four)
 }
 
 fn client() -> Client {
@@ -27,14 +34,21 @@ fn client() -> Client {
 }
 
 fn steps(c: &mut Criterion) {
-    let (set, reference, photos) = setup();
+    let (set, reference, photos, four) = setup();
     let client = client();
     let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
-    for (name, body) in [("reference-3kb", &reference), ("three-1mb-photos", &photos)] {
+    for (name, body) in [("reference-3kb", &reference), ("three-1mb-photos", &photos), ("four-photos-8mb", &four)] {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(1));
-        if name != "reference-3kb" {
-            g.sample_size(20);
+        match name {
+            "reference-3kb" => {}
+            // Tens of milliseconds a decision: criterion's smallest sample keeps `cargo bench` bounded.
+            "four-photos-8mb" => {
+                g.sample_size(10);
+            }
+            _ => {
+                g.sample_size(20);
+            }
         }
         g.bench_function("parse", |b| b.iter(|| flowgate::pipeline::parse(body).unwrap()));
         let value = flowgate::pipeline::parse(body).unwrap();
@@ -46,6 +60,11 @@ fn steps(c: &mut Criterion) {
                 assert!(matches!(d.verdict, flowgate::pipeline::Verdict::Accepted(_)));
             })
         });
+        // The flow file does not depend on the photos; the 8 MB group leaves it out.
+        if name == "four-photos-8mb" {
+            g.finish();
+            continue;
+        }
         if let flowgate::pipeline::Verdict::Accepted(a) = flowgate::pipeline::decide(&set, &client, body, now, flowgate::pipeline::Explain::No).verdict {
             let flow = a.flows[0].clone();
             g.bench_function("finish-file", |b| b.iter(|| flow.finish("FG00000001", now.now(), &set.envelope)));
