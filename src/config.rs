@@ -175,7 +175,8 @@ impl Default for Config {
             rules_dir: PathBuf::from("."),
             keys_file: None,
             body_limit_bytes: 32 * 1024 * 1024,
-            body_budget_bytes: 192 * 1024 * 1024,
+            // Eight ~8 MB job bodies (four phone photos each) at once, or two at the 32 MiB limit.
+            body_budget_bytes: 256 * 1024 * 1024,
             body_budget_wait_ms: 2000,
             max_errors: 100,
             header_timeout_secs: 10,
