@@ -152,7 +152,9 @@ fn a_photo_may_decode_to_10_mib_and_not_a_byte_more() {
 #[test]
 fn health_is_answered_while_large_bodies_are_decided() {
     let server = TestServer::start(|c| c.decide_threads = 2);
-    let photo = "QUJD".repeat(1024 * 1024 / 3);
+    // Four 2 MB photos: deciding each body takes long enough (hundreds of ms in a debug build)
+    // that the health check, sent 100 ms after the bodies, lands while they are being decided.
+    let photo = "QUJD".repeat(2 * 1024 * 1024 / 3);
     let mut bodies = Vec::new();
     for i in 0..4 {
         let mut b = good();
@@ -174,8 +176,8 @@ fn health_is_answered_while_large_bodies_are_decided() {
             })
         })
         .collect();
-    // Let the bodies arrive and their decisions start.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the bodies arrive (loopback: milliseconds) and their decisions start.
+    std::thread::sleep(Duration::from_millis(100));
     let health = server.get("/healthz");
     let health_at = Instant::now();
     assert_eq!(health.status, 200);
