@@ -17,27 +17,11 @@ schedules rate*duration requests and gives in-flight ones at most --drain second
 import argparse
 import asyncio
 import json
-import math
 import re
 import sys
 import time
 
-
-def percentile(sorted_values, p):
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def build_body_parts(path):
-    """The body split around the job_id's value, so each request only concatenates."""
-    raw = open(path, "rb").read()
-    m = re.search(rb'"job_id"\s*:\s*"([^"]*)"', raw)
-    if not m:
-        sys.exit(f"no job_id in {path}")
-    return raw[: m.end(1)], raw[m.end(1):]
+from loadlib import percentile, split_body
 
 
 async def main():
@@ -60,7 +44,7 @@ async def main():
     if not (0 < args.rate <= 20000 and 0 < args.duration <= 120 and 0 < args.connections <= 512):
         sys.exit("rate, duration or connections out of the bounded range")
 
-    before, after = build_body_parts(args.body)
+    before, after = split_body(args.body)
     head = (
         f"POST {args.path} HTTP/1.1\r\nHost: {args.addr}\r\nContent-Type: application/json\r\n"
         f"X-API-Key: {args.key}\r\n"
