@@ -447,13 +447,10 @@ fn is_json(req: &Request<Incoming>) -> bool {
     })
 }
 
-/// Reads the whole body, within the size limit and the body timeout.
+/// Reads the whole body, within the size limit and the body timeout. A declared length over the
+/// limit was refused by the caller, before the body's memory was taken.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
     let limit = app.config.body_limit_bytes;
-    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Problem::TooLarge { limit });
-    }
     let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(Duration::from_secs(app.config.body_timeout_secs), limited.collect()).await {
         Err(_) => Err(Problem::BodyTimeout),
