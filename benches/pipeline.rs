@@ -11,13 +11,13 @@ mod photo_gen;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flowgate::auth::{Client, Rate};
-use flowgate::clock::Clock;
+use flowgate::domain::auth::{Client, Rate};
+use flowgate::domain::clock::Clock;
 
-fn setup() -> (flowgate::ruleset::RuleSet, Vec<u8>, Vec<u8>, Vec<u8>) {
+fn setup() -> (flowgate::rules::set::RuleSet, Vec<u8>, Vec<u8>, Vec<u8>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
-    let set = flowgate::ruleset::load(&config).unwrap();
+    let set = flowgate::rules::set::load(&config).unwrap();
     let reference = std::fs::read(repo.join("tests/bench/s01-reference.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&reference).unwrap();
     // Three photos of 1 MB decoded each (base64: 4/3 of that).
@@ -36,7 +36,7 @@ fn client() -> Client {
 fn steps(c: &mut Criterion) {
     let (set, reference, photos, four) = setup();
     let client = client();
-    let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
+    let now = Clock::Fixed(flowgate::domain::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
     for (name, body) in [("reference-3kb", &reference), ("three-1mb-photos", &photos), ("four-photos-8mb", &four)] {
         let mut g = c.benchmark_group(name);
         g.throughput(Throughput::Elements(1));
@@ -50,14 +50,14 @@ fn steps(c: &mut Criterion) {
                 g.sample_size(20);
             }
         }
-        g.bench_function("parse", |b| b.iter(|| flowgate::pipeline::parse(body).unwrap()));
-        let value = flowgate::pipeline::parse(body).unwrap();
+        g.bench_function("parse", |b| b.iter(|| flowgate::rules::decide::parse(body).unwrap()));
+        let value = flowgate::rules::decide::parse(body).unwrap();
         g.bench_function("schema", |b| b.iter(|| set.schema.findings(&value)));
-        g.bench_function("rules-scope", |b| b.iter(|| flowgate::rules::scope_for(&value, "2025-12-31")));
+        g.bench_function("rules-scope", |b| b.iter(|| flowgate::rules::engine::scope_for(&value, "2025-12-31")));
         g.bench_function("decide-whole", |b| {
             b.iter(|| {
-                let d = flowgate::pipeline::decide(&set, &client, body, now, flowgate::pipeline::Explain::No);
-                assert!(matches!(d.verdict, flowgate::pipeline::Verdict::Accepted(_)));
+                let d = flowgate::rules::decide::decide(&set, &client, body, now, flowgate::rules::decide::Explain::No);
+                assert!(matches!(d.verdict, flowgate::rules::decide::Verdict::Accepted(_)));
             })
         });
         // The flow file does not depend on the photos; the 8 MB group leaves it out.
@@ -65,7 +65,7 @@ fn steps(c: &mut Criterion) {
             g.finish();
             continue;
         }
-        if let flowgate::pipeline::Verdict::Accepted(a) = flowgate::pipeline::decide(&set, &client, body, now, flowgate::pipeline::Explain::No).verdict {
+        if let flowgate::rules::decide::Verdict::Accepted(a) = flowgate::rules::decide::decide(&set, &client, body, now, flowgate::rules::decide::Explain::No).verdict {
             let flow = a.flows[0].clone();
             g.bench_function("finish-file", |b| b.iter(|| flow.finish("FG00000001", now.now(), &set.envelope)));
         }

@@ -1,5 +1,5 @@
 //! The baseline `bench/load.sh` compares the gateway with: a bare hyper 1 hello-world with the
-//! same crates, features and accept loop as `flowgate::server::serve` (auto builder, nodelay,
+//! same crates, features and accept loop as `flowgate::http::serve` (auto builder, nodelay,
 //! one task per connection), so the difference is the gateway's own work.
 //!
 //!     cargo run --release --example hello -- --listen 127.0.0.1:0

@@ -5,7 +5,7 @@
 //! `FLOWGATE_S3_ENDPOINT` and `FLOWGATE_S3_BUCKET`), command-line flags ([`Overrides`]).
 //!
 //! S3 credentials are not configuration: they come from the standard AWS environment variables
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`), see [`crate::s3`].
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`), see [`crate::sink::s3`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ pub struct FlowSettings {
     /// An RFC 3339 instant used as "now" for every file (golden tests only).
     pub fixed_clock: Option<String>,
     /// Object name of a delivered file; `{to_role}`, `{to_mpid}`, `{flow}`, `{from_role}`,
-    /// `{from_mpid}` and `{file_id}` (required) are filled in. It must fit [`crate::names`]'s
+    /// `{from_mpid}` and `{file_id}` (required) are filled in. It must fit [`crate::domain::names`]'s
     /// limits with every placeholder at its longest.
     pub object_name: String,
 }
@@ -366,7 +366,7 @@ impl Config {
             return Err(ConfigError::Invalid("flows.line_ending must be lf or crlf".into()));
         }
         if let Some(t) = &f.fixed_clock {
-            if crate::clock::parse_rfc3339(t).is_none() {
+            if crate::domain::clock::parse_rfc3339(t).is_none() {
                 return Err(ConfigError::Invalid("flows.fixed_clock must be an RFC 3339 date-time".into()));
             }
         }
@@ -407,14 +407,14 @@ impl Config {
         // Every name a 200 promises must be deliverable: the template and the prefix are the parts
         // of it that configuration decides.
         let prefix = if self.sink.kind == "s3" { self.sink.s3.key_prefix() } else { String::new() };
-        let longest = crate::names::check_configured(&self.flows.object_name, &prefix).map_err(ConfigError::Invalid)?;
+        let longest = crate::domain::names::check_configured(&self.flows.object_name, &prefix).map_err(ConfigError::Invalid)?;
         if self.sink.kind == "local" {
             let root = self.data_dir.join("dtn").as_os_str().len();
-            if root + 1 + longest > crate::names::PATH_MAX {
+            if root + 1 + longest > crate::domain::names::PATH_MAX {
                 return Err(ConfigError::Invalid(format!(
                     "data_dir is too long: its sink folder's paths would pass {} bytes; at most {} bytes",
-                    crate::names::PATH_MAX,
-                    crate::names::PATH_MAX.saturating_sub(longest + 1 + "/dtn".len())
+                    crate::domain::names::PATH_MAX,
+                    crate::domain::names::PATH_MAX.saturating_sub(longest + 1 + "/dtn".len())
                 )));
             }
         }
@@ -428,10 +428,10 @@ impl Config {
         self.keys_file.clone().unwrap_or_else(|| self.data_dir.join("keys.yaml"))
     }
 
-    pub fn clock(&self) -> crate::clock::Clock {
-        match self.flows.fixed_clock.as_deref().and_then(crate::clock::parse_rfc3339) {
-            Some(t) => crate::clock::Clock::Fixed(t),
-            None => crate::clock::Clock::System,
+    pub fn clock(&self) -> crate::domain::clock::Clock {
+        match self.flows.fixed_clock.as_deref().and_then(crate::domain::clock::parse_rfc3339) {
+            Some(t) => crate::domain::clock::Clock::Fixed(t),
+            None => crate::domain::clock::Clock::System,
         }
     }
 }

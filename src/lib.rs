@@ -27,25 +27,12 @@
 // Nothing a client or a rule file sends may panic the server (unit tests may unwrap).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod auth;
-pub mod clock;
 pub mod config;
-pub mod dispatch;
-pub mod explain;
-pub mod finding;
-pub mod flows;
-pub mod inbound;
-pub mod limit;
+pub mod domain;
+pub mod dtc;
+pub mod exchange;
+pub mod http;
 pub mod metrics;
-pub mod names;
-pub mod openapi;
-pub mod golden;
-pub mod pipeline;
-pub mod problem;
-pub mod reader;
 pub mod rules;
-pub mod ruleset;
-pub mod s3;
-pub mod server;
+pub mod sink;
 pub mod store;
-pub mod validate;

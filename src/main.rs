@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use flowgate::auth::{KeysFile, Rate};
+use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::{Config, ConfigError, Overrides};
 
 const ENVIRONMENT: &str = "\
@@ -294,20 +294,20 @@ fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let app = flowgate::server::App::start(config.clone()).map_err(|e| e.to_string())?;
+        let app = flowgate::http::App::start(config.clone()).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, ruleset = %app.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         println!("flowgate listening on {scheme}://{addr}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let background = flowgate::server::start_background(&app, stopped.clone()).map_err(|e| e.to_string())?;
+        let background = flowgate::http::start_background(&app, stopped.clone()).map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = stop.send(true);
         });
-        flowgate::server::serve(listener, app.clone(), stopped, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
+        flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
         for task in background {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -372,8 +372,8 @@ fn keys(args: KeysArgs) -> Outcome {
 fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
-    let set = flowgate::ruleset::load(&config)?;
-    let client = flowgate::auth::Client {
+    let set = flowgate::rules::set::load(&config)?;
+    let client = flowgate::domain::auth::Client {
         name: "check".into(),
         sip_id,
         key_id: "check".into(),
@@ -381,7 +381,7 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
         rate: Rate::default(),
         revoked: false,
     };
-    let report = flowgate::explain::report(&set, &client, &body, config.clock());
+    let report = flowgate::rules::explain::report(&set, &client, &body, config.clock());
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     // The exit status answers "would this body be accepted?", so a script or CI step can use
     // `check` without reading the report.
@@ -393,8 +393,8 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
 fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let catalogue = flowgate::flows::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
-    match flowgate::reader::read(&bytes, &catalogue) {
+    let catalogue = flowgate::dtc::flows::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
+    match flowgate::dtc::reader::read(&bytes, &catalogue) {
         Ok(flow) => {
             println!("{}", serde_json::to_string_pretty(&flow).map_err(|e| e.to_string())?);
             Ok(ExitCode::SUCCESS)
@@ -411,14 +411,14 @@ fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
 fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let dir = dir.unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
-    let set = Arc::new(flowgate::ruleset::load(&config)?);
-    let cases = flowgate::golden::cases(&dir);
+    let set = Arc::new(flowgate::rules::set::load(&config)?);
+    let cases = flowgate::rules::samples::cases(&dir);
     if cases.is_empty() {
         return Err(format!("no cases (folders with request.json) under {}", dir.display()));
     }
     let mut results = Vec::new();
     for case in &cases {
-        let r = flowgate::golden::run_case(&set, case, bless);
+        let r = flowgate::rules::samples::run_case(&set, case, bless);
         match &r.failure {
             None => println!("ok   {}", r.name),
             Some(f) => println!("FAIL {}: {f}", r.name),
@@ -427,7 +427,7 @@ fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFi
     }
     let failed = results.iter().filter(|r| r.failure.is_some()).count();
     println!("{} passed, {} failed", results.len() - failed, failed);
-    let mut coverage = flowgate::golden::Coverage::new(&set);
+    let mut coverage = flowgate::rules::samples::Coverage::new(&set);
     for r in &results {
         coverage.add(&r.pinned);
     }
@@ -440,7 +440,7 @@ fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFi
     // says how, for whoever trims or adds samples.
     println!("samples coverage: {} ({} samples in {})", set.coverage.summary(), set.samples, config.rules_dir.join("rules").join("samples").display());
     if let Some(file) = junit {
-        std::fs::write(file, flowgate::golden::junit(&results)).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::write(file, flowgate::rules::samples::junit(&results)).map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -8,8 +8,8 @@
 //! Each accepted request also puts its job archive in the outbox, in the same commit: one
 //! create-only object `jobs/<client>/<job id>.json` holding a JSON envelope (request id, instance
 //! prefix, client, job id, time received, the body). Its name is the same on every instance, so
-//! the store it is delivered to decides which instance's request owns a job (see [`crate::dispatch`]),
-//! and it fits every sink's limits whatever the client and job id ([`crate::names`]).
+//! the store it is delivered to decides which instance's request owns a job (see [`crate::exchange::deliver`]),
+//! and it fits every sink's limits whatever the client and job id ([`crate::domain::names`]).
 //!
 //! Tables: `requests` (id → record), `bodies` (id → raw body), `jobs` (client + job id → id),
 //! `outbox` (object name → file: flows and job archives), `pending` (object names not yet
@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::finding::Finding;
-use crate::flows::{Envelope, FlowBody};
+use crate::domain::finding::Finding;
+use crate::dtc::flows::{Envelope, FlowBody};
 
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
@@ -267,9 +267,9 @@ fn job_key(client: &str, job_id: &str) -> String {
 
 /// A client name as one object-key segment: lower-case `[a-z0-9-]`. A name that is not already
 /// in that form gets a short hash of the exact name, so two different names never share a key.
-/// One longer than a segment may be is cut and ends in the exact name's full hash ([`crate::names::fit`]).
+/// One longer than a segment may be is cut and ends in the exact name's full hash ([`crate::domain::names::fit`]).
 pub fn safe_client(name: &str) -> String {
-    crate::names::fit(&client_slug(name), name, crate::names::SEGMENT_MAX)
+    crate::domain::names::fit(&client_slug(name), name, crate::domain::names::SEGMENT_MAX)
 }
 
 fn client_slug(name: &str) -> String {
@@ -302,7 +302,7 @@ fn client_slug(name: &str) -> String {
 /// ever be written to a folder stays as it was, and the rule needs nothing but the id, so every
 /// instance still names the same job alike.
 fn safe_job_id(job_id: &str) -> String {
-    crate::names::fit(&percent_job_id(job_id), job_id, crate::names::SEGMENT_MAX - ".json".len())
+    crate::domain::names::fit(&percent_job_id(job_id), job_id, crate::domain::names::SEGMENT_MAX - ".json".len())
 }
 
 fn percent_job_id(job_id: &str) -> String {
@@ -475,7 +475,7 @@ impl Store {
 
     /// A keys file fits the store when none of its clients has a name the store knows under
     /// another SIP ID (that key would read and replay the other client's requests).
-    pub fn check_identities(&self, keys: &crate::auth::KeysFile) -> Result<(), StoreError> {
+    pub fn check_identities(&self, keys: &crate::domain::auth::KeysFile) -> Result<(), StoreError> {
         let known = self.identities()?;
         for c in &keys.clients {
             if let Some(stored) = known.get(&c.name).filter(|s| **s != c.sip_id) {
@@ -994,8 +994,8 @@ mod tests {
         assert_eq!(distinct.len(), ids.len(), "two long ids share a name: {names:#?}");
         for (id, name) in ids.iter().zip(&names) {
             assert_eq!(&archive_name("Test SIP", id), name, "the same id, another name");
-            assert!(crate::names::check("", name).is_ok(), "{name}: {:?}", crate::names::check("", name));
-            assert!(name.len() <= crate::names::ARCHIVE_MAX);
+            assert!(crate::domain::names::check("", name).is_ok(), "{name}: {:?}", crate::domain::names::check("", name));
+            assert!(name.len() <= crate::domain::names::ARCHIVE_MAX);
             assert!(name.ends_with(".json") && name.contains('~'), "{name}");
         }
         // Each id's name starts as its encoding does: still readable, still sorted alike.
@@ -1023,13 +1023,13 @@ mod tests {
         let b = format!("{}B", "A".repeat(999));
         let (sa, sb) = (safe_client(&a), safe_client(&b));
         assert_ne!(sa, sb);
-        assert!(sa.len() <= crate::names::SEGMENT_MAX && sb.len() <= crate::names::SEGMENT_MAX);
+        assert!(sa.len() <= crate::domain::names::SEGMENT_MAX && sb.len() <= crate::domain::names::SEGMENT_MAX);
         assert_eq!(safe_client(&a), sa);
         let canonical = "a".repeat(300);
-        assert!(safe_client(&canonical).len() <= crate::names::SEGMENT_MAX);
+        assert!(safe_client(&canonical).len() <= crate::domain::names::SEGMENT_MAX);
         assert_eq!(safe_client(&"a".repeat(255)), "a".repeat(255));
         let name = archive_name(&a, &"\u{10348}".repeat(64));
-        assert!(crate::names::check("", &name).is_ok(), "{name}");
+        assert!(crate::domain::names::check("", &name).is_ok(), "{name}");
     }
 
     #[test]

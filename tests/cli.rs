@@ -82,7 +82,7 @@ fn check_explains_what_fired_and_the_values_it_read() {
 fn test_passes_the_golden_cases_and_fails_a_wrong_expectation() {
     let (code, out, err) = flowgate(&["test", "tests/cases"]);
     assert_eq!(code, 0, "{out}{err}");
-    let cases = flowgate::golden::cases(&common::repo().join("tests/cases")).len();
+    let cases = flowgate::rules::samples::cases(&common::repo().join("tests/cases")).len();
     assert!(out.contains(&format!("{cases} passed, 0 failed")), "{out}");
     // The golden cases, and the reload gate's samples, exercise every rule, scenario, flow choice
     // and optional template group.

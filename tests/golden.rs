@@ -12,14 +12,14 @@ fn main() {
     let args = Arguments::from_args();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
-    let set = Arc::new(flowgate::ruleset::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
-    let trials = flowgate::golden::cases(&repo.join("tests/cases"))
+    let set = Arc::new(flowgate::rules::set::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
+    let trials = flowgate::rules::samples::cases(&repo.join("tests/cases"))
         .into_iter()
         .map(|dir| {
             let set = set.clone();
             let name = dir.file_name().unwrap().to_string_lossy().to_string();
             Trial::test(name, move || {
-                let result = flowgate::golden::run_case(&set, &dir, false);
+                let result = flowgate::rules::samples::run_case(&set, &dir, false);
                 if let Some(f) = result.failure {
                     return Err(Failed::from(f));
                 }
@@ -30,7 +30,7 @@ fn main() {
                 }
                 // Every file written also reads back cleanly through the catalogue-driven reader.
                 for (name, content) in &result.files {
-                    if let Err(findings) = flowgate::reader::read(content.as_bytes(), &set.catalogue) {
+                    if let Err(findings) = flowgate::dtc::reader::read(content.as_bytes(), &set.catalogue) {
                         let listed: Vec<String> = findings.iter().map(|f| format!("{f:?}")).collect();
                         return Err(Failed::from(format!("{name} fails the catalogue check: {}", listed.join("; "))));
                     }

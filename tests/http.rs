@@ -16,7 +16,7 @@ fn every_golden_case_gets_its_answer_over_http() {
     let server = TestServer::start(|_| {});
     let mut failures = Vec::new();
     let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
-    let cases = flowgate::golden::cases(&common::repo().join("tests/cases"));
+    let cases = flowgate::rules::samples::cases(&common::repo().join("tests/cases"));
     assert!(cases.len() >= 13);
     for dir in &cases {
         let expect: Value = serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap();
@@ -116,8 +116,8 @@ fn each_kind_of_bad_request_gets_its_own_status_and_the_next_request_is_unaffect
 fn a_burst_over_the_limit_gets_429_with_retry_after_and_ratelimit_fields() {
     let server = TestServer::start(|_| {});
     // A second client with a small quota.
-    let mut keys = flowgate::auth::KeysFile::read(&server.data.join("keys.yaml")).unwrap();
-    let key = keys.add("Small SIP", "SMAL", flowgate::auth::Rate { per_second: 1, burst: 3 }).unwrap();
+    let mut keys = flowgate::domain::auth::KeysFile::read(&server.data.join("keys.yaml")).unwrap();
+    let key = keys.add("Small SIP", "SMAL", flowgate::domain::auth::Rate { per_second: 1, burst: 3 }).unwrap();
     keys.write(&server.data.join("keys.yaml")).unwrap();
     server.wait_for("the keys reload", || server.app.keys.load().keys.authenticate(&key).is_some());
     let post = || request(server.addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", &key)], b"{}");
@@ -208,9 +208,9 @@ fn accepted_flows_are_delivered_to_the_local_dtn_folder_under_their_object_names
     // client's request, as it would get its first answer again; another client's key gets 404.
     // Status calls count against the calling key's rate limit.
     let keys_path = server.data.join("keys.yaml");
-    let mut keys = flowgate::auth::KeysFile::read(&keys_path).unwrap();
-    let rotated = keys.add("Test SIP", "DEMO", flowgate::auth::Rate { per_second: 1, burst: 1 }).unwrap();
-    let stranger = keys.add("Other SIP", "OTHR", flowgate::auth::Rate { per_second: 100, burst: 100 }).unwrap();
+    let mut keys = flowgate::domain::auth::KeysFile::read(&keys_path).unwrap();
+    let rotated = keys.add("Test SIP", "DEMO", flowgate::domain::auth::Rate { per_second: 1, burst: 1 }).unwrap();
+    let stranger = keys.add("Other SIP", "OTHR", flowgate::domain::auth::Rate { per_second: 100, burst: 100 }).unwrap();
     keys.write(&keys_path).unwrap();
     let get_with = |key: &str| request(server.addr, "GET", &format!("/v4/sip/{id}"), &[("X-API-Key", key)], b"");
     server.wait_for("the new keys to be loaded", || get_with(&stranger).status != 401);
@@ -283,8 +283,8 @@ fn a_client_name_is_one_identity_and_no_other_client_can_read_replay_or_conflict
     assert_eq!(std::fs::read(server.data.join("keys.yaml")).unwrap(), before);
 
     // The same clash written by hand: the reload is refused and the key it adds is unknown.
-    let mut forged = flowgate::auth::KeysFile::default();
-    let forged_key = forged.add("Alpha", "ZZZZ", flowgate::auth::Rate::default()).unwrap();
+    let mut forged = flowgate::domain::auth::KeysFile::default();
+    let forged_key = forged.add("Alpha", "ZZZZ", flowgate::domain::auth::Rate::default()).unwrap();
     let mut text = String::from_utf8(before.clone()).unwrap();
     let entry = serde_norway::to_string(&forged).unwrap();
     text.push_str(entry.trim_start_matches("clients:\n"));

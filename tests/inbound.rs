@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowgate::auth::{KeysFile, Rate};
+use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::Config;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,12 +71,12 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     let key = keys.add("Inbound test SIP", "DEMO", Rate { per_second: 1000, burst: 1000 }).unwrap();
     keys.write(&config.keys_path()).unwrap();
 
-    let app = flowgate::server::App::start(config.clone()).unwrap();
+    let app = flowgate::http::App::start(config.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let background = flowgate::server::start_background(&app, stopped.clone()).unwrap();
-    let server = tokio::spawn(flowgate::server::serve(listener, app.clone(), stopped, Duration::from_secs(2)));
+    let background = flowgate::http::start_background(&app, stopped.clone()).unwrap();
+    let server = tokio::spawn(flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(2)));
 
     let body = std::fs::read(repo().join("tests/cases/public-aborted-dno-category-b/request.json")).unwrap();
     let (status, answer) = call(addr, "POST", "/v4/sip", &key, &body).await;

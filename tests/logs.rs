@@ -58,7 +58,7 @@ fn no_key_name_phone_address_postcode_or_photo_reaches_the_logs() {
     let server = TestServer::start(|c| c.log_format = "json".into());
     let mut secrets = vec![server.key.clone()];
     let mut requests = 0;
-    for dir in flowgate::golden::cases(&common::repo().join("tests/cases")) {
+    for dir in flowgate::rules::samples::cases(&common::repo().join("tests/cases")) {
         let body = std::fs::read(dir.join("request.json")).unwrap();
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
             secrets_of(&v, &mut secrets);

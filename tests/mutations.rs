@@ -5,9 +5,9 @@
 
 mod common;
 
-use flowgate::auth::{Client, Rate};
-use flowgate::clock::Clock;
-use flowgate::pipeline::{decide, Explain, Verdict};
+use flowgate::domain::auth::{Client, Rate};
+use flowgate::domain::clock::Clock;
+use flowgate::rules::decide::{decide, Explain, Verdict};
 use serde_json::{json, Value};
 
 struct Rng(u64);
@@ -78,12 +78,12 @@ fn mutate(body: &mut Value, rng: &mut Rng) {
 #[test]
 fn mutated_bodies_never_make_a_rule_fail_or_the_pipeline_panic() {
     let config = flowgate::config::Config { rules_dir: common::repo(), ..Default::default() };
-    let set = flowgate::ruleset::load(&config).unwrap();
+    let set = flowgate::rules::set::load(&config).unwrap();
     let client = Client { name: "m".into(), sip_id: "DEMO".into(), key_id: "m".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false };
-    let now = Clock::Fixed(flowgate::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
+    let now = Clock::Fixed(flowgate::domain::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut accepted, mut rejected, mut total) = (0, 0, 0);
-    for dir in flowgate::golden::cases(&common::repo().join("tests/cases")) {
+    for dir in flowgate::rules::samples::cases(&common::repo().join("tests/cases")) {
         let Ok(base) = serde_json::from_slice::<Value>(&std::fs::read(dir.join("request.json")).unwrap()) else { continue };
         for _ in 0..60 {
             let mut body = base.clone();

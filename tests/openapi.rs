@@ -30,7 +30,7 @@ fn the_openapi_document_describes_every_status_and_validates_like_the_server() {
     root["$ref"] = json!("#/components/schemas/SipRequest");
     let validator = jsonschema::options().with_draft(jsonschema::Draft::Draft202012).should_validate_formats(true).build(&root).unwrap();
     let set = server.app.rules.load();
-    for dir in flowgate::golden::cases(&common::repo().join("tests/cases")) {
+    for dir in flowgate::rules::samples::cases(&common::repo().join("tests/cases")) {
         let Ok(body) = serde_json::from_slice::<Value>(&std::fs::read(dir.join("request.json")).unwrap()) else { continue };
         assert_eq!(validator.is_valid(&body), set.schema.findings(&body).is_empty(), "{}", dir.display());
     }

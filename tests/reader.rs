@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use flowgate::flows::Catalogue;
-use flowgate::reader::{read, ParsedFlow};
+use flowgate::dtc::flows::Catalogue;
+use flowgate::dtc::reader::{read, ParsedFlow};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -110,7 +110,7 @@ fn every_golden_flow_file_reads_back_to_the_same_bytes() {
         let flow = read_clean(path, &cat);
         // The counts the writer put in ZPT are the ones the reader finds.
         let mut n = 0;
-        fn count(gs: &[flowgate::reader::Group], n: &mut u64) {
+        fn count(gs: &[flowgate::dtc::reader::Group], n: &mut u64) {
             for g in gs {
                 *n += 1;
                 count(&g.children, n);

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowgate::config::{Config, S3Config};
-use flowgate::dispatch::PutOutcome;
-use flowgate::s3::S3Sink;
+use flowgate::exchange::deliver::PutOutcome;
+use flowgate::sink::s3::S3Sink;
 use serde_json::Value;
 
 /// The store's endpoint and bucket from the environment; fails loudly without them.
@@ -475,8 +475,8 @@ fn the_public_cases_replayed_through_s3_read_back_clean() {
     let prefix = unique_prefix("public");
     let (endpoint, _) = s3_env();
     let server = common::TestServer::start(|c| use_s3(c, &endpoint, &prefix));
-    let catalogue = flowgate::flows::Catalogue::load(&common::repo().join("flow-templates/catalogue")).unwrap();
-    let cases: Vec<_> = flowgate::golden::cases(&common::repo().join("tests/cases"))
+    let catalogue = flowgate::dtc::flows::Catalogue::load(&common::repo().join("flow-templates/catalogue")).unwrap();
+    let cases: Vec<_> = flowgate::rules::samples::cases(&common::repo().join("tests/cases"))
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("public-"))
         .collect();
@@ -512,7 +512,7 @@ fn the_public_cases_replayed_through_s3_read_back_clean() {
     let mut findings = Vec::new();
     for (object, (case, label)) in &promised {
         let bytes = bucket.get(object).unwrap();
-        match flowgate::reader::read(&bytes, &catalogue) {
+        match flowgate::dtc::reader::read(&bytes, &catalogue) {
             Ok(parsed) => {
                 let h = &parsed.header;
                 assert_eq!(format!("{}>{}/{}", h.flow, h.to_role, h.to_mpid), *label, "{case}: {object}");

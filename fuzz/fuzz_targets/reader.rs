@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use flowgate::flows::Catalogue;
+use flowgate::dtc::flows::Catalogue;
 use libfuzzer_sys::fuzz_target;
 
 fn catalogue() -> &'static Catalogue {
@@ -16,8 +16,8 @@ fn catalogue() -> &'static Catalogue {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(flow) = flowgate::reader::read(data, catalogue()) {
-        let again = flowgate::reader::read(&flow.to_bytes(), catalogue());
+    if let Ok(flow) = flowgate::dtc::reader::read(data, catalogue()) {
+        let again = flowgate::dtc::reader::read(&flow.to_bytes(), catalogue());
         assert_eq!(again.as_ref().ok(), Some(&flow), "a clean file does not read back the same");
     }
 });

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate::auth::{KeysFile, Rate};
+use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::Config;
-use flowgate::server::App;
+use flowgate::http::App;
 
 pub mod xml;
 
@@ -173,8 +173,8 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         {
             let _guard = runtime.enter();
-            flowgate::server::start_background(&app, stopped.clone()).unwrap();
-            runtime.spawn(flowgate::server::serve(listener, app.clone(), stopped, Duration::from_secs(5)));
+            flowgate::http::start_background(&app, stopped.clone()).unwrap();
+            runtime.spawn(flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(5)));
         }
         TestServer { addr, key, data, app, stop, runtime: Some(runtime) }
     }

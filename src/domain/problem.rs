@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::finding::Finding;
+use crate::domain::finding::Finding;
 
 /// Every way a request can fail, with what the client needs to act on it.
 #[derive(Debug)]

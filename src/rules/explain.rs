@@ -2,11 +2,11 @@
 
 use serde_json::{json, Value};
 
-use crate::auth::Client;
-use crate::clock::Clock;
-use crate::pipeline::{decide, Explain, Verdict};
-use crate::problem::Problem;
-use crate::ruleset::RuleSet;
+use crate::domain::auth::Client;
+use crate::domain::clock::Clock;
+use crate::rules::decide::{decide, Explain, Verdict};
+use crate::domain::problem::Problem;
+use crate::rules::set::RuleSet;
 
 /// The would-be answer (status and body, file ids left to the store) and the rule trace.
 pub fn report(set: &RuleSet, client: &Client, body: &[u8], clock: Clock) -> Value {
@@ -43,7 +43,7 @@ pub fn report(set: &RuleSet, client: &Client, body: &[u8], clock: Clock) -> Valu
             (500, b)
         }
     };
-    let fired: Vec<&crate::rules::Trace> = decision.trace.iter().filter(|t| t.fired || t.failed.is_some()).collect();
+    let fired: Vec<&crate::rules::engine::Trace> = decision.trace.iter().filter(|t| t.fired || t.failed.is_some()).collect();
     json!({
         "status": status,
         "answer": answer,

@@ -7,12 +7,12 @@ use rhai::{Dynamic, ImmutableString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Client;
-use crate::clock::Clock;
-use crate::finding::Finding;
-use crate::flows::FlowBody;
-use crate::rules::{findings_of, Level, RuleFailure, Trace};
-use crate::ruleset::RuleSet;
+use crate::domain::auth::Client;
+use crate::domain::clock::Clock;
+use crate::domain::finding::Finding;
+use crate::dtc::flows::FlowBody;
+use crate::rules::engine::{findings_of, Level, RuleFailure, Trace};
+use crate::rules::set::RuleSet;
 
 /// What the rule set says of a body.
 #[derive(Debug)]
@@ -192,8 +192,8 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     let mut errors = set.schema.findings_at_most(value, set.max_errors.max(1));
     let schema_clean = errors.is_empty();
     let mut warnings = Vec::new();
-    let today = crate::clock::iso_date(crate::clock::london(clock.now()).date());
-    let mut scope = crate::rules::scope_for(value, &today);
+    let today = crate::domain::clock::iso_date(crate::domain::clock::london(clock.now()).date());
+    let mut scope = crate::rules::engine::scope_for(value, &today);
     let rules = &set.rules;
 
     // A rule that fails at run time on a body the schema already rejected (a wrong type, say)
@@ -215,7 +215,7 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
     let values = rules.run_batch(&mut scope, &rules.scenarios_batch, &conditions);
     for (i, (s, value)) in rules.scenarios.iter().zip(values).enumerate() {
-        match value.and_then(crate::rules::truth_of) {
+        match value.and_then(crate::rules::engine::truth_of) {
             Ok(true) => {
                 note(&s.id, "scenario", &s.when.source, true, None);
                 if cover {
@@ -266,7 +266,7 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
     let values = rules.run_batch(&mut scope, &rules.flows_batch, &conditions);
     for (i, (choice, value)) in rules.flows.iter().zip(values).enumerate() {
-        match value.and_then(crate::rules::truth_of) {
+        match value.and_then(crate::rules::engine::truth_of) {
             Ok(false) => {
                 note(&choice.def.id, "flow", &choice.when.source, false, None);
                 continue;

@@ -1,7 +1,7 @@
 //! Incoming flows: the DTN inbox read every `inbound.poll_ms` — `<data_dir>/dtn/in/` with the
 //! local sink, `in/` in the bucket (under the sink's prefix) with the S3 sink.
 //!
-//! Each file is read with [`crate::reader`] against the running rule set's catalogue. A D0126
+//! Each file is read with [`crate::dtc::reader`] against the running rule set's catalogue. A D0126
 //! (the DNO's answer to an asset condition report) or a D0002 (a Supplier's decision or request)
 //! addressed to a SIP (ZHV to-role = the SIP role, to-MPID = the client's SIP ID) is matched to
 //! that SIP's accepted requests by MPAN, and by date where the request has one (D0126 J1825 report
@@ -29,11 +29,11 @@ use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
 
-use crate::server::App;
-use crate::dispatch::PutOutcome;
-use crate::s3::{Listing, S3Sink};
-use crate::reader::{iso_date, Group, ParsedFlow};
-use crate::ruleset::Live;
+use crate::http::App;
+use crate::exchange::deliver::PutOutcome;
+use crate::sink::s3::{Listing, S3Sink};
+use crate::dtc::reader::{iso_date, Group, ParsedFlow};
+use crate::rules::set::Live;
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.
@@ -131,12 +131,12 @@ struct Examined {
     read: Result<ParsedFlow, Vec<String>>,
 }
 
-fn examine(bytes: Option<&[u8]>, size: u64, catalogue: &crate::flows::Catalogue) -> Examined {
+fn examine(bytes: Option<&[u8]>, size: u64, catalogue: &crate::dtc::flows::Catalogue) -> Examined {
     match bytes {
         None => Examined { sha: format!("unread, {size} bytes"), read: Err(vec![format!("file: larger than {MAX_FILE_BYTES} bytes")]) },
         Some(bytes) => Examined {
             sha: Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect(),
-            read: crate::reader::read(bytes, catalogue).map_err(|f| f.iter().map(ToString::to_string).collect()),
+            read: crate::dtc::reader::read(bytes, catalogue).map_err(|f| f.iter().map(ToString::to_string).collect()),
         },
     }
 }
@@ -551,11 +551,11 @@ const MOVED_SUFFIX_MAX: usize = 1 + 26 + ".why.txt".len();
 
 /// The name a file taken from the inbox is moved or copied under: its own, unless it would leave
 /// no room for [`MOVED_SUFFIX_MAX`] in a file name (a sender may use all 255 bytes of one, and a
-/// bucket's names may be longer still); then cut and ended with its hash ([`crate::names::fit`]).
+/// bucket's names may be longer still); then cut and ended with its hash ([`crate::domain::names::fit`]).
 /// The same on every instance, so a repeated copy of the same file finds the first. The file's
 /// own name stays in its record, its ledger entry and its `.why.txt`.
 fn moved_name(name: &str) -> String {
-    crate::names::fit(name, name, crate::names::SEGMENT_MAX - MOVED_SUFFIX_MAX)
+    crate::domain::names::fit(name, name, crate::domain::names::SEGMENT_MAX - MOVED_SUFFIX_MAX)
 }
 
 /// The names a moved file may take: `name`, then `name.1`, `name.2`...
@@ -577,7 +577,7 @@ async fn put_free(b: &S3Sink, folder: &str, name: &str, bytes: &[u8]) -> Result<
 
 /// The same for an object too large to read through: a server-side copy to the first free name,
 /// or the name that already holds an object with the same entity tag and size.
-async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: &crate::s3::Fetched) -> Result<String, String> {
+async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: &crate::sink::s3::Fetched) -> Result<String, String> {
     for candidate in candidates(name) {
         let target = format!("{BUCKET_INBOX}{folder}/{candidate}");
         // Twice: a copy refused with 412 was just made by someone else; look at it.
@@ -711,7 +711,7 @@ fn summary(flow: &ParsedFlow, g: &Group, file: &str, received_at: &str, codes: &
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::flows::Catalogue;
+    use crate::dtc::flows::Catalogue;
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -719,7 +719,7 @@ mod tests {
 
     fn parse(text: &str) -> ParsedFlow {
         let cat = Catalogue::load(&repo().join("flow-templates/catalogue")).unwrap();
-        crate::reader::read(text.as_bytes(), &cat).unwrap()
+        crate::dtc::reader::read(text.as_bytes(), &cat).unwrap()
     }
 
     fn entry(id: &str, sip: &str, date: &str) -> MpanEntry {
@@ -801,11 +801,11 @@ mod tests {
     #[test]
     fn moved_names_leave_room_for_their_suffixes() {
         assert_eq!(moved_name("D0126_EM00000042.usr"), "D0126_EM00000042.usr");
-        let kept = "a".repeat(crate::names::SEGMENT_MAX - MOVED_SUFFIX_MAX);
+        let kept = "a".repeat(crate::domain::names::SEGMENT_MAX - MOVED_SUFFIX_MAX);
         assert_eq!(moved_name(&kept), kept);
         for long in ["b".repeat(kept.len() + 1), "\u{e9}".repeat(127), "c".repeat(1000)] {
             let moved = moved_name(&long);
-            assert!(moved.len() + MOVED_SUFFIX_MAX <= crate::names::SEGMENT_MAX, "{moved}");
+            assert!(moved.len() + MOVED_SUFFIX_MAX <= crate::domain::names::SEGMENT_MAX, "{moved}");
             assert_eq!(moved, moved_name(&long));
             assert_ne!(moved, moved_name(&format!("{long}x")));
         }

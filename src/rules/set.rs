@@ -15,9 +15,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::flows::{Catalogue, Envelope, Template, TemplateDef};
-use crate::rules::{Rules, RulesFile};
-use crate::validate::Schema;
+use crate::dtc::flows::{Catalogue, Envelope, Template, TemplateDef};
+use crate::rules::engine::{Rules, RulesFile};
+use crate::rules::schema::Schema;
 
 /// The schema file of the v4 body, under `schemas/`.
 pub const SCHEMA_FILE: &str = "sip-v4.schema.json";
@@ -37,7 +37,7 @@ pub struct RuleSet {
     /// The files it was built from, relative to the rules folder.
     pub files: Vec<String>,
     /// What the samples of `rules/samples/` exercise (all of it, or the set would not load).
-    pub coverage: crate::golden::Coverage,
+    pub coverage: crate::rules::samples::Coverage,
     /// How many samples it was checked with.
     pub samples: usize,
 }
@@ -62,7 +62,7 @@ fn read(path: &Path) -> Result<String, String> {
 pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
     let templates = root.join("flow-templates");
     let mut dirs = vec![root.join("schemas"), root.join("rules"), templates.clone(), templates.join("catalogue"), templates.join("catalogue").join("flows")];
-    for case in crate::golden::cases(&root.join("rules").join("samples")) {
+    for case in crate::rules::samples::cases(&root.join("rules").join("samples")) {
         dirs.push(case.join("flows"));
         dirs.push(case);
     }
@@ -150,7 +150,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         let name = path.display().to_string();
         let t = Template::compile(&name, def, &rules, &catalogue)?;
         // The configuration checked `flows.object_name` with flow ids of at most this length.
-        crate::names::check_flow_id(&t.flow).map_err(|e| format!("{name}: {e}"))?;
+        crate::domain::names::check_flow_id(&t.flow).map_err(|e| format!("{name}: {e}"))?;
         if templates.contains_key(&t.flow) {
             return Err(format!("{name}: a second template for {}", t.flow));
         }
@@ -167,7 +167,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         }
     }
     let sdir = rules_dir.join("samples");
-    let samples = crate::golden::cases(&sdir);
+    let samples = crate::rules::samples::cases(&sdir);
     for case in &samples {
         take(&case.join("request.json"))?;
         take(&case.join("expect.json"))?;
@@ -196,15 +196,15 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         roles: config.flows.roles.clone(),
         max_errors: config.max_errors,
         files,
-        coverage: crate::golden::Coverage::default(),
+        coverage: crate::rules::samples::Coverage::default(),
         samples: samples.len(),
     };
     // Sample bodies: each must get its expected answer from the candidate, and together they
     // must exercise all of it.
-    let mut coverage = crate::golden::Coverage::new(&set);
+    let mut coverage = crate::rules::samples::Coverage::new(&set);
     let mut failures = Vec::new();
     for case in &samples {
-        let result = crate::golden::run_sample(&set, case);
+        let result = crate::rules::samples::run_sample(&set, case);
         match result.failure {
             Some(why) => failures.push(format!("sample {}: {why}", case.display())),
             None => coverage.add(&result.pinned),

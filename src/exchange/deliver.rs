@@ -174,7 +174,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[derive(Clone)]
 pub enum Sink {
     Local(LocalSink),
-    S3(crate::s3::S3Sink),
+    S3(crate::sink::s3::S3Sink),
 }
 
 impl Sink {
@@ -182,7 +182,7 @@ impl Sink {
     pub fn from_config(config: &crate::config::Config) -> Result<Sink, SinkError> {
         match config.sink.kind.as_str() {
             "local" => Ok(Sink::Local(LocalSink::new(config.data_dir.join("dtn")))),
-            "s3" => Ok(Sink::S3(crate::s3::S3Sink::new(&config.sink.s3)?)),
+            "s3" => Ok(Sink::S3(crate::sink::s3::S3Sink::new(&config.sink.s3)?)),
             other => Err(SinkError(format!("sink {other} is not built into this binary"))),
         }
     }
@@ -436,7 +436,7 @@ fn results_pending_now(store: &Store) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::{Envelope, FlowBody};
+    use crate::dtc::flows::{Envelope, FlowBody};
     use crate::store::{AcceptOutcome, NewRequest, StoreError};
 
     #[test]
@@ -523,12 +523,12 @@ mod tests {
         other.body_hash = "another body".into();
         let e = store.accept(other).await.unwrap_err();
         assert!(matches!(&e, StoreError::Identity { stored, .. } if stored == "DEMO"), "{e}");
-        let mut keys = crate::auth::KeysFile::default();
-        keys.add("Test SIP", "ZZZZ", crate::auth::Rate::default()).unwrap();
+        let mut keys = crate::domain::auth::KeysFile::default();
+        keys.add("Test SIP", "ZZZZ", crate::domain::auth::Rate::default()).unwrap();
         assert!(store.check_identities(&keys).is_err());
-        let mut keys = crate::auth::KeysFile::default();
-        keys.add("Test SIP", "DEMO", crate::auth::Rate::default()).unwrap();
-        keys.add("Other SIP", "ZZZZ", crate::auth::Rate::default()).unwrap();
+        let mut keys = crate::domain::auth::KeysFile::default();
+        keys.add("Test SIP", "DEMO", crate::domain::auth::Rate::default()).unwrap();
+        keys.add("Other SIP", "ZZZZ", crate::domain::auth::Rate::default()).unwrap();
         store.check_identities(&keys).unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -14,7 +14,7 @@ use rhai::{Dynamic, Scope};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::rules::{Condition, RuleFailure, Rules};
+use crate::rules::engine::{Condition, RuleFailure, Rules};
 
 // ---------------------------------------------------------------------------------------------
 // The catalogue
@@ -64,7 +64,7 @@ impl Format {
                 if digits(int) && int.len() <= n.saturating_sub(d) && frac_ok { Ok(()) } else { Err(format!("not NUM({n},{d})")) }
             }
             Format::Num { digits: n, .. } => Err(format!("not NUM({n})")),
-            Format::Date if v.len() == 8 && v.is_ascii() && crate::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => Ok(()),
+            Format::Date if v.len() == 8 && v.is_ascii() && crate::domain::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => Ok(()),
             Format::Date => Err("not a ccyymmdd date".into()),
             Format::DateTime if v.len() == 14 && digits(v) && Format::Date.check(&v[..8]).is_ok() => Ok(()),
             Format::DateTime => Err("not a ccyymmddhhmmss date-time".into()),
@@ -254,7 +254,7 @@ struct Group {
     repeat: Option<Condition>,
     fields: Vec<Field>,
     /// The field values of one record, evaluated together.
-    values: crate::rules::Batch,
+    values: crate::rules::engine::Batch,
     groups: Vec<Group>,
 }
 
@@ -413,7 +413,7 @@ fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
     Ok(match format {
         FieldFormat::Text => text()?,
         FieldFormat::Upper => text()?.to_uppercase(),
-        FieldFormat::Postcode => crate::rules::postcode(&text()?),
+        FieldFormat::Postcode => crate::rules::engine::postcode(&text()?),
         FieldFormat::Bool => match v.as_bool() {
             Ok(true) => "T".into(),
             Ok(false) => "F".into(),
@@ -421,18 +421,18 @@ fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
         },
         FieldFormat::Date => {
             let s = text()?;
-            if let Some(d) = crate::clock::parse_date(&s) {
-                crate::clock::dtc_date(d)
-            } else if let Some(t) = crate::clock::parse_rfc3339(&s) {
-                crate::clock::dtc_date(crate::clock::london(t).date())
+            if let Some(d) = crate::domain::clock::parse_date(&s) {
+                crate::domain::clock::dtc_date(d)
+            } else if let Some(t) = crate::domain::clock::parse_rfc3339(&s) {
+                crate::domain::clock::dtc_date(crate::domain::clock::london(t).date())
             } else {
                 return Err(format!("{s:?} is not a date"));
             }
         }
         FieldFormat::Datetime => {
             let s = text()?;
-            let t = crate::clock::parse_rfc3339(&s).ok_or_else(|| format!("{s:?} is not a date-time"))?;
-            crate::clock::dtc_datetime(crate::clock::london(t))
+            let t = crate::domain::clock::parse_rfc3339(&s).ok_or_else(|| format!("{s:?} is not a date-time"))?;
+            crate::domain::clock::dtc_datetime(crate::domain::clock::london(t))
         }
         FieldFormat::Reading => {
             let s = text()?;
@@ -546,7 +546,7 @@ impl FlowBody {
     /// The whole file: ZHV, the group records, ZPT.
     pub fn finish(&self, file_id: &str, created: time::OffsetDateTime, env: &Envelope) -> String {
         let eol = if env.crlf { "\r\n" } else { "\n" };
-        let ts = crate::clock::dtc_datetime(crate::clock::london(created));
+        let ts = crate::domain::clock::dtc_datetime(crate::domain::clock::london(created));
         let mut out = String::new();
         let mut line = |fields: &[&str]| push_record(&mut out, fields, eol);
         let flow_version = format!("{}{}", self.flow, self.version);

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::ruleset::RuleSet;
+use crate::rules::set::RuleSet;
 
 fn problem_response(description: &str) -> Value {
     json!({

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::auth::Client;
-use crate::clock::Clock;
-use crate::pipeline::{decide, Explain, Fired, Verdict};
-use crate::rules::Level;
-use crate::ruleset::RuleSet;
+use crate::domain::auth::Client;
+use crate::domain::clock::Clock;
+use crate::rules::decide::{decide, Explain, Fired, Verdict};
+use crate::rules::engine::Level;
+use crate::rules::set::RuleSet;
 
 /// The instant golden flow files are written at.
 pub const GOLDEN_NOW: &str = "2025-12-31T12:00:00Z";
@@ -135,7 +135,7 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
         rate: Default::default(),
         revoked: false,
     };
-    let now = crate::clock::parse_rfc3339(GOLDEN_NOW).ok_or("bad golden clock")?;
+    let now = crate::domain::clock::parse_rfc3339(GOLDEN_NOW).ok_or("bad golden clock")?;
     let decision = decide(set, &client, &body, Clock::Fixed(now), Explain::Fired);
     let fired = decision.fired;
     match decision.verdict {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::RhaiLimits;
-use crate::finding::Finding;
+use crate::domain::finding::Finding;
 
 /// One rules YAML file; every section is optional, the files of `rules/` are merged.
 #[derive(Debug, Default, Deserialize)]
@@ -295,18 +295,18 @@ fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Dist
     // The Europe/London date of an RFC 3339 instant, `YYYY-MM-DD`, or () if it is not one.
     engine.register_fn("london_date", |d: Dynamic| -> Dynamic {
         text_of(&d)
-            .and_then(|s| crate::clock::parse_rfc3339(&s))
-            .map(|t| crate::clock::iso_date(crate::clock::london(t).date()).into())
+            .and_then(|s| crate::domain::clock::parse_rfc3339(&s))
+            .map(|t| crate::domain::clock::iso_date(crate::domain::clock::london(t).date()).into())
             .unwrap_or(Dynamic::UNIT)
     });
     // Seconds since 1970 of an RFC 3339 instant, or ().
     engine.register_fn("epoch", |d: Dynamic| -> Dynamic {
         text_of(&d)
-            .and_then(|s| crate::clock::parse_rfc3339(&s))
+            .and_then(|s| crate::domain::clock::parse_rfc3339(&s))
             .map(|t| Dynamic::from(t.unix_timestamp() as INT))
             .unwrap_or(Dynamic::UNIT)
     });
-    engine.register_fn("is_date", |d: Dynamic| text_of(&d).is_some_and(|s| crate::clock::parse_date(&s).is_some()));
+    engine.register_fn("is_date", |d: Dynamic| text_of(&d).is_some_and(|s| crate::domain::clock::parse_date(&s).is_some()));
     engine.register_fn("address_lines", |d: Dynamic| -> Array {
         text_of(&d).map(|s| address_lines(&s).into_iter().map(Dynamic::from).collect()).unwrap_or_default()
     });

@@ -4,6 +4,9 @@
 //! `127.0.0.1:0`. The request path reads top to bottom in `post_sip`:
 //! authenticate → rate-limit → read body → decide (schema, rules, flows) → store → answer.
 
+pub mod limit;
+pub mod openapi;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,15 +21,15 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::auth::{Client, KeysFile};
-use crate::clock::Clock;
+use crate::domain::auth::{Client, KeysFile};
+use crate::domain::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::DispatchStats;
-use crate::limit::{Decision as Limit, Limits};
+use crate::exchange::deliver::DispatchStats;
+use crate::http::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
-use crate::pipeline::{decide_parsed, Explain, Verdict};
-use crate::problem::Problem;
-use crate::ruleset::{self, RuleSet};
+use crate::rules::decide::{decide_parsed, Explain, Verdict};
+use crate::domain::problem::Problem;
+use crate::rules::set::{self as ruleset, RuleSet};
 use crate::store::{AcceptOutcome, NewRequest, Store};
 
 /// Keys and their limiters, swapped whole when the keys file changes.
@@ -98,7 +101,7 @@ pub enum StartError {
     #[error("rule set: {0}")]
     Rules(String),
     #[error(transparent)]
-    Keys(#[from] crate::auth::KeysError),
+    Keys(#[from] crate::domain::auth::KeysError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
@@ -410,7 +413,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>, method: Method, p
         (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
         (Method::GET, "/readyz") => readyz(&app),
         (Method::GET, "/metrics") => metrics(&app),
-        (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::openapi::document(&app.rules.load())),
+        (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::http::openapi::document(&app.rules.load())),
         _ => match allowed(&path) {
             Some(allow) => problem(&Problem::MethodNotAllowed { allow }, &path, request_id),
             None => problem(&Problem::NotFound, &path, request_id),
@@ -468,7 +471,7 @@ fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result
     let limit = app.keys.load().limits.check(&client.key_id);
     if let Limit::Limited { retry_after, .. } = limit {
         app.metrics.inc("flowgate_rate_limited_total", &[], 1.0);
-        let p = Problem::RateLimited { retry_after_secs: crate::limit::retry_secs(retry_after) };
+        let p = Problem::RateLimited { retry_after_secs: crate::http::limit::retry_secs(retry_after) };
         return Err(Box::new(with_limit_headers(problem(&p, instance, request_id), &limit)));
     }
     Ok(limit)
@@ -476,7 +479,7 @@ fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result
 
 /// The client a request authenticates as.
 fn authenticate(app: &App, req: &Request<Incoming>) -> Option<Client> {
-    let key = crate::auth::presented_key(req.headers())?;
+    let key = crate::domain::auth::presented_key(req.headers())?;
     app.keys.load().keys.authenticate(key).cloned()
 }
 
@@ -531,7 +534,7 @@ async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: 
             let _entered = span.enter();
             // The same body again for a job already accepted gets the first answer, whatever
             // the rules say now, without deciding it again.
-            let parsed = crate::pipeline::parse(&body);
+            let parsed = crate::rules::decide::parse(&body);
             if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
                 return Err(Box::new(first));
             }
@@ -639,7 +642,7 @@ fn redacted(message: &str) -> String {
 fn earlier_answer(store: &Store, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
     let job_id = value.pointer("/job_details/job_id")?.as_str()?;
     let first = store.job(&client.name, &client.sip_id, job_id).ok()??;
-    (first.body_hash == crate::pipeline::canonical_hash(value)).then_some(first)
+    (first.body_hash == crate::rules::decide::canonical_hash(value)).then_some(first)
 }
 
 fn replayed(record: &crate::store::RequestRecord) -> Answer {
@@ -754,7 +757,7 @@ fn metrics(app: &App) -> Answer {
                     .ok()
                     .and_then(|p| p.into_iter().next())
                     .and_then(|f| app.store.request(&f.request_id).ok().flatten())
-                    .and_then(|r| crate::clock::parse_rfc3339(&r.received_at));
+                    .and_then(|r| crate::domain::clock::parse_rfc3339(&r.received_at));
                 *cached = Some((std::time::Instant::now(), at));
                 at
             }
@@ -893,8 +896,8 @@ async fn retain(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>)
 }
 
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let sink = crate::dispatch::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
-    if let crate::dispatch::Sink::Local(local) = &sink {
+    let sink = crate::exchange::deliver::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
+    if let crate::exchange::deliver::Sink::Local(local) = &sink {
         // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
         match local.clear_leftovers(std::time::SystemTime::now()) {
             Ok(0) => {}
@@ -902,15 +905,15 @@ pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>
             Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
         }
     }
-    let backoff = crate::dispatch::Backoff {
+    let backoff = crate::exchange::deliver::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
     };
     let stop_retention = stop.clone();
     let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
-    let inbound = crate::inbound::Poller::new(app.clone())?;
+    let inbound = crate::exchange::inbound::Poller::new(app.clone())?;
     let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
-    let dispatcher = tokio::spawn(crate::dispatch::run(
+    let dispatcher = tokio::spawn(crate::exchange::deliver::run(
         app.store.clone(),
         sink,
         app.config.dispatch.concurrency,

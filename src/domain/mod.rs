@@ -1,0 +1,5 @@
+pub mod auth;
+pub mod clock;
+pub mod finding;
+pub mod names;
+pub mod problem;

@@ -1,0 +1,2 @@
+pub mod deliver;
+pub mod inbound;

@@ -1,0 +1,6 @@
+pub mod decide;
+pub mod engine;
+pub mod explain;
+pub mod samples;
+pub mod schema;
+pub mod set;
