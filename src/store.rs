@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::domain::finding::Finding;
-use crate::dtc::flows::{Envelope, FlowBody};
+use crate::dtc::write::{Envelope, FlowBody};
 
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");

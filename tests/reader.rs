@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flowgate::dtc::flows::Catalogue;
+use flowgate::dtc::catalogue::Catalogue;
 use flowgate::dtc::reader::{read, ParsedFlow};
 
 fn repo() -> PathBuf {

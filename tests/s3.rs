@@ -475,7 +475,7 @@ fn the_public_cases_replayed_through_s3_read_back_clean() {
     let prefix = unique_prefix("public");
     let (endpoint, _) = s3_env();
     let server = common::TestServer::start(|c| use_s3(c, &endpoint, &prefix));
-    let catalogue = flowgate::dtc::flows::Catalogue::load(&common::repo().join("flow-templates/catalogue")).unwrap();
+    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&common::repo().join("flow-templates/catalogue")).unwrap();
     let cases: Vec<_> = flowgate::rules::samples::cases(&common::repo().join("tests/cases"))
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("public-"))

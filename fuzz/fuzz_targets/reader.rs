@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use flowgate::dtc::flows::Catalogue;
+use flowgate::dtc::catalogue::Catalogue;
 use libfuzzer_sys::fuzz_target;
 
 fn catalogue() -> &'static Catalogue {

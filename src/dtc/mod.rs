@@ -1,2 +1,4 @@
-pub mod flows;
+pub mod catalogue;
+pub mod items;
 pub mod reader;
+pub mod write;

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::dtc::flows::{CatFlow, CatGroup, Catalogue, Format};
+use crate::dtc::catalogue::{CatFlow, CatGroup, Catalogue, Format};
 
 /// Most findings reported for one file; the rest are counted.
 const MAX_FINDINGS: usize = 100;
@@ -99,7 +99,7 @@ impl ParsedFlow {
     pub fn to_bytes(&self) -> Vec<u8> {
         let eol = if self.crlf { "\r\n" } else { "\n" };
         let mut out = String::new();
-        let mut line = |fields: &[&str]| crate::dtc::flows::push_record(&mut out, fields, eol);
+        let mut line = |fields: &[&str]| crate::dtc::write::push_record(&mut out, fields, eol);
         let h = &self.header;
         let flow_version = format!("{}{}", h.flow, h.version);
         line(&[
@@ -481,7 +481,7 @@ fn close<'c>(stack: &mut Vec<Open<'c>>, depth: usize, flow: &'c CatFlow, top: &m
 }
 
 /// One value against its catalogue item: required, characters, format, valid set, MPAN.
-fn check_field(cf: &crate::dtc::flows::CatField, v: &str) -> Result<(), String> {
+fn check_field(cf: &crate::dtc::catalogue::CatField, v: &str) -> Result<(), String> {
     if v.is_empty() {
         return if cf.required { Err("is required but empty".into()) } else { Ok(()) };
     }
@@ -496,7 +496,7 @@ fn check_field(cf: &crate::dtc::flows::CatField, v: &str) -> Result<(), String> 
             return Err(format!("{}: not in its valid set", shown(v)));
         }
     }
-    if cf.item == "J0003" && !crate::rules::engine::mpan_check_ok(v) {
+    if cf.item == "J0003" && !crate::dtc::items::mpan_check_ok(v) {
         return Err(format!("{}: MPAN check digit fails", shown(v)));
     }
     Ok(())

@@ -436,7 +436,7 @@ fn results_pending_now(store: &Store) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtc::flows::{Envelope, FlowBody};
+    use crate::dtc::write::{Envelope, FlowBody};
     use crate::store::{AcceptOutcome, NewRequest, StoreError};
 
     #[test]

@@ -131,7 +131,7 @@ struct Examined {
     read: Result<ParsedFlow, Vec<String>>,
 }
 
-fn examine(bytes: Option<&[u8]>, size: u64, catalogue: &crate::dtc::flows::Catalogue) -> Examined {
+fn examine(bytes: Option<&[u8]>, size: u64, catalogue: &crate::dtc::catalogue::Catalogue) -> Examined {
     match bytes {
         None => Examined { sha: format!("unread, {size} bytes"), read: Err(vec![format!("file: larger than {MAX_FILE_BYTES} bytes")]) },
         Some(bytes) => Examined {
@@ -711,7 +711,7 @@ fn summary(flow: &ParsedFlow, g: &Group, file: &str, received_at: &str, codes: &
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::dtc::flows::Catalogue;
+    use crate::dtc::catalogue::Catalogue;
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::auth::Client;
 use crate::domain::clock::Clock;
 use crate::domain::finding::Finding;
-use crate::dtc::flows::FlowBody;
+use crate::dtc::write::FlowBody;
 use crate::rules::engine::{findings_of, Level, RuleFailure, Trace};
 use crate::rules::set::RuleSet;
 

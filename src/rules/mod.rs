@@ -4,3 +4,4 @@ pub mod explain;
 pub mod samples;
 pub mod schema;
 pub mod set;
+pub mod template;

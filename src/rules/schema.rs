@@ -156,9 +156,9 @@ impl Schema {
                         K::MaxItems { limit } => format!("must have at most {limit} items"),
                         K::UniqueItems => "must not repeat an item".to_string(),
                         // The schema's only `not` keeps out what a DTC flow file cannot carry.
-                        K::Not { .. } => match error.instance().as_str().and_then(crate::dtc::flows::unfit_char) {
-                            Some(c) => format!("contains {}: {}", crate::dtc::flows::describe_char(c), crate::dtc::flows::FLOW_TEXT_RULE),
-                            None => format!("contains a character a flow file cannot carry: {}", crate::dtc::flows::FLOW_TEXT_RULE),
+                        K::Not { .. } => match error.instance().as_str().and_then(crate::dtc::catalogue::unfit_char) {
+                            Some(c) => format!("contains {}: {}", crate::dtc::catalogue::describe_char(c), crate::dtc::catalogue::FLOW_TEXT_RULE),
+                            None => format!("contains a character a flow file cannot carry: {}", crate::dtc::catalogue::FLOW_TEXT_RULE),
                         },
                         _ => error.masked().to_string(),
                     };

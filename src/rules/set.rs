@@ -15,7 +15,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::dtc::flows::{Catalogue, Envelope, Template, TemplateDef};
+use crate::dtc::catalogue::Catalogue;
+use crate::dtc::write::Envelope;
+use crate::rules::template::{Template, TemplateDef};
 use crate::rules::engine::{Rules, RulesFile};
 use crate::rules::schema::Schema;
 

@@ -1,0 +1,293 @@
+//! Flow templates (`flow-templates/`).
+//!
+//! A template says, for one flow, which groups to write in which order and nesting, when a
+//! group is written, what it repeats over (one 263 per rate, one 257 per DNO code), and where
+//! each field's value comes from (a rhai expression over the request) with its formatting.
+//! Every template is checked against the catalogue extract in `flow-templates/catalogue/` when a
+//! rule set loads (group codes, nesting, field order and count), and every value against its
+//! data item's format when it is written. A new flow is a new file, not new Rust.
+
+
+use rhai::{Dynamic, Scope};
+use serde::Deserialize;
+
+use crate::dtc::catalogue::{check_value, CatField, CatFlow, Catalogue};
+use crate::rules::engine::{Condition, RuleFailure, Rules};
+
+/// How a field's value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldFormat {
+    /// As given.
+    #[default]
+    Text,
+    /// `YYYY-MM-DD` or an RFC 3339 instant, written `ccyymmdd` (Europe/London).
+    Date,
+    /// An RFC 3339 instant, written `ccyymmddhhmmss` (Europe/London).
+    Datetime,
+    /// true/false written `T`/`F`.
+    Bool,
+    /// A register reading written with one decimal (`28933.0`).
+    Reading,
+    /// A postcode, upper case with one space.
+    Postcode,
+    Upper,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDef {
+    pub flow: String,
+    pub version: String,
+    pub name: String,
+    #[serde(default)]
+    pub note: Option<String>,
+    pub groups: Vec<GroupDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDef {
+    pub code: String,
+    /// Written only when this is true.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// An array: the group is written once per element, bound to `each`.
+    #[serde(default)]
+    pub repeat: Option<String>,
+    pub fields: Vec<FieldDef>,
+    #[serde(default)]
+    pub groups: Vec<GroupDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    pub item: String,
+    /// A rhai expression; absent means the field is left empty.
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub format: FieldFormat,
+}
+
+struct Field {
+    cat: CatField,
+    /// `()` for a field the template leaves empty.
+    value: Condition,
+    format: FieldFormat,
+}
+
+struct Group {
+    /// Its index in [`Template::groups`], in the order the template lists groups.
+    id: usize,
+    code: String,
+    when: Option<Condition>,
+    repeat: Option<Condition>,
+    fields: Vec<Field>,
+    /// The field values of one record, evaluated together.
+    values: crate::rules::engine::Batch,
+    groups: Vec<Group>,
+}
+
+/// A compiled, checked flow template.
+pub struct Template {
+    pub flow: String,
+    pub version: String,
+    pub name: String,
+    /// Every group of the template, in the order it lists them (nested ones after their parent).
+    pub groups: Vec<GroupInfo>,
+    tree: Vec<Group>,
+    top_codes: Vec<String>,
+}
+
+/// A template group as the reload gate's coverage names it.
+#[derive(Debug, Clone)]
+pub struct GroupInfo {
+    /// The group code with its parents', `262/263`.
+    pub path: String,
+    /// Written only when its `when` holds or its `repeat` gives elements: a choice a sample
+    /// must make for the group to be seen.
+    pub optional: bool,
+}
+
+impl Template {
+    /// Compiles a template with the rule set's engine and checks it against the catalogue.
+    pub fn compile(file: &str, def: TemplateDef, rules: &Rules, catalogue: &Catalogue) -> Result<Template, String> {
+        let cat = catalogue.flows.get(&def.flow).ok_or_else(|| format!("{file}: flow {} is not in the catalogue", def.flow))?;
+        if cat.version != def.version {
+            return Err(format!("{file}: {} is version {} in the catalogue, not {}", def.flow, cat.version, def.version));
+        }
+        let mut groups = Vec::new();
+        let tree = compile_groups(file, &def.groups, None, cat, rules, &mut groups)?;
+        let top_codes = tree.iter().map(|g| g.code.clone()).collect();
+        Ok(Template { flow: def.flow, version: def.version, name: def.name, groups, tree, top_codes })
+    }
+
+    /// Writes the group records for one request (each record is its fields, code first), and
+    /// counts the top-level ones. `written`, when given, gets the index of every group written.
+    pub fn render(&self, rules: &Rules, scope: &mut Scope<'static>, mut written: Option<&mut Vec<usize>>) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
+        let mut out = Vec::new();
+        render_groups(&self.flow, &self.tree, rules, scope, &mut out, &mut written)?;
+        let top = out.iter().filter(|r| r.first().is_some_and(|c| self.top_codes.contains(c))).count();
+        Ok((out, top))
+    }
+}
+
+/// `parent` is the enclosing group's code and path; `infos` gets every group in order.
+fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<(&str, &str)>, cat: &CatFlow, rules: &Rules, infos: &mut Vec<GroupInfo>) -> Result<Vec<Group>, String> {
+    let (parent, parent_path) = (parent.map(|p| p.0), parent.map(|p| p.1));
+    let mut out = Vec::new();
+    for g in defs {
+        let id = infos.len();
+        let path = parent_path.map_or_else(|| g.code.clone(), |p| format!("{p}/{}", g.code));
+        infos.push(GroupInfo { path: path.clone(), optional: g.when.is_some() || g.repeat.is_some() });
+        let cg = cat.groups.get(&g.code).ok_or_else(|| format!("{file}: group {} is not part of {}", g.code, cat.id))?;
+        if cg.parent.as_deref() != parent {
+            return Err(format!("{file}: group {} must sit under {}, not {}", g.code, cg.parent.as_deref().unwrap_or("the top"), parent.unwrap_or("the top")));
+        }
+        if g.fields.len() != cg.fields.len() {
+            return Err(format!("{file}: group {} has {} fields, the catalogue has {}", g.code, g.fields.len(), cg.fields.len()));
+        }
+        let compile = |what: String, src: &str| -> Result<Condition, String> {
+            rules.compile_condition(&what, src)
+        };
+        let mut fields = Vec::new();
+        for (f, cf) in g.fields.iter().zip(&cg.fields) {
+            if f.item != cf.item {
+                return Err(format!("{file}: group {} field {} is {} in the catalogue, the template has {}", g.code, fields.len() + 1, cf.item, f.item));
+            }
+            if cf.required && f.value.is_none() {
+                return Err(format!("{file}: group {} item {} ({}) is required but has no value", g.code, cf.item, cf.name));
+            }
+            let value = compile(format!("{file}: {} {}", g.code, f.item), f.value.as_deref().unwrap_or("()"))?;
+            fields.push(Field { cat: cf.clone(), value, format: f.format });
+        }
+        let values = rules.batch(fields.iter().map(|f: &Field| &f.value));
+        out.push(Group {
+            id,
+            values,
+            code: g.code.clone(),
+            when: g.when.as_deref().map(|w| compile(format!("{file}: {} when", g.code), w)).transpose()?,
+            repeat: g.repeat.as_deref().map(|w| compile(format!("{file}: {} repeat", g.code), w)).transpose()?,
+            fields,
+            groups: compile_groups(file, &g.groups, Some((&g.code, &path)), cat, rules, infos)?,
+        });
+    }
+    // Every mandatory child group of this level must be written by the template.
+    for cg in cat.groups.values().filter(|cg| cg.parent.as_deref() == parent && cg.min > 0) {
+        if !defs.iter().any(|g| g.code == cg.code) {
+            return Err(format!("{file}: group {} is mandatory under {} but the template leaves it out", cg.code, parent.unwrap_or("the top")));
+        }
+    }
+    Ok(out)
+}
+
+fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<'static>, out: &mut Vec<Vec<String>>, written: &mut Option<&mut Vec<usize>>) -> Result<(), RuleFailure> {
+    for g in groups {
+        let fail = |what: &str, message: String| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message };
+        if let Some(w) = &g.when {
+            if !rules.truth(scope, w).map_err(|m| fail(" when", m))? {
+                continue;
+            }
+        }
+        let elements = match &g.repeat {
+            Some(r) => {
+                let v = rules.run(scope, r).map_err(|m| fail(" repeat", m))?;
+                if v.is_unit() {
+                    vec![]
+                } else {
+                    v.into_array().map_err(|t| fail(" repeat", format!("gave a {t}, not an array")))?
+                }
+            }
+            None => vec![Dynamic::UNIT],
+        };
+        for each in elements {
+            let mark = scope.len();
+            if g.repeat.is_some() {
+                scope.push_constant_dynamic("each", each);
+            }
+            let mut record = vec![g.code.clone()];
+            let conditions: Vec<&Condition> = g.fields.iter().map(|f| &f.value).collect();
+            let values = rules.run_batch(scope, &g.values, &conditions);
+            for (f, value) in g.fields.iter().zip(values) {
+                let raw = value.map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
+                let text = write_value(raw, f.format).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
+                check_value(&f.cat, &text).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
+                record.push(text);
+            }
+            out.push(record);
+            if let Some(w) = written.as_deref_mut() {
+                w.push(g.id);
+            }
+            let r = render_groups(flow, &g.groups, rules, scope, out, written);
+            scope.rewind(mark);
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// Formats one value for a flow file.
+fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
+    if v.is_unit() {
+        return Ok(String::new());
+    }
+    let text = || -> Result<String, String> {
+        if v.is_string() {
+            return Ok(v.clone().into_string().unwrap_or_default());
+        }
+        if let Ok(i) = v.as_int() {
+            return Ok(i.to_string());
+        }
+        Err(format!("gave a {}, expected text", v.type_name()))
+    };
+    Ok(match format {
+        FieldFormat::Text => text()?,
+        FieldFormat::Upper => text()?.to_uppercase(),
+        FieldFormat::Postcode => crate::dtc::items::postcode(&text()?),
+        FieldFormat::Bool => match v.as_bool() {
+            Ok(true) => "T".into(),
+            Ok(false) => "F".into(),
+            Err(t) => return Err(format!("gave a {t}, expected true or false")),
+        },
+        FieldFormat::Date => {
+            let s = text()?;
+            if let Some(d) = crate::domain::clock::parse_date(&s) {
+                crate::domain::clock::dtc_date(d)
+            } else if let Some(t) = crate::domain::clock::parse_rfc3339(&s) {
+                crate::domain::clock::dtc_date(crate::domain::clock::london(t).date())
+            } else {
+                return Err(format!("{s:?} is not a date"));
+            }
+        }
+        FieldFormat::Datetime => {
+            let s = text()?;
+            let t = crate::domain::clock::parse_rfc3339(&s).ok_or_else(|| format!("{s:?} is not a date-time"))?;
+            crate::domain::clock::dtc_datetime(crate::domain::clock::london(t))
+        }
+        FieldFormat::Reading => {
+            let s = text()?;
+            let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+            let n: u64 = int.parse().map_err(|_| format!("{s:?} is not a reading"))?;
+            let frac = frac.chars().next().unwrap_or('0');
+            if !frac.is_ascii_digit() {
+                return Err(format!("{s:?} is not a reading"));
+            }
+            format!("{n}.{frac}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_get_one_decimal() {
+        assert_eq!(write_value("01234".into(), FieldFormat::Reading).unwrap(), "1234.0");
+        assert_eq!(write_value(Dynamic::from(true), FieldFormat::Bool).unwrap(), "T");
+        assert_eq!(write_value("2025-01-08T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250108");
+        assert_eq!(write_value("2025-06-30T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250701");
+    }
+}
