@@ -372,7 +372,7 @@ fn keys(args: KeysArgs) -> Outcome {
 fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
-    let set = flowgate::rules::set::load(&config)?;
+    let set = flowgate::rules::load::load(&config)?;
     let client = flowgate::domain::auth::Client {
         name: "check".into(),
         sip_id,
@@ -411,7 +411,7 @@ fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
 fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let dir = dir.unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
-    let set = Arc::new(flowgate::rules::set::load(&config)?);
+    let set = Arc::new(flowgate::rules::load::load(&config)?);
     let cases = flowgate::rules::samples::cases(&dir);
     if cases.is_empty() {
         return Err(format!("no cases (folders with request.json) under {}", dir.display()));
@@ -438,7 +438,7 @@ fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFi
     }
     // The samples always cover the whole set (the set would not have loaded otherwise): this line
     // says how, for whoever trims or adds samples.
-    println!("samples coverage: {} ({} samples in {})", set.coverage.summary(), set.samples, config.rules_dir.join("rules").join("samples").display());
+    println!("samples coverage: {} ({} samples in {})", set.coverage, set.samples, config.rules_dir.join("rules").join("samples").display());
     if let Some(file) = junit {
         std::fs::write(file, flowgate::rules::samples::junit(&results)).map_err(|e| format!("{}: {e}", file.display()))?;
     }

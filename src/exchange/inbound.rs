@@ -33,7 +33,7 @@ use crate::http::App;
 use crate::exchange::deliver::PutOutcome;
 use crate::sink::s3::{Listing, S3Sink};
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
-use crate::rules::set::Live;
+use crate::rules::load::Live;
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.

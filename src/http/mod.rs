@@ -29,7 +29,8 @@ use crate::http::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide_parsed, Explain, Verdict};
 use crate::domain::problem::Problem;
-use crate::rules::set::{self as ruleset, RuleSet};
+use crate::rules::load as ruleset;
+use crate::rules::set::RuleSet;
 use crate::store::{AcceptOutcome, NewRequest, Store};
 
 /// Keys and their limiters, swapped whole when the keys file changes.

@@ -1,5 +1,6 @@
 pub mod decide;
 pub mod engine;
+pub mod load;
 pub mod explain;
 pub mod samples;
 pub mod schema;
