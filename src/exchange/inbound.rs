@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::http::App;
-use crate::exchange::deliver::PutOutcome;
+use crate::sink::PutOutcome;
 use crate::sink::s3::{Listing, S3Sink};
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
 use crate::rules::load::Live;

@@ -897,8 +897,8 @@ async fn retain(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>)
 }
 
 pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let sink = crate::exchange::deliver::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
-    if let crate::exchange::deliver::Sink::Local(local) = &sink {
+    let sink = crate::sink::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
+    if let crate::sink::Sink::Local(local) = &sink {
         // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
         match local.clear_leftovers(std::time::SystemTime::now()) {
             Ok(0) => {}

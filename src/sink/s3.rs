@@ -22,7 +22,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::config::S3Config;
-use crate::exchange::deliver::{PutOutcome, SinkError};
+use crate::sink::{PutOutcome, SinkError};
 
 /// A bucket (and a prefix in it) that flow files and job archives are written to.
 #[derive(Clone, Debug)]
