@@ -294,23 +294,19 @@ fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let app = flowgate::http::App::start(config.clone()).map_err(|e| e.to_string())?;
+        let gateway = flowgate::runtime::Gateway::start(config.clone()).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(%addr, ruleset = %app.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
+        tracing::info!(%addr, ruleset = %gateway.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         println!("flowgate listening on {scheme}://{addr}");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let background = flowgate::http::start_background(&app, stopped.clone()).map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = stop.send(true);
         });
-        flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(10)).await.map_err(|e| e.to_string())?;
-        for task in background {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
+        flowgate::runtime::run(gateway, listener, stopped, Duration::from_secs(10)).await?;
         tracing::info!("stopped");
         Ok::<_, String>(())
     })?;

@@ -55,7 +55,7 @@ fn every_emptied_or_truncated_rule_file_is_refused() {
     common::copy_rules(&root);
     let config = flowgate::config::Config { rules_dir: root.clone(), ..Default::default() };
     let started = Instant::now();
-    flowgate::rules::set::load(&config).unwrap_or_else(|e| panic!("the unchanged copy does not load: {e}"));
+    flowgate::rules::load::load(&config).unwrap_or_else(|e| panic!("the unchanged copy does not load: {e}"));
 
     let (mut tried, mut skipped, mut accepted) = (0, 0, Vec::new());
     for file in rule_files(&root) {
@@ -69,7 +69,7 @@ fn every_emptied_or_truncated_rule_file_is_refused() {
             }
             std::fs::write(&path, lines[..keep].concat()).unwrap();
             tried += 1;
-            if flowgate::rules::set::load(&config).is_ok() {
+            if flowgate::rules::load::load(&config).is_ok() {
                 accepted.push(if keep == 0 { format!("{file} emptied") } else { format!("{file} cut after line {keep} of {}", lines.len()) });
             }
         }
@@ -107,7 +107,7 @@ fn removing_any_one_rule_scenario_or_flow_choice_is_refused() {
             let (text, id) = without_entry(&whole, key, i);
             std::fs::write(&path, text).unwrap();
             tried += 1;
-            if flowgate::rules::set::load(&config).is_ok() {
+            if flowgate::rules::load::load(&config).is_ok() {
                 accepted.push(format!("{file}: without {id}"));
             }
         }

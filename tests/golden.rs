@@ -12,7 +12,7 @@ fn main() {
     let args = Arguments::from_args();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
-    let set = Arc::new(flowgate::rules::set::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
+    let set = Arc::new(flowgate::rules::load::load(&config).unwrap_or_else(|e| panic!("rule set: {e}")));
     let trials = flowgate::rules::samples::cases(&repo.join("tests/cases"))
         .into_iter()
         .map(|dir| {

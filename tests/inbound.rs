@@ -71,12 +71,11 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     let key = keys.add("Inbound test SIP", "DEMO", Rate { per_second: 1000, burst: 1000 }).unwrap();
     keys.write(&config.keys_path()).unwrap();
 
-    let app = flowgate::http::App::start(config.clone()).unwrap();
+    let app = flowgate::runtime::Gateway::start(config.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let background = flowgate::http::start_background(&app, stopped.clone()).unwrap();
-    let server = tokio::spawn(flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(2)));
+    let server = tokio::spawn(flowgate::runtime::run(app.clone(), listener, stopped, Duration::from_secs(2)));
 
     let body = std::fs::read(repo().join("tests/cases/public-aborted-dno-category-b/request.json")).unwrap();
     let (status, answer) = call(addr, "POST", "/v4/sip", &key, &body).await;
@@ -126,10 +125,7 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     assert_eq!(app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);
 
     let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    for task in background {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
     drop(app);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -78,7 +78,7 @@ fn mutate(body: &mut Value, rng: &mut Rng) {
 #[test]
 fn mutated_bodies_never_make_a_rule_fail_or_the_pipeline_panic() {
     let config = flowgate::config::Config { rules_dir: common::repo(), ..Default::default() };
-    let set = flowgate::rules::set::load(&config).unwrap();
+    let set = flowgate::rules::load::load(&config).unwrap();
     let client = Client { name: "m".into(), sip_id: "DEMO".into(), key_id: "m".into(), key_sha256: String::new(), rate: Rate::default(), revoked: false };
     let now = Clock::Fixed(flowgate::domain::clock::parse_rfc3339("2025-12-31T12:00:00Z").unwrap());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowgate::config::{Config, S3Config};
-use flowgate::exchange::deliver::PutOutcome;
+use flowgate::sink::PutOutcome;
 use flowgate::sink::s3::S3Sink;
 use serde_json::Value;
 

@@ -29,7 +29,8 @@ use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
 
-use crate::http::App;
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sink::PutOutcome;
 use crate::sink::s3::{Listing, S3Sink};
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
@@ -108,7 +109,7 @@ enum Inbox {
 /// The inbox poller.
 pub struct Poller {
     inbox: Inbox,
-    app: Arc<App>,
+    metrics: Arc<Metrics>,
     store: Store,
     rules: Live,
     sip_role: String,
@@ -185,8 +186,7 @@ fn skipped(name: &str) -> bool {
 impl Poller {
     /// A poller for the inbox of the configured sink (`<data_dir>/dtn/in/`, or `in/` in the
     /// bucket); fails if the code lists do not load or the bucket cannot be addressed.
-    pub fn new(app: Arc<App>) -> Result<Poller, String> {
-        let config = &app.config;
+    pub fn new(config: &Config, store: Store, rules: Live, metrics: Arc<Metrics>) -> Result<Poller, String> {
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
         let folder = config.data_dir.join("dtn").join("in");
@@ -202,11 +202,11 @@ impl Poller {
         };
         Ok(Poller {
             inbox,
-            store: app.store.clone(),
-            rules: app.rules.clone(),
+            store,
+            rules,
             sip_role: config.flows.sender_role.clone(),
             instance: config.flows.instance_prefix.clone(),
-            app: app.clone(),
+            metrics,
             codes_dir,
             codes,
             codes_error: None,
@@ -217,7 +217,7 @@ impl Poller {
     }
 
     fn failed(&self) {
-        self.app.metrics.inc("flowgate_inbound_errors_total", &[], 1.0);
+        self.metrics.inc("flowgate_inbound_errors_total", &[], 1.0);
     }
 
     fn where_(&self) -> String {
@@ -340,7 +340,7 @@ impl Poller {
                 FileOutcome::Unmatched(_) => "unmatched",
                 FileOutcome::Rejected(_) => "rejected",
             };
-            self.app.metrics.inc("flowgate_inbound_files_total", &[("outcome", label)], 1.0);
+            self.metrics.inc("flowgate_inbound_files_total", &[("outcome", label)], 1.0);
         }
         match &outcome {
             FileOutcome::Matched(ids) if new => tracing::info!(file = %name, flow, requests = ids.len(), "inbound flow matched"),

@@ -1,4 +1,4 @@
-//! HTTP: routes, the request path, reloads, and the accept loop.
+//! HTTP: routes, the request path, answers, and the accept loop.
 //!
 //! `serve` takes a bound listener and a shutdown signal, so tests drive the real server on
 //! `127.0.0.1:0`. The request path reads top to bottom in `post_sip`:
@@ -29,8 +29,7 @@ use crate::http::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide_parsed, Explain, Verdict};
 use crate::domain::problem::Problem;
-use crate::rules::load as ruleset;
-use crate::rules::set::RuleSet;
+use crate::rules::load::Live;
 use crate::store::{AcceptOutcome, NewRequest, Store};
 
 /// Keys and their limiters, swapped whole when the keys file changes.
@@ -47,20 +46,30 @@ pub struct ReloadStatus {
     pub error: Option<String>,
 }
 
-/// Everything a request may need, shared by every connection.
-pub struct App {
-    pub config: Config,
-    pub rules: Arc<ArcSwap<RuleSet>>,
+/// What the last reload of rules and of keys did, written by the runtime's watcher.
+#[derive(Default)]
+pub struct Reloads {
+    pub rules: Mutex<ReloadStatus>,
+    pub keys: Mutex<ReloadStatus>,
+}
+
+/// The live handles the HTTP layer reads, each shared with the part of the runtime that owns it.
+pub struct Handles {
+    pub config: Arc<Config>,
+    pub rules: Live,
     pub keys: Arc<ArcSwap<KeyState>>,
     pub store: Store,
     pub clock: Clock,
-    /// One registry for the server and the dispatcher, so each family is exposed once.
     pub metrics: Arc<Metrics>,
     pub dispatch: Arc<DispatchStats>,
-    pub rules_reload: Mutex<ReloadStatus>,
-    pub keys_reload: Mutex<ReloadStatus>,
-    /// The TLS acceptor when HTTPS is configured; swapped when the PEM files change.
-    pub tls: Option<ArcSwap<tokio_rustls::TlsAcceptor>>,
+    pub reloads: Arc<Reloads>,
+    /// The TLS acceptor when HTTPS is configured; swapped by the runtime when the PEM files change.
+    pub tls: Option<Arc<ArcSwap<tokio_rustls::TlsAcceptor>>>,
+}
+
+/// The HTTP server: the handles, and what only the request path holds.
+pub struct Server {
+    h: Handles,
     /// When the oldest undelivered file's request was accepted, and when that was looked up:
     /// finding it reads the whole outbox index, so `/metrics` (unauthenticated) does it at most
     /// once every [`OLDEST_EVERY`].
@@ -73,211 +82,25 @@ pub struct App {
     body_budget: Arc<tokio::sync::Semaphore>,
 }
 
-const OLDEST_EVERY: Duration = Duration::from_secs(5);
-
-/// A TLS acceptor from PEM files (HTTP/2 and HTTP/1.1 offered by ALPN).
-pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", files.cert_file.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("rule set: {0}")]
-    Rules(String),
-    #[error(transparent)]
-    Keys(#[from] crate::domain::auth::KeysError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("configuration: {0}")]
-    Config(String),
-}
-
-impl App {
-    /// Loads rules and keys and opens the store.
-    pub fn start(config: Config) -> Result<Arc<App>, StartError> {
-        // Config::load checks too; a configuration built in code (tests, embedders) is held to
-        // the same rules, such as names that fit every sink.
-        config.check().map_err(|e| StartError::Config(e.to_string()))?;
-        let set = ruleset::load(&config).map_err(StartError::Rules)?;
-        let keys = KeysFile::read(&config.keys_path())?;
-        let limits = Limits::for_keys(&keys, None);
-        let store = Store::open_with_cache(&config.data_dir.join("store"), &config.flows.instance_prefix, config.store.cache_mb)?;
-        store.check_identities(&keys)?;
-        let clock = config.clock();
-        let now = Some(rfc3339_now());
-        let tls = match &config.tls {
-            Some(files) => Some(ArcSwap::from_pointee(tls_acceptor(files).map_err(StartError::Tls)?)),
-            None => None,
-        };
-        let metrics = Arc::new(Metrics::default());
-        let app = App {
-            rules: Arc::new(ArcSwap::from_pointee(set)),
-            keys: Arc::new(ArcSwap::from_pointee(KeyState { keys, limits })),
-            store,
-            clock,
-            dispatch: Arc::new(DispatchStats { metrics: metrics.clone(), ..DispatchStats::default() }),
-            metrics,
-            rules_reload: Mutex::new(ReloadStatus { ok: true, at: now.clone(), error: None }),
-            keys_reload: Mutex::new(ReloadStatus { ok: true, at: now, error: None }),
-            tls,
+impl Server {
+    pub fn new(h: Handles) -> Server {
+        Server {
             oldest: Mutex::new(None),
-            deciders: Arc::new(tokio::sync::Semaphore::new(config.deciders())),
-            body_budget: Arc::new(tokio::sync::Semaphore::new(config.body_budget_kib())),
-            config,
-        };
-        app.metrics.set("flowgate_ruleset_info", &[("revision", &app.rules.load().revision)], 1.0);
-        Ok(Arc::new(app))
-    }
-
-    /// Builds a candidate rule set and swaps it in only if it loads and checks whole.
-    pub fn reload_rules(&self) -> Result<String, String> {
-        let result = ruleset::load(&self.config);
-        let mut status = self.rules_reload.lock().unwrap_or_else(|p| p.into_inner());
-        status.at = Some(rfc3339_now());
-        match result {
-            Ok(set) => {
-                let old = self.rules.load().revision.clone();
-                let revision = set.revision.clone();
-                self.rules.store(Arc::new(set));
-                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "ok")], 1.0);
-                self.metrics.set("flowgate_ruleset_info", &[("revision", &old)], 0.0);
-                self.metrics.set("flowgate_ruleset_info", &[("revision", &revision)], 1.0);
-                tracing::info!(%revision, previous = %old, "rule set reloaded");
-                *status = ReloadStatus { ok: true, at: status.at.clone(), error: None };
-                Ok(revision)
-            }
-            Err(e) => {
-                self.metrics.inc("flowgate_rule_reloads_total", &[("result", "failed")], 1.0);
-                tracing::error!(error = %e, serving = %self.rules.load().revision, "rule edit refused; the running rule set stays");
-                status.ok = false;
-                status.error = Some(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// Re-reads the keys file; a broken file leaves the running keys in place.
-    pub fn reload_keys(&self) -> Result<(), String> {
-        let result = KeysFile::read(&self.config.keys_path())
-            .map_err(|e| e.to_string())
-            .and_then(|keys| self.store.check_identities(&keys).map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")));
-        let mut status = self.keys_reload.lock().unwrap_or_else(|p| p.into_inner());
-        status.at = Some(rfc3339_now());
-        match result {
-            Ok(keys) => {
-                let limits = Limits::for_keys(&keys, Some(&self.keys.load().limits));
-                self.keys.store(Arc::new(KeyState { keys, limits }));
-                tracing::info!("keys reloaded");
-                status.ok = true;
-                status.error = None;
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "keys file refused; the running keys stay");
-                status.ok = false;
-                status.error = Some(e.to_string());
-                Err(e.to_string())
-            }
+            deciders: Arc::new(tokio::sync::Semaphore::new(h.config.deciders())),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(h.config.body_budget_kib())),
+            h,
         }
     }
 }
 
-fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-/// A fingerprint of one file's bytes, read through symlinks (as the rule folders' is: a copy that
-/// keeps modification times, or a swapped link, changes nothing else).
-fn keys_fingerprint(path: &std::path::Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match std::fs::read(path) {
-        Ok(bytes) => bytes.hash(&mut h),
-        Err(e) => e.kind().hash(&mut h),
-    }
-    h.finish()
-}
-
-/// Watches the rule folders and the keys file; debounced, then reloads whatever changed.
-/// The starting fingerprints are taken now, before the task runs, so no edit made right after
-/// start is missed.
-pub fn watch(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    let poll = Duration::from_millis(app.config.reload.poll_ms.max(50));
-    let debounce = Duration::from_millis(app.config.reload.debounce_ms);
-    let root = app.config.rules_dir.clone();
-    let keys = app.config.keys_path();
-    let mut rules_seen = ruleset::fingerprint(&root);
-    let mut keys_seen = keys_fingerprint(&keys);
-    let tls_files = app.config.tls.clone();
-    let tls_print = move |files: &Option<crate::config::TlsFiles>| files.as_ref().map(|f| keys_fingerprint(&f.cert_file) ^ keys_fingerprint(&f.key_file).rotate_left(1));
-    let mut tls_seen = tls_print(&tls_files);
-    // Off the request workers: the fingerprint reads every file of the rule folders.
-    let rules_print = move || {
-        let root = root.clone();
-        async move { tokio::task::spawn_blocking(move || ruleset::fingerprint(&root)).await.ok() }
-    };
-    async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
-                _ = shutdown.changed() => return,
-            }
-            let Some(now) = rules_print().await else { continue };
-            if now != rules_seen {
-                // Editors write several times per save: wait until the files stop changing.
-                let mut settled = now;
-                loop {
-                    tokio::time::sleep(debounce).await;
-                    let Some(again) = rules_print().await else { continue };
-                    if again == settled {
-                        break;
-                    }
-                    settled = again;
-                }
-                rules_seen = settled;
-                let app = app.clone();
-                let _ = tokio::task::spawn_blocking(move || app.reload_rules()).await;
-            }
-            if keys_fingerprint(&keys) != keys_seen {
-                tokio::time::sleep(debounce).await;
-                keys_seen = keys_fingerprint(&keys);
-                let _ = app.reload_keys();
-            }
-            if tls_print(&tls_files) != tls_seen {
-                tokio::time::sleep(debounce).await;
-                tls_seen = tls_print(&tls_files);
-                if let (Some(files), Some(current)) = (&tls_files, &app.tls) {
-                    match tls_acceptor(files) {
-                        Ok(acceptor) => {
-                            current.store(Arc::new(acceptor));
-                            tracing::info!("TLS certificate reloaded");
-                        }
-                        Err(e) => tracing::error!(error = %e, "TLS files refused; the running certificate stays"),
-                    }
-                }
-            }
-        }
+impl std::ops::Deref for Server {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        &self.h
     }
 }
+
+const OLDEST_EVERY: Duration = Duration::from_secs(5);
 
 type Answer = Response<Full<Bytes>>;
 
@@ -360,7 +183,7 @@ pub fn loggable(value: &[u8]) -> String {
 }
 
 /// Routes one request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Infallible> {
+pub async fn handle(app: Arc<Server>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -399,7 +222,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Answer, Inf
     Ok(answer)
 }
 
-async fn route_request(app: &Arc<App>, req: Request<Incoming>, method: Method, path: &str, request_id: &str) -> Answer {
+async fn route_request(app: &Arc<Server>, req: Request<Incoming>, method: Method, path: &str, request_id: &str) -> Answer {
     let app = app.clone();
     let request_id = request_id.to_string();
     let request_id = request_id.as_str();
@@ -453,7 +276,7 @@ fn is_json(req: &Request<Incoming>) -> bool {
 
 /// Reads the whole body, within the size limit and the body timeout. A declared length over the
 /// limit was refused by the caller, before the body's memory was taken.
-async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> {
+async fn read_body(app: &Server, req: Request<Incoming>) -> Result<Bytes, Problem> {
     let limit = app.config.body_limit_bytes;
     let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(Duration::from_secs(app.config.body_timeout_secs), limited.collect()).await {
@@ -467,7 +290,7 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Problem> 
 
 /// Notes the client on the request's span and takes one request from its key's rate limit:
 /// the limit state for the answer's headers, or the 429 to send.
-fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result<Limit, Box<Answer>> {
+fn admit(app: &Server, client: &Client, instance: &str, request_id: &str) -> Result<Limit, Box<Answer>> {
     tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
     let limit = app.keys.load().limits.check(&client.key_id);
     if let Limit::Limited { retry_after, .. } = limit {
@@ -479,12 +302,12 @@ fn admit(app: &App, client: &Client, instance: &str, request_id: &str) -> Result
 }
 
 /// The client a request authenticates as.
-fn authenticate(app: &App, req: &Request<Incoming>) -> Option<Client> {
+fn authenticate(app: &Server, req: &Request<Incoming>) -> Option<Client> {
     let key = crate::domain::auth::presented_key(req.headers())?;
     app.keys.load().keys.authenticate(key).cloned()
 }
 
-async fn post_sip(app: &App, req: Request<Incoming>, request_id: &str) -> Answer {
+async fn post_sip(app: &Server, req: Request<Incoming>, request_id: &str) -> Answer {
     let instance = "/v4/sip";
     let Some(client) = authenticate(app, &req) else {
         return problem(&Problem::Unauthorized, instance, request_id);
@@ -497,7 +320,7 @@ async fn post_sip(app: &App, req: Request<Incoming>, request_id: &str) -> Answer
     with_limit_headers(answer, &limit)
 }
 
-async fn accept(app: &App, req: Request<Incoming>, client: &Client, request_id: &str) -> Answer {
+async fn accept(app: &Server, req: Request<Incoming>, client: &Client, request_id: &str) -> Answer {
     let instance = "/v4/sip";
     if !is_json(&req) {
         return problem(&Problem::UnsupportedMediaType, instance, request_id);
@@ -656,7 +479,7 @@ fn replayed(record: &crate::store::RequestRecord) -> Answer {
 /// `GET /v4/sip/{id}`: for the client whose key created the request — its keys share its requests
 /// as they share its idempotency (a rotated key gets the first answer again, so it can see it);
 /// another client's id is 404. Under the calling key's rate limit like every call.
-fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
+fn get_sip(app: &Server, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
     let instance = format!("/v4/sip/{id}");
     let Some(client) = authenticate(app, req) else {
         return problem(&Problem::Unauthorized, &instance, request_id);
@@ -668,7 +491,7 @@ fn get_sip(app: &App, req: &Request<Incoming>, id: &str, request_id: &str) -> An
     with_limit_headers(request_status(app, &client, id, &instance, request_id), &limit)
 }
 
-fn request_status(app: &App, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
+fn request_status(app: &Server, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
     let record = match app.store.request(id) {
         Ok(Some(r)) if r.client == client.name => r,
         Ok(_) => return problem(&Problem::NotFound, instance, request_id),
@@ -718,11 +541,11 @@ fn request_status(app: &App, client: &Client, id: &str, instance: &str, request_
     json_answer(StatusCode::OK, "application/json", &body)
 }
 
-fn readyz(app: &App) -> Answer {
+fn readyz(app: &Server) -> Answer {
     let set = app.rules.load();
     let writable = app.store.writable();
-    let rules = app.rules_reload.lock().map(|s| s.clone()).unwrap_or_default();
-    let keys = app.keys_reload.lock().map(|s| s.clone()).unwrap_or_default();
+    let rules = app.reloads.rules.lock().map(|s| s.clone()).unwrap_or_default();
+    let keys = app.reloads.keys.lock().map(|s| s.clone()).unwrap_or_default();
     let body = json!({
         "status": if writable { "ready" } else { "not ready" },
         "ruleset": set.revision,
@@ -734,7 +557,7 @@ fn readyz(app: &App) -> Answer {
     json_answer(status, "application/json", &body)
 }
 
-fn metrics(app: &App) -> Answer {
+fn metrics(app: &Server) -> Answer {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &app.metrics;
     let s = &app.store.stats;
@@ -783,7 +606,7 @@ fn metrics(app: &App) -> Answer {
 /// the protocol preface, which has no timeout of its own; TLS: the handshake, then the protocol
 /// ALPN chose, HTTP/1.1 with its header timeout or HTTP/2). HTTP/2 connections are pinged and
 /// closed when the peer stops answering.
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, app: Arc<Server>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let first_bytes = Duration::from_secs(app.config.header_timeout_secs);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -872,56 +695,3 @@ async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
-/// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, and the
-/// inbound poller.
-/// Retention: every minute, drops the bodies of settled requests older than
-/// `store.retain_bodies_hours`, until none is left to drop.
-async fn retain(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let hours = app.config.store.retain_bodies_hours;
-    if hours == 0 {
-        return;
-    }
-    loop {
-        let cutoff = time::OffsetDateTime::now_utc() - Duration::from_secs(hours.saturating_mul(3600));
-        match app.store.sweep(cutoff).await {
-            Ok(n) if n >= crate::store::SWEEP_BATCH => continue,
-            Ok(0) => {}
-            Ok(n) => tracing::info!(bodies = n, "retention: bodies of settled requests dropped"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed; will retry"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-pub fn start_background(app: &Arc<App>, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let sink = crate::sink::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
-    if let crate::sink::Sink::Local(local) = &sink {
-        // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
-        match local.clear_leftovers(std::time::SystemTime::now()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed temporary files a previous run left in the sink folder"),
-            Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
-        }
-    }
-    let backoff = crate::exchange::deliver::Backoff {
-        base: Duration::from_millis(app.config.dispatch.retry_base_ms),
-        max: Duration::from_millis(app.config.dispatch.retry_max_ms),
-    };
-    let stop_retention = stop.clone();
-    let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
-    let inbound = crate::exchange::inbound::Poller::new(app.clone())?;
-    let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
-    let dispatcher = tokio::spawn(crate::exchange::deliver::run(
-        app.store.clone(),
-        sink,
-        app.config.dispatch.concurrency,
-        backoff,
-        app.dispatch.clone(),
-        stop,
-    ));
-    let retention = tokio::spawn(retain(app.clone(), stop_retention));
-    Ok(vec![watcher, dispatcher, inbound, retention])
-}

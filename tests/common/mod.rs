@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::Config;
-use flowgate::http::App;
+use flowgate::runtime::Gateway;
 
 pub mod xml;
 
@@ -122,7 +122,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub key: String,
     pub data: PathBuf,
-    pub app: Arc<App>,
+    pub app: Gateway,
     stop: tokio::sync::watch::Sender<bool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -158,7 +158,7 @@ impl TestServer {
         // A restart on the same folder may find the previous store still closing: retry briefly.
         let mut tries = 0;
         let app = loop {
-            match App::start(config.clone()) {
+            match Gateway::start(config.clone()) {
                 Ok(app) => break app,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -173,8 +173,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         {
             let _guard = runtime.enter();
-            flowgate::http::start_background(&app, stopped.clone()).unwrap();
-            runtime.spawn(flowgate::http::serve(listener, app.clone(), stopped, Duration::from_secs(5)));
+            runtime.spawn(flowgate::runtime::run(app.clone(), listener, stopped, Duration::from_secs(5)));
         }
         TestServer { addr, key, data, app, stop, runtime: Some(runtime) }
     }
