@@ -17,7 +17,7 @@ use flowgate::domain::clock::Clock;
 fn setup() -> (flowgate::rules::set::RuleSet, Vec<u8>, Vec<u8>, Vec<u8>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = flowgate::config::Config { rules_dir: repo.clone(), ..Default::default() };
-    let set = flowgate::rules::set::load(&config).unwrap();
+    let set = flowgate::rules::load::load(&config).unwrap();
     let reference = std::fs::read(repo.join("tests/bench/s01-reference.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&reference).unwrap();
     // Three photos of 1 MB decoded each (base64: 4/3 of that).
@@ -65,7 +65,9 @@ fn steps(c: &mut Criterion) {
             g.finish();
             continue;
         }
-        if let flowgate::rules::decide::Verdict::Accepted(a) = flowgate::rules::decide::decide(&set, &client, body, now, flowgate::rules::decide::Explain::No).verdict {
+        if let flowgate::rules::decide::Verdict::Accepted(a) =
+            flowgate::rules::decide::decide(&set, &client, body, now, flowgate::rules::decide::Explain::No).verdict
+        {
             let flow = a.flows[0].clone();
             g.bench_function("finish-file", |b| b.iter(|| flow.finish("FG00000001", now.now(), &set.envelope)));
         }

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: unit, golden, HTTP, reload, crash and S3 tests.
+# The whole test suite, as CI runs it: formatting and lints, then unit, golden, HTTP, reload,
+# crash and S3 tests.
 #
 # The S3 tests need a real object store: a single-node Ceph (scripts/ceph.sh) is started first
 # (installed and initialised on a fresh machine, as root) and stopped again on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The conventions first, so a style slip fails in seconds rather than after the build.
+cargo fmt --all --check
+cargo clippy --all-targets -- -D warnings
 
 cargo build --all-targets
 

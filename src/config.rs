@@ -243,10 +243,7 @@ impl Config {
 
 impl Default for FlowSettings {
     fn default() -> Self {
-        let roles = [("supplier", "X"), ("dno", "J")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let roles = [("supplier", "X"), ("dno", "J")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         FlowSettings {
             instance_prefix: "FG".into(),
             sender_role: "M".into(),
@@ -267,13 +264,7 @@ impl Default for SinkConfig {
 
 impl Default for S3Config {
     fn default() -> Self {
-        S3Config {
-            endpoint: None,
-            region: "us-east-1".into(),
-            bucket: "flowgate".into(),
-            prefix: String::new(),
-            path_style: true,
-        }
+        S3Config { endpoint: None, region: "us-east-1".into(), bucket: "flowgate".into(), prefix: String::new(), path_style: true }
     }
 }
 
@@ -314,10 +305,8 @@ impl Config {
     pub fn load(file: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                serde_norway::from_str(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                serde_norway::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
             }
             None => Config::default(),
         };

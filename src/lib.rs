@@ -33,7 +33,7 @@ pub mod dtc;
 pub mod exchange;
 pub mod http;
 pub mod metrics;
-pub mod runtime;
 pub mod rules;
+pub mod runtime;
 pub mod sink;
 pub mod store;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::{Config, ConfigError, Overrides};
+use flowgate::domain::auth::{KeysFile, Rate};
 
 const ENVIRONMENT: &str = "\
 Environment (over the configuration file, under the flags):
@@ -67,7 +67,9 @@ enum Verb {
     ///
     /// Prints the answer, every rule that fired with the values it read, and the flow files it
     /// would write, as JSON. Nothing is stored.
-    #[command(after_help = "Exit status: 0 the body would be accepted (200); 1 refused (400) or a rule failed (500);\n2 usage error, or the file, configuration or rule set cannot be read")]
+    #[command(
+        after_help = "Exit status: 0 the body would be accepted (200); 1 refused (400) or a rule failed (500);\n2 usage error, or the file, configuration or rule set cannot be read"
+    )]
     Check {
         /// The request body, as a SIP would POST it to /v4/sip
         #[arg(value_name = "REQUEST.json")]
@@ -240,9 +242,13 @@ fn main() -> ExitCode {
             serve(&config, overrides)
         }
         Verb::Keys(args) => keys(args),
-        Verb::Check { request, sip_id, config, rules_dir } => check(&request, sip_id, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
+        Verb::Check { request, sip_id, config, rules_dir } => {
+            check(&request, sip_id, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() })
+        }
         Verb::Parse { file, config, rules_dir } => parse(&file, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
-        Verb::Test { dir, junit, bless, config, rules_dir } => test(dir, junit.as_deref(), bless, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() }),
+        Verb::Test { dir, junit, bless, config, rules_dir } => {
+            test(dir, junit.as_deref(), bless, &config, Overrides { rules_dir: rules_dir.rules_dir, ..Overrides::default() })
+        }
         Verb::Config { action: ConfigAction::Check { settings } } => {
             let (config, overrides) = settings.overrides();
             config_check(&config, overrides)

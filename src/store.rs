@@ -213,11 +213,19 @@ pub enum AcceptOutcome {
 /// The result of one delivery attempt, to be recorded.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    Delivered { at: String },
-    Failed { error: String },
-    Conflict { error: String },
+    Delivered {
+        at: String,
+    },
+    Failed {
+        error: String,
+    },
+    Conflict {
+        error: String,
+    },
     /// A job archive found another request's archive: `winner` is that request's id.
-    Duplicate { winner: String },
+    Duplicate {
+        winner: String,
+    },
 }
 
 enum Job {
@@ -388,7 +396,11 @@ impl Store {
     pub async fn accept(&self, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
         // Fast path for a replay: no write, no fsync.
         if let Some(first) = self.job(&req.client, &req.sip_id, &req.job_id)? {
-            return Ok(if first.body_hash == req.body_hash { AcceptOutcome::Replayed(first) } else { AcceptOutcome::Conflict { request_id: first.request_id } });
+            return Ok(if first.body_hash == req.body_hash {
+                AcceptOutcome::Replayed(first)
+            } else {
+                AcceptOutcome::Conflict { request_id: first.request_id }
+            });
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Accept(Box::new(req), reply)).map_err(|_| StoreError::Closed)?;
@@ -769,12 +781,7 @@ impl Writer {
         }
         t.meta.insert(FILE_COUNTER, next).db()?;
         let n = req.flows.len();
-        let message = format!(
-            "Accepted: scenario {}, {} industry flow{} queued",
-            req.scenario,
-            n,
-            if n == 1 { "" } else { "s" }
-        );
+        let message = format!("Accepted: scenario {}, {} industry flow{} queued", req.scenario, n, if n == 1 { "" } else { "s" });
         let answer = json!({
             "status": "accepted",
             "message": message,

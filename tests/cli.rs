@@ -52,7 +52,12 @@ fn flowgate_within(args: &[&str], env: &[(&str, &std::ffi::OsStr)], limit: Durat
 }
 
 fn fired<'a>(report: &'a Value, kind: &str, rule: &str) -> &'a Value {
-    report["fired"].as_array().unwrap().iter().find(|t| t["kind"] == kind && t["rule"] == rule).unwrap_or_else(|| panic!("{kind} {rule} did not fire: {report:#}"))
+    report["fired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == kind && t["rule"] == rule)
+        .unwrap_or_else(|| panic!("{kind} {rule} did not fire: {report:#}"))
 }
 
 #[test]
@@ -175,7 +180,8 @@ fn keys_commands_keep_the_file_private_and_whole() {
     // The keys file's flags may come before the sub-verb too.
     let (code, before, err) = flowgate(&["keys", "--data-dir", dir, "list"]);
     assert_eq!((code, before), (0, list), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().filter_map(Result::ok).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.ends_with(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&data).unwrap().filter_map(Result::ok).map(|e| e.file_name().into_string().unwrap()).filter(|n| n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -269,7 +275,19 @@ fn test_junit_is_well_formed_with_the_attributes_ci_tools_read() {
 }
 
 /// Every verb and sub-verb, as a user would type it before `-h` or `--help`.
-const VERBS: [&[&str]; 11] = [&[], &["serve"], &["keys"], &["keys", "add"], &["keys", "list"], &["keys", "revoke"], &["check"], &["parse"], &["test"], &["config"], &["config", "check"]];
+const VERBS: [&[&str]; 11] = [
+    &[],
+    &["serve"],
+    &["keys"],
+    &["keys", "add"],
+    &["keys", "list"],
+    &["keys", "revoke"],
+    &["check"],
+    &["parse"],
+    &["test"],
+    &["config"],
+    &["config", "check"],
+];
 
 #[test]
 fn help_on_every_verb_and_sub_verb_prints_help_and_starts_nothing() {

@@ -86,7 +86,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_flow_and_writes_none_twice() 
 
 /// The names in the local sink's temporary folder.
 fn tmp_files(dtn: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dtn.join(".tmp")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dtn.join(".tmp")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
     names.sort();
     names
 }

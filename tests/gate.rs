@@ -98,7 +98,9 @@ fn removing_any_one_rule_scenario_or_flow_choice_is_refused() {
     common::copy_rules(&root);
     let config = flowgate::config::Config { rules_dir: root.clone(), ..Default::default() };
     let (mut tried, mut accepted) = (0, Vec::new());
-    for (file, key) in [("rules/blocks.yaml", "rules"), ("rules/consistency.yaml", "rules"), ("rules/scenarios.yaml", "scenarios"), ("rules/flows.yaml", "flows")] {
+    for (file, key) in
+        [("rules/blocks.yaml", "rules"), ("rules/consistency.yaml", "rules"), ("rules/scenarios.yaml", "scenarios"), ("rules/flows.yaml", "flows")]
+    {
         let path = root.join(file);
         let whole = std::fs::read_to_string(&path).unwrap();
         let doc: serde_norway::Value = serde_norway::from_str(&whole).unwrap();

@@ -41,10 +41,28 @@ fn each_bad_input_gets_its_status_and_a_specific_problem() {
         ("a number out of range", b"{\"a\": 1e400}".to_vec(), 400, None, "JSON"),
         ("a huge integer", with("/meter/number_of_dials", serde_json::json!(99999999999999999999u128 as f64)), 400, Some("/meter/number_of_dials"), "at most"),
         ("a 1 MB name", with("/job_details/contact_name", Value::String("A".repeat(1 << 20))), 400, Some("/job_details/contact_name"), "at most 50"),
-        ("an escaped NUL in a name", with("/job_details/contact_name", Value::String("Bob\u{0}Smith".into())), 400, Some("/job_details/contact_name"), "control character"),
-        ("the DTC separator in notes", with("/job_completion/job_notes", Value::String("fitted | tested".into())), 400, Some("/job_completion/job_notes"), "separator"),
+        (
+            "an escaped NUL in a name",
+            with("/job_details/contact_name", Value::String("Bob\u{0}Smith".into())),
+            400,
+            Some("/job_details/contact_name"),
+            "control character",
+        ),
+        (
+            "the DTC separator in notes",
+            with("/job_completion/job_notes", Value::String("fitted | tested".into())),
+            400,
+            Some("/job_completion/job_notes"),
+            "separator",
+        ),
         ("a 10,000-element array", with("/risk_assessment/site_risk_list", Value::Array(many)), 400, Some("/risk_assessment/site_risk_list"), "at most"),
-        ("a million-integer list", with("/risk_assessment/site_risk_list", Value::Array(vec![Value::from(1); 1_000_000])), 400, Some("/risk_assessment/site_risk_list"), "at most 10 items"),
+        (
+            "a million-integer list",
+            with("/risk_assessment/site_risk_list", Value::Array(vec![Value::from(1); 1_000_000])),
+            400,
+            Some("/risk_assessment/site_risk_list"),
+            "at most 10 items",
+        ),
         ("an array for an object", with("/meter", serde_json::json!([1, 2])), 400, Some("/meter"), "type"),
         ("null for a required string", with("/job_details/mpan", Value::Null), 400, Some("/job_details/mpan"), "type"),
     ];
@@ -202,11 +220,8 @@ fn a_body_that_does_not_fit_the_memory_budget_gets_503_unread() {
     padded.resize(900 * 1024, b' ');
     // A client that declares 900 KiB and sends it slowly holds the budget meanwhile.
     let mut slow = TcpStream::connect(server.addr).unwrap();
-    let head = format!(
-        "POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n",
-        server.key,
-        padded.len()
-    );
+    let head =
+        format!("POST /v4/sip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n", server.key, padded.len());
     slow.write_all(head.as_bytes()).unwrap();
     slow.write_all(&padded[..1000]).unwrap();
     std::thread::sleep(Duration::from_millis(200));

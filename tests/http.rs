@@ -36,7 +36,8 @@ fn every_golden_case_gets_its_answer_over_http() {
             continue;
         }
         if answer.status == 200 {
-            let mut flows: Vec<String> = body["flows"].as_array().unwrap().iter().map(|f| format!("{}>{}", f["flow"].as_str().unwrap(), f["to"].as_str().unwrap())).collect();
+            let mut flows: Vec<String> =
+                body["flows"].as_array().unwrap().iter().map(|f| format!("{}>{}", f["flow"].as_str().unwrap(), f["to"].as_str().unwrap())).collect();
             flows.sort();
             let want: Vec<String> = serde_json::from_value(expect["flows"].clone()).unwrap();
             if flows != want || body["scenario"] != expect["scenario"] {
@@ -251,11 +252,7 @@ fn health_readiness_metrics_and_openapi_answer() {
 fn a_client_name_is_one_identity_and_no_other_client_can_read_replay_or_conflict_with_its_jobs() {
     let server = TestServer::start(|_| {});
     let keys_add = |name: &str, sip_id: &str| {
-        std::process::Command::new(common::BIN)
-            .args(["keys", "add", "--name", name, "--sip-id", sip_id, "--data-dir"])
-            .arg(&server.data)
-            .output()
-            .unwrap()
+        std::process::Command::new(common::BIN).args(["keys", "add", "--name", name, "--sip-id", sip_id, "--data-dir"]).arg(&server.data).output().unwrap()
     };
     let key_of = |out: std::process::Output| -> String {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -385,7 +382,10 @@ fn families(text: &str) -> (std::collections::BTreeMap<String, Vec<String>>, std
             types.entry(name.to_string()).or_default().push(kind.to_string());
         } else if !line.starts_with('#') && !line.is_empty() {
             let name = line.split(['{', ' ']).next().unwrap();
-            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t.contains(&"histogram".to_string())))).unwrap_or(name);
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t.contains(&"histogram".to_string()))))
+                .unwrap_or(name);
             sampled.insert(family.to_string());
         }
     }
@@ -496,7 +496,14 @@ fn methods_head_auth_challenge_and_request_id_follow_http_conventions() {
         let get = request(server.addr, "GET", path, &[("X-API-Key", &key)], b"");
         let head = request(server.addr, "HEAD", path, &[("X-API-Key", &key)], b"");
         if head.status != get.status || head.header("content-type") != get.header("content-type") || !head.body.is_empty() {
-            wrong.push(format!("HEAD {path}: {} {:?} body {} bytes; GET: {} {:?}", head.status, head.header("content-type"), head.body.len(), get.status, get.header("content-type")));
+            wrong.push(format!(
+                "HEAD {path}: {} {:?} body {} bytes; GET: {} {:?}",
+                head.status,
+                head.header("content-type"),
+                head.body.len(),
+                get.status,
+                get.header("content-type")
+            ));
         }
         // /metrics and the status change between two calls; the others are the same bytes.
         if !path.starts_with("/metrics") && !path.starts_with("/v4/sip/") && head.header("content-length") != get.header("content-length") {
@@ -517,13 +524,21 @@ fn methods_head_auth_challenge_and_request_id_follow_http_conventions() {
 
     // Every answer carries our request id; a problem's body names the same one; a client's own
     // X-Request-Id or traceparent is never echoed.
-    let sent = [("X-API-Key", key.as_str()), ("Content-Type", "application/json"), ("X-Request-Id", "client-chosen-id"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")];
+    let sent = [
+        ("X-API-Key", key.as_str()),
+        ("Content-Type", "application/json"),
+        ("X-Request-Id", "client-chosen-id"),
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    ];
     let answers = [
-        ("POST /v4/sip 200", request(server.addr, "POST", "/v4/sip", &sent, &{
-            let mut b: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
-            b["job_details"]["job_id"] = Value::String("request-id-test".into());
-            serde_json::to_vec(&b).unwrap()
-        })),
+        (
+            "POST /v4/sip 200",
+            request(server.addr, "POST", "/v4/sip", &sent, &{
+                let mut b: Value = serde_json::from_slice(&case("public-completed-isolation")).unwrap();
+                b["job_details"]["job_id"] = Value::String("request-id-test".into());
+                serde_json::to_vec(&b).unwrap()
+            }),
+        ),
         ("POST /v4/sip 400", request(server.addr, "POST", "/v4/sip", &sent, b"{}")),
         ("GET status", request(server.addr, "GET", &status_path, &sent, b"")),
         ("404", request(server.addr, "GET", "/nothing", &sent, b"")),

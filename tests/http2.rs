@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;

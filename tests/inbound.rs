@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::Config;
+use flowgate::domain::auth::{KeysFile, Rate};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,8 +21,10 @@ fn repo() -> PathBuf {
 /// One HTTP/1.1 request on its own connection; the status and the JSON body.
 async fn call(addr: SocketAddr, method: &str, path: &str, key: &str, body: &[u8]) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut raw = Vec::new();
@@ -132,7 +134,8 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
 
 /// The names under `dir` that are files.
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_type().unwrap().is_file()).map(|e| e.file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_type().unwrap().is_file()).map(|e| e.file_name().into_string().unwrap()).collect();
     names.sort();
     names
 }

@@ -33,8 +33,19 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 /// The personal and secret values of a body: what must never be logged.
 fn secrets_of(body: &Value, out: &mut Vec<String>) {
     const PERSONAL: [&str; 13] = [
-        "contact_name", "address", "town", "post_code", "contact_telephone", "customer_vulnerability", "site_risk",
-        "critical_medical_equipment_info", "third_party_presence_info", "photo", "pre_job_photo", "post_job_photo", "post_resealing_photo",
+        "contact_name",
+        "address",
+        "town",
+        "post_code",
+        "contact_telephone",
+        "customer_vulnerability",
+        "site_risk",
+        "critical_medical_equipment_info",
+        "third_party_presence_info",
+        "photo",
+        "pre_job_photo",
+        "post_job_photo",
+        "post_resealing_photo",
     ];
     if let Value::Object(m) = body {
         for (k, v) in m {
@@ -73,7 +84,13 @@ fn no_key_name_phone_address_postcode_or_photo_reaches_the_logs() {
     // and at most 128 bytes of each.
     let long = format!("trace-{}\u{e9}{}", "x".repeat(20), "y".repeat(300));
     let kept: String = long.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(128).collect();
-    common::request(server.addr, "GET", "/healthz", &[("X-Request-Id", &long), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")], b"");
+    common::request(
+        server.addr,
+        "GET",
+        "/healthz",
+        &[("X-Request-Id", &long), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")],
+        b"",
+    );
     server.wait_for("deliveries", || common::usr_files(&server.data.join("dtn")).len() > 10);
     drop(server);
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

@@ -95,7 +95,9 @@ fn mutated_bodies_never_make_a_rule_fail_or_the_pipeline_panic() {
             match decide(&set, &client, &bytes, now, Explain::No).verdict {
                 Verdict::Accepted(_) => accepted += 1,
                 Verdict::Rejected(_) => rejected += 1,
-                Verdict::Failed(f) => panic!("rule {} failed on a mutation of {}: {}\n{}", f.rule, dir.display(), f.message, serde_json::to_string(&body).unwrap()),
+                Verdict::Failed(f) => {
+                    panic!("rule {} failed on a mutation of {}: {}\n{}", f.rule, dir.display(), f.message, serde_json::to_string(&body).unwrap())
+                }
             }
         }
     }

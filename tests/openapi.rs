@@ -23,7 +23,10 @@ fn the_openapi_document_describes_every_status_and_validates_like_the_server() {
     assert!(post["responses"]["429"]["headers"]["Retry-After"].is_object());
     // Same properties as the schema file (not a copy that can drift).
     let file: Value = serde_json::from_slice(&std::fs::read(common::repo().join("schemas/sip-v4.schema.json")).unwrap()).unwrap();
-    assert_eq!(doc["components"]["schemas"]["SipRequest"]["properties"].as_object().unwrap().keys().collect::<Vec<_>>(), file["properties"].as_object().unwrap().keys().collect::<Vec<_>>());
+    assert_eq!(
+        doc["components"]["schemas"]["SipRequest"]["properties"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        file["properties"].as_object().unwrap().keys().collect::<Vec<_>>()
+    );
     // Resolve the request schema inside the document and judge every golden body with it.
     let mut root = doc.clone();
     root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");

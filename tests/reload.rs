@@ -199,7 +199,9 @@ fn a_rule_no_sample_fires_is_refused_and_readyz_names_it() {
 
     let path = rules.join("rules/consistency.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("\n  - id: town-in-capitals\n    pointer: /job_details/town\n    message: the town is written in capitals\n    when: job.town == job.town.to_upper()\n");
+    text.push_str(
+        "\n  - id: town-in-capitals\n    pointer: /job_details/town\n    message: the town is written in capitals\n    when: job.town == job.town.to_upper()\n",
+    );
     std::fs::write(&path, text).unwrap();
     let ready = reload_outcome(&server, &before);
     assert_eq!(ready["last_rules_reload"]["ok"], false, "a rule no sample fires was accepted: {ready}");

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowgate::config::{Config, S3Config};
-use flowgate::sink::PutOutcome;
 use flowgate::sink::s3::S3Sink;
+use flowgate::sink::PutOutcome;
 use serde_json::Value;
 
 /// The store's endpoint and bucket from the environment; fails loudly without them.
@@ -454,7 +454,11 @@ fn two_instances_given_the_same_job_write_one_set_of_flows() {
         let archive = bucket.get(&flowgate::store::archive_name("Test SIP", win["job_id"].as_str().unwrap())).unwrap();
         assert_eq!(flowgate::store::archive_request_id(&archive).as_deref(), win["request_id"].as_str());
         let (job, archived) = common::archived_body(&archive);
-        let sent = if job == format!("pair-{}", jobs - 1) { common::photo_body(&job, 1_500_000, 11) } else { body(CASES[job.trim_start_matches("pair-").parse::<usize>().unwrap() % 4], &job) };
+        let sent = if job == format!("pair-{}", jobs - 1) {
+            common::photo_body(&job, 1_500_000, 11)
+        } else {
+            body(CASES[job.trim_start_matches("pair-").parse::<usize>().unwrap() % 4], &job)
+        };
         assert!(archived == sent, "{job}: the archived body differs from the one both instances acknowledged");
     }
     let in_bucket: BTreeSet<String> = bucket.list("out/").into_iter().collect();
@@ -628,7 +632,10 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
     wait_until("the second D0126 on B's request", Duration::from_secs(20), || incoming(&b, &idb).len() == 3);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(incoming(&a, &ida).len(), 3, "nothing recorded twice after the restart");
-    println!("s3 inbound: 2 instances, 5 files dropped into in/ (1 rejected, 1 the same again), each request shows 3 incoming flows, ledger entries {}", bucket.list("in/ledger/").len());
+    println!(
+        "s3 inbound: 2 instances, 5 files dropped into in/ (1 rejected, 1 the same again), each request shows 3 incoming flows, ledger entries {}",
+        bucket.list("in/ledger/").len()
+    );
 }
 
 #[test]

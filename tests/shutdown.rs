@@ -14,7 +14,8 @@ fn sigterm_under_load_exits_zero_in_time_and_keeps_every_acknowledged_request() 
     let data = common::temp_dir("sigterm");
     let key = common::add_key_cli(&data, "Load");
     let (mut child, addr) = common::serve_binary(&data, &[]);
-    let body: serde_json::Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases/public-energisation-only/request.json")).unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases/public-energisation-only/request.json")).unwrap()).unwrap();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();

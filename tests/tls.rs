@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,7 +30,12 @@ fn an_https_request_gets_the_same_answer_as_over_http() {
     let (server, trust, dir) = common::tls_server("tls");
     let plain = common::TestServer::start(|_| {});
     let body = std::fs::read(common::repo().join("tests/cases/s01-all-flows/request.json")).unwrap();
-    let mut raw = format!("POST /v4/sip HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n", server.key, body.len()).into_bytes();
+    let mut raw = format!(
+        "POST /v4/sip HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nX-API-Key: {}\r\nContent-Length: {}\r\n\r\n",
+        server.key,
+        body.len()
+    )
+    .into_bytes();
     raw.extend_from_slice(&body);
     let (alpn, answer) = https(server.addr, &trust, &[b"http/1.1"], raw);
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));

@@ -14,7 +14,7 @@ fn set() -> &'static RuleSet {
     static SET: OnceLock<RuleSet> = OnceLock::new();
     SET.get_or_init(|| {
         let config = flowgate::config::Config { rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."), ..Default::default() };
-        flowgate::rules::set::load(&config).unwrap_or_else(|e| panic!("rule set: {e}"))
+        flowgate::rules::load::load(&config).unwrap_or_else(|e| panic!("rule set: {e}"))
     })
 }
 

@@ -107,8 +107,7 @@ fn valid_sip_id(s: &str) -> bool {
 impl KeysFile {
     pub fn read(path: &Path) -> Result<KeysFile, KeysError> {
         let text = std::fs::read_to_string(path).map_err(|e| KeysError::Read(path.display().to_string(), e))?;
-        let file: KeysFile =
-            serde_norway::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
+        let file: KeysFile = serde_norway::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
         for (i, c) in file.clients.iter().enumerate() {
             // A hand edit gets the same identity check as `keys add`: one name, one SIP ID.
             if let Some(other) = file.clients[..i].iter().find(|o| !same_identity(o, &c.name, &c.sip_id) && same_name(&o.name, &c.name)) {

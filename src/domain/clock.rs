@@ -76,13 +76,7 @@ pub fn dtc_date(d: Date) -> String {
 
 /// DTC DATETIME: `ccyymmddhhmmss`, in the time given.
 pub fn dtc_datetime(t: OffsetDateTime) -> String {
-    format!(
-        "{}{:02}{:02}{:02}",
-        dtc_date(t.date()),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    format!("{}{:02}{:02}{:02}", dtc_date(t.date()), t.hour(), t.minute(), t.second())
 }
 
 #[cfg(test)]

@@ -47,7 +47,8 @@ pub const FLOW_ID_MAX: usize = 5;
 /// The longest value of each placeholder of `flows.object_name`: roles are one letter (config),
 /// MPIDs four characters (the keys file, the recipient check), file ids the instance's two
 /// characters and eight base-36 digits.
-const PLACEHOLDERS: [(&str, usize); 6] = [("{to_role}", 1), ("{to_mpid}", 4), ("{flow}", FLOW_ID_MAX), ("{from_role}", 1), ("{from_mpid}", 4), ("{file_id}", 10)];
+const PLACEHOLDERS: [(&str, usize); 6] =
+    [("{to_role}", 1), ("{to_mpid}", 4), ("{flow}", FLOW_ID_MAX), ("{from_role}", 1), ("{from_mpid}", 4), ("{file_id}", 10)];
 
 /// `readable` when it is at most `max` bytes; else as much of it as fits before `~` and the
 /// SHA-256 (hex) of `exact`, cut on a character boundary and never inside a `%XX` escape.

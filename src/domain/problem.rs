@@ -11,18 +11,30 @@ pub enum Problem {
     Unauthorized,
     NotFound,
     /// The route exists but does not take this method; `allow` lists the ones it takes.
-    MethodNotAllowed { allow: &'static str },
-    Conflict { request_id: String },
-    TooLarge { limit: u64 },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    Conflict {
+        request_id: String,
+    },
+    TooLarge {
+        limit: u64,
+    },
     UnsupportedMediaType,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     BodyTimeout,
     /// The body ended before its declared length, or its chunked framing was broken.
     BodyIncomplete,
-    RuleFailed { rule: String },
+    RuleFailed {
+        rule: String,
+    },
     StoreUnavailable,
     /// The memory for bodies in flight is taken: nothing was read.
-    Busy { retry_after_secs: u64 },
+    Busy {
+        retry_after_secs: u64,
+    },
 }
 
 impl Problem {
@@ -57,7 +69,9 @@ impl Problem {
             Problem::Unauthorized => "send the key in X-API-Key (or Authorization: Bearer)".into(),
             Problem::NotFound => "no such resource for this key".into(),
             Problem::MethodNotAllowed { .. } => "this route does not take that method".into(),
-            Problem::Conflict { request_id } => format!("job_id already accepted with a different body as request {request_id}; send the same body to get its answer again, or use a new job_id"),
+            Problem::Conflict { request_id } => format!(
+                "job_id already accepted with a different body as request {request_id}; send the same body to get its answer again, or use a new job_id"
+            ),
             Problem::TooLarge { limit } => format!("the limit is {limit} bytes"),
             Problem::UnsupportedMediaType => "send Content-Type: application/json".into(),
             Problem::RateLimited { retry_after_secs } => format!("retry after {retry_after_secs} s"),

@@ -49,10 +49,16 @@ impl Format {
             Format::Num { digits: n, decimals: d } if d > 0 => {
                 let (int, frac) = v.split_once('.').unwrap_or((v, ""));
                 let frac_ok = frac.is_empty() && !v.contains('.') || digits(frac) && frac.len() <= d;
-                if digits(int) && int.len() <= n.saturating_sub(d) && frac_ok { Ok(()) } else { Err(format!("not NUM({n},{d})")) }
+                if digits(int) && int.len() <= n.saturating_sub(d) && frac_ok {
+                    Ok(())
+                } else {
+                    Err(format!("not NUM({n},{d})"))
+                }
             }
             Format::Num { digits: n, .. } => Err(format!("not NUM({n})")),
-            Format::Date if v.len() == 8 && v.is_ascii() && crate::domain::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => Ok(()),
+            Format::Date if v.len() == 8 && v.is_ascii() && crate::domain::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => {
+                Ok(())
+            }
             Format::Date => Err("not a ccyymmdd date".into()),
             Format::DateTime if v.len() == 14 && digits(v) && Format::Date.check(&v[..8]).is_ok() => Ok(()),
             Format::DateTime => Err("not a ccyymmddhhmmss date-time".into()),
@@ -141,9 +147,10 @@ impl Catalogue {
                             .filter(|_| !logical.trim().starts_with('('))
                             .or_else(|| fallback_format(&item).and_then(Format::parse))
                             .or_else(|| Format::parse(&s(fd, "format")));
-                        let valid = def.and_then(|d| d.get("validSet")).filter(|v| v.get("kind").and_then(Value::as_str) == Some("enum")).map(|v| {
-                            v.get("values").and_then(Value::as_array).into_iter().flatten().map(|x| s(x, "code")).collect()
-                        });
+                        let valid = def
+                            .and_then(|d| d.get("validSet"))
+                            .filter(|v| v.get("kind").and_then(Value::as_str) == Some("enum"))
+                            .map(|v| v.get("values").and_then(Value::as_array).into_iter().flatten().map(|x| s(x, "code")).collect());
                         CatField { name: s(fd, "name"), format, required: fd.get("required").and_then(Value::as_bool).unwrap_or(false), valid, item }
                     })
                     .collect();
@@ -175,8 +182,7 @@ impl Catalogue {
 pub const FLOW_TEXT_RULE: &str = "a flow file carries letters, marks, digits, punctuation, symbols and the plain space only: \
      not '|', control or format characters, line or paragraph separators, other spaces, private-use or unassigned code points";
 
-static UNFIT: std::sync::LazyLock<Option<regex::Regex>> =
-    std::sync::LazyLock::new(|| regex::Regex::new(r"[\p{C}\p{Z}|&&[^ ]]").ok());
+static UNFIT: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| regex::Regex::new(r"[\p{C}\p{Z}|&&[^ ]]").ok());
 
 /// The first character of `s` a flow file may not carry, if any.
 pub fn unfit_char(s: &str) -> Option<char> {

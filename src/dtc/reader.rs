@@ -349,9 +349,11 @@ fn read_header<'c>(rec: &Record<'_>, catalogue: &'c Catalogue, out: &mut Finding
     if let Err(why) = check_format(Format::DateTime, &header.created) {
         out.add(line, format!("ZHV creation timestamp {}: {why}", shown(&header.created)));
     }
-    for (name, v, n) in
-        [("sending application id", &header.sending_application, 5), ("receiving application id", &header.receiving_application, 5), ("broadcast", &header.broadcast, 1)]
-    {
+    for (name, v, n) in [
+        ("sending application id", &header.sending_application, 5),
+        ("receiving application id", &header.receiving_application, 5),
+        ("broadcast", &header.broadcast, 1),
+    ] {
         if v.chars().count() > n || v.chars().any(char::is_control) {
             out.add(line, format!("ZHV {name} {} must be at most {n} characters", shown(v)));
         }
@@ -625,7 +627,10 @@ mod tests {
         assert!(flow.crlf);
         assert_eq!(flow.to_bytes(), crlf.as_bytes());
         let mixed = D0126.replacen('\n', "\r\n", 1);
-        assert_eq!(messages(mixed.as_bytes()), ["line 2: ends with LF, line 1 with CR LF", "line 3: ends with LF, line 1 with CR LF", "line 4: ends with LF, line 1 with CR LF"]);
+        assert_eq!(
+            messages(mixed.as_bytes()),
+            ["line 2: ends with LF, line 1 with CR LF", "line 3: ends with LF, line 1 with CR LF", "line 4: ends with LF, line 1 with CR LF"]
+        );
     }
 
     #[test]

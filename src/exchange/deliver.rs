@@ -236,8 +236,8 @@ fn results_pending_now(store: &Store) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::local::LocalSink;
     use crate::dtc::write::{Envelope, FlowBody};
+    use crate::sink::local::LocalSink;
     use crate::store::{AcceptOutcome, NewRequest, StoreError};
 
     #[test]
@@ -246,10 +246,11 @@ mod tests {
         let sink = LocalSink::new(&root);
         assert_eq!(sink.put_if_absent("out/XA/same.usr", b"one").unwrap(), PutOutcome::Created);
         assert_eq!(sink.put_if_absent("out/XA/other.usr", b"first").unwrap(), PutOutcome::Created);
-        let items: Vec<(String, Vec<u8>)> = [("out/XA/new.usr", "a"), ("out/JB/new.usr", "b"), ("out/XA/same.usr", "one"), ("out/XA/other.usr", "second"), ("out/../escape.usr", "x")]
-            .iter()
-            .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
-            .collect();
+        let items: Vec<(String, Vec<u8>)> =
+            [("out/XA/new.usr", "a"), ("out/JB/new.usr", "b"), ("out/XA/same.usr", "one"), ("out/XA/other.usr", "second"), ("out/../escape.usr", "x")]
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
+                .collect();
         let got: Vec<Result<PutOutcome, String>> = sink.put_many(&items).into_iter().map(|r| r.map_err(|e| e.0)).collect();
         assert_eq!(got[0], Ok(PutOutcome::Created));
         assert_eq!(got[1], Ok(PutOutcome::Created));

@@ -30,11 +30,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::sink::PutOutcome;
-use crate::sink::s3::{Listing, S3Sink};
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
+use crate::metrics::Metrics;
 use crate::rules::load::Live;
+use crate::sink::s3::{Listing, S3Sink};
+use crate::sink::PutOutcome;
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.
@@ -162,7 +162,13 @@ fn ledger_time(name: &str) -> Option<u64> {
     let n = |r: std::ops::Range<usize>| stamp.get(r).and_then(|s| s.parse::<u32>().ok());
     let month = time::Month::try_from(u8::try_from(n(4..6)?).ok()?).ok()?;
     let date = time::Date::from_calendar_date(i32::try_from(n(0..4)?).ok()?, month, u8::try_from(n(6..8)?).ok()?).ok()?;
-    let hms = time::Time::from_hms_milli(u8::try_from(n(9..11)?).ok()?, u8::try_from(n(11..13)?).ok()?, u8::try_from(n(13..15)?).ok()?, u16::try_from(n(15..18)?).ok()?).ok()?;
+    let hms = time::Time::from_hms_milli(
+        u8::try_from(n(9..11)?).ok()?,
+        u8::try_from(n(11..13)?).ok()?,
+        u8::try_from(n(13..15)?).ok()?,
+        u16::try_from(n(15..18)?).ok()?,
+    )
+    .ok()?;
     u64::try_from(date.with_time(hms).assume_utc().unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -192,7 +198,8 @@ impl Poller {
         let folder = config.data_dir.join("dtn").join("in");
         let inbox = match config.sink.kind.as_str() {
             "s3" => {
-                let waiting = std::fs::read_dir(&folder).map(|rd| rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count()).unwrap_or(0);
+                let waiting =
+                    std::fs::read_dir(&folder).map(|rd| rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count()).unwrap_or(0);
                 if waiting > 0 {
                     tracing::warn!(folder = %folder.display(), files = waiting, "files wait in the local inbox, which is not read with the S3 sink: put them under in/ in the bucket");
                 }
@@ -504,7 +511,10 @@ impl Poller {
         let seen_key = format!("{}\u{1f}{}", entry.file, entry.sha256);
         if self.store.inbound_seen(&seen_key).map_err(|e| e.to_string())?.is_some() {
             if advance.is_some() {
-                self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance }).await.map_err(|e| e.to_string())?;
+                self.store
+                    .record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance })
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             return Ok(None);
         }

@@ -39,10 +39,7 @@ impl Limits {
     pub fn for_keys(keys: &KeysFile, previous: Option<&Limits>) -> Limits {
         let mut limiters = HashMap::new();
         for c in &keys.clients {
-            let kept = previous
-                .and_then(|p| p.limiters.get(&c.key_id))
-                .filter(|(rate, _)| *rate == c.rate)
-                .map(|(_, l)| l.clone());
+            let kept = previous.and_then(|p| p.limiters.get(&c.key_id)).filter(|(rate, _)| *rate == c.rate).map(|(_, l)| l.clone());
             limiters.insert(c.key_id.clone(), (c.rate, kept.unwrap_or_else(|| limiter(c.rate))));
         }
         Limits { limiters }
@@ -56,10 +53,7 @@ impl Limits {
         };
         match l.check() {
             Ok(snapshot) => Decision::Allowed { rate: *rate, remaining: snapshot.remaining_burst_capacity() },
-            Err(not_until) => Decision::Limited {
-                rate: *rate,
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-            },
+            Err(not_until) => Decision::Limited { rate: *rate, retry_after: not_until.wait_time_from(DefaultClock::default().now()) },
         }
     }
 }

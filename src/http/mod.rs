@@ -21,14 +21,14 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::domain::auth::{Client, KeysFile};
 use crate::domain::clock::Clock;
-use crate::config::Config;
+use crate::domain::problem::Problem;
 use crate::exchange::deliver::DispatchStats;
 use crate::http::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide_parsed, Explain, Verdict};
-use crate::domain::problem::Problem;
 use crate::rules::load::Live;
 use crate::store::{AcceptOutcome, NewRequest, Store};
 
@@ -694,4 +694,3 @@ async fn protocol_known(stream: &tokio::net::TcpStream, limit: Duration) -> bool
     };
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
-

@@ -200,14 +200,7 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     // is noted and passed over; on a schema-clean body it is a 500 naming the rule.
     let mut note = |rule: &str, kind: &'static str, source: &str, fired: bool, failed: Option<String>| {
         if explain == Explain::Trace {
-            trace.push(Trace {
-                rule: rule.to_string(),
-                kind,
-                fired,
-                condition: source.to_string(),
-                values: set.rules.values_read(source, value),
-                failed,
-            });
+            trace.push(Trace { rule: rule.to_string(), kind, fired, condition: source.to_string(), values: set.rules.values_read(source, value), failed });
         }
     };
 

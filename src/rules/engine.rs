@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::RhaiLimits;
-use crate::dtc::items::{address_lines, mpan_check_ok, postcode};
 use crate::domain::finding::Finding;
+use crate::dtc::items::{address_lines, mpan_check_ok, postcode};
 
 /// One rules YAML file; every section is optional, the files of `rules/` are merged.
 #[derive(Debug, Default, Deserialize)]
@@ -251,10 +251,7 @@ fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Dist
     });
     // Seconds since 1970 of an RFC 3339 instant, or ().
     engine.register_fn("epoch", |d: Dynamic| -> Dynamic {
-        text_of(&d)
-            .and_then(|s| crate::domain::clock::parse_rfc3339(&s))
-            .map(|t| Dynamic::from(t.unix_timestamp() as INT))
-            .unwrap_or(Dynamic::UNIT)
+        text_of(&d).and_then(|s| crate::domain::clock::parse_rfc3339(&s)).map(|t| Dynamic::from(t.unix_timestamp() as INT)).unwrap_or(Dynamic::UNIT)
     });
     engine.register_fn("is_date", |d: Dynamic| text_of(&d).is_some_and(|s| crate::domain::clock::parse_date(&s).is_some()));
     engine.register_fn("address_lines", |d: Dynamic| -> Array {

@@ -4,8 +4,8 @@ use serde_json::{json, Value};
 
 use crate::domain::auth::Client;
 use crate::domain::clock::Clock;
-use crate::rules::decide::{decide, Explain, Verdict};
 use crate::domain::problem::Problem;
+use crate::rules::decide::{decide, Explain, Verdict};
 use crate::rules::set::RuleSet;
 
 /// The would-be answer (status and body, file ids left to the store) and the rule trace.

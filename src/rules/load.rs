@@ -1,17 +1,17 @@
 //! Loading a rule set: read the three folders, compile, check against the catalogue, run the
 //! samples (the gate), and fingerprint the folders so the running server sees an edit.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::dtc::catalogue::Catalogue;
 use crate::dtc::write::Envelope;
-use crate::rules::template::{Template, TemplateDef};
 use crate::rules::engine::{Rules, RulesFile};
 use crate::rules::schema::Schema;
 use crate::rules::set::{RuleSet, SCHEMA_FILE};
+use crate::rules::template::{Template, TemplateDef};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -89,14 +89,10 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     };
 
     if !root.join("schemas").is_dir() || !root.join("rules").is_dir() || !root.join("flow-templates").is_dir() {
-        return Err(format!(
-            "{} does not hold schemas/, rules/ and flow-templates/: run from the repository root or pass --rules-dir",
-            root.display()
-        ));
+        return Err(format!("{} does not hold schemas/, rules/ and flow-templates/: run from the repository root or pass --rules-dir", root.display()));
     }
     let schema_path = root.join("schemas").join(SCHEMA_FILE);
-    let schema_doc: serde_json::Value =
-        serde_json::from_str(&take(&schema_path)?).map_err(|e| format!("{}: {e}", schema_path.display()))?;
+    let schema_doc: serde_json::Value = serde_json::from_str(&take(&schema_path)?).map_err(|e| format!("{}: {e}", schema_path.display()))?;
     let schema = Schema::compile(schema_doc).map_err(|e| format!("{}: {e}", schema_path.display()))?;
 
     let rules_dir = root.join("rules");

@@ -1,7 +1,7 @@
 pub mod decide;
 pub mod engine;
-pub mod load;
 pub mod explain;
+pub mod load;
 pub mod samples;
 pub mod schema;
 pub mod set;

@@ -63,13 +63,8 @@ pub struct CaseResult {
 
 /// Every case folder under `dir` (those holding `request.json`), sorted.
 pub fn cases(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join("request.json").is_file())
-        .collect();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("request.json").is_file()).collect();
     out.sort();
     out
 }
@@ -336,7 +331,11 @@ pub fn junit(results: &[CaseResult]) -> String {
             None => out.push_str(&format!("    {case}/>\n")),
             Some(f) => {
                 let message = f.lines().next().unwrap_or_default();
-                out.push_str(&format!("    {case}>\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n", xml_escape(message, true), xml_escape(f, false)));
+                out.push_str(&format!(
+                    "    {case}>\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                    xml_escape(message, true),
+                    xml_escape(f, false)
+                ));
             }
         }
     }

@@ -201,7 +201,11 @@ fn type_names(kind: &jsonschema::error::TypeKind) -> String {
 
 fn one_line(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 300 { format!("{}…", &s[..s.floor_char_boundary(300)]) } else { s }
+    if s.len() > 300 {
+        format!("{}…", &s[..s.floor_char_boundary(300)])
+    } else {
+        s
+    }
 }
 
 /// The `format` of a photo: base64, standard alphabet, padded, at most [`PHOTO_MAX_BYTES`] decoded.

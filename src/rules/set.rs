@@ -12,9 +12,9 @@ use std::collections::HashMap;
 
 use crate::dtc::catalogue::Catalogue;
 use crate::dtc::write::Envelope;
-use crate::rules::template::Template;
 use crate::rules::engine::Rules;
 use crate::rules::schema::Schema;
+use crate::rules::template::Template;
 
 /// The schema file of the v4 body, under `schemas/`.
 pub const SCHEMA_FILE: &str = "sip-v4.schema.json";

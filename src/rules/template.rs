@@ -7,7 +7,6 @@
 //! rule set loads (group codes, nesting, field order and count), and every value against its
 //! data item's format when it is written. A new flow is a new file, not new Rust.
 
-
 use rhai::{Dynamic, Scope};
 use serde::Deserialize;
 
@@ -135,7 +134,14 @@ impl Template {
 }
 
 /// `parent` is the enclosing group's code and path; `infos` gets every group in order.
-fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<(&str, &str)>, cat: &CatFlow, rules: &Rules, infos: &mut Vec<GroupInfo>) -> Result<Vec<Group>, String> {
+fn compile_groups(
+    file: &str,
+    defs: &[GroupDef],
+    parent: Option<(&str, &str)>,
+    cat: &CatFlow,
+    rules: &Rules,
+    infos: &mut Vec<GroupInfo>,
+) -> Result<Vec<Group>, String> {
     let (parent, parent_path) = (parent.map(|p| p.0), parent.map(|p| p.1));
     let mut out = Vec::new();
     for g in defs {
@@ -149,9 +155,7 @@ fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<(&str, &str)>, c
         if g.fields.len() != cg.fields.len() {
             return Err(format!("{file}: group {} has {} fields, the catalogue has {}", g.code, g.fields.len(), cg.fields.len()));
         }
-        let compile = |what: String, src: &str| -> Result<Condition, String> {
-            rules.compile_condition(&what, src)
-        };
+        let compile = |what: String, src: &str| -> Result<Condition, String> { rules.compile_condition(&what, src) };
         let mut fields = Vec::new();
         for (f, cf) in g.fields.iter().zip(&cg.fields) {
             if f.item != cf.item {
@@ -183,7 +187,14 @@ fn compile_groups(file: &str, defs: &[GroupDef], parent: Option<(&str, &str)>, c
     Ok(out)
 }
 
-fn render_groups(flow: &str, groups: &[Group], rules: &Rules, scope: &mut Scope<'static>, out: &mut Vec<Vec<String>>, written: &mut Option<&mut Vec<usize>>) -> Result<(), RuleFailure> {
+fn render_groups(
+    flow: &str,
+    groups: &[Group],
+    rules: &Rules,
+    scope: &mut Scope<'static>,
+    out: &mut Vec<Vec<String>>,
+    written: &mut Option<&mut Vec<usize>>,
+) -> Result<(), RuleFailure> {
     for g in groups {
         let fail = |what: &str, message: String| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message };
         if let Some(w) = &g.when {

@@ -45,9 +45,8 @@ impl Sink {
                 let l = l.clone();
                 let (tags, files): (Vec<T>, Vec<(String, Vec<u8>)>) = items.into_iter().map(|(t, n, b)| (t, (n, b))).unzip();
                 let n = files.len();
-                let results = tokio::task::spawn_blocking(move || l.put_many(&files))
-                    .await
-                    .unwrap_or_else(|e| (0..n).map(|_| Err(SinkError(e.to_string()))).collect());
+                let results =
+                    tokio::task::spawn_blocking(move || l.put_many(&files)).await.unwrap_or_else(|e| (0..n).map(|_| Err(SinkError(e.to_string()))).collect());
                 tags.into_iter().zip(results).collect()
             }
             Sink::S3(s) => {

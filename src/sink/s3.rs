@@ -14,9 +14,9 @@
 
 use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -177,7 +177,11 @@ impl S3Sink {
     pub async fn head(&self, name: &str) -> Result<Option<Listed>, SinkError> {
         let key = self.key(name);
         match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
-            Ok(out) => Ok(Some(Listed { name: name.to_string(), size: out.content_length().unwrap_or(0).max(0).unsigned_abs(), etag: out.e_tag().map(str::to_string) })),
+            Ok(out) => Ok(Some(Listed {
+                name: name.to_string(),
+                size: out.content_length().unwrap_or(0).max(0).unsigned_abs(),
+                etag: out.e_tag().map(str::to_string),
+            })),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(describe("head", &key, &e)),
         }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::config::Config;
+use flowgate::domain::auth::{KeysFile, Rate};
 use flowgate::runtime::Gateway;
 
 pub mod xml;
@@ -289,7 +289,11 @@ pub fn tls_connector(trust: &rustls_pki_types::CertificateDer<'static>, alpn: &[
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots).with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
@@ -311,7 +315,9 @@ pub fn photo_body(job_id: &str, photo_bytes: usize, seed: u64) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut state = seed | 1;
     let chars = photo_bytes.div_ceil(3) * 4;
-    for (block, field) in [("job_execution", "pre_job_photo"), ("job_execution", "post_job_photo"), ("job_execution", "post_resealing_photo"), ("meter", "photo")] {
+    for (block, field) in
+        [("job_execution", "pre_job_photo"), ("job_execution", "post_job_photo"), ("job_execution", "post_resealing_photo"), ("meter", "photo")]
+    {
         let photo: String = (0..chars)
             .map(|_| {
                 state ^= state << 13;
