@@ -780,18 +780,7 @@ impl Writer {
             objects.push(object);
         }
         t.meta.insert(FILE_COUNTER, next).db()?;
-        let n = req.flows.len();
-        let message = format!("Accepted: scenario {}, {} industry flow{} queued", req.scenario, n, if n == 1 { "" } else { "s" });
-        let answer = json!({
-            "status": "accepted",
-            "message": message,
-            "request_id": req.request_id,
-            "scenario": req.scenario,
-            "scenario_name": req.scenario_name,
-            "flows": flows_json,
-            "warnings": req.warnings,
-            "ruleset": req.ruleset,
-        });
+        let answer = crate::domain::answer::accepted(Some(&req.request_id), &req.scenario, &req.scenario_name, flows_json, &req.warnings, &req.ruleset);
         let received_at = req.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let record = RequestRecord {
             request_id: req.request_id.clone(),

@@ -21,17 +21,7 @@ pub fn report(set: &RuleSet, client: &Client, body: &[u8], clock: Clock) -> Valu
                     json!({ "flow": f.flow, "to": f.to_label(), "file_id": "(assigned when stored)", "file": file.lines().collect::<Vec<_>>() })
                 })
                 .collect();
-            (
-                200,
-                json!({
-                    "status": "accepted",
-                    "scenario": a.scenario,
-                    "scenario_name": a.scenario_name,
-                    "flows": flows,
-                    "warnings": a.warnings,
-                    "ruleset": decision.revision,
-                }),
-            )
+            (200, crate::domain::answer::accepted(None, &a.scenario, &a.scenario_name, flows, &a.warnings, &decision.revision))
         }
         Verdict::Rejected(errors) => {
             let p = Problem::Invalid(errors.clone());
