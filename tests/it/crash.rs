@@ -2,7 +2,7 @@
 //! request that got a 200 has its flow files in the sink exactly once; nothing else is there.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,15 @@ fn sigkill_at_random_moments_loses_no_acknowledged_flow_and_writes_none_twice() 
                 }
             }));
         }
-        std::thread::sleep(kill_after);
+        if round == 0 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !acknowledged.lock().unwrap().contains_key("photos-0-0-0") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        } else {
+            std::thread::sleep(kill_after);
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         for w in workers {
@@ -135,9 +143,10 @@ fn photo_bodies_acknowledged_before_a_sigkill_are_archived_byte_for_byte() {
     for round in 0..3 {
         let (mut child, addr) = common::serve_binary(&data, &[]);
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // The first round leaves time for the 30 MB body to be acknowledged; the others cut in
-        // while bodies are being received, decided and stored.
-        let kill_after = Duration::from_millis(if round == 0 { 12_000 } else { 1500 + (seed >> 33) % 2500 });
+        // The first round kills once the 30 MB body is acknowledged (however long that takes on
+        // a loaded machine, up to two minutes); the others cut in while bodies are being
+        // received, decided and stored.
+        let kill_after = Duration::from_millis(1500 + (seed >> 33) % 2500);
         let mut workers = Vec::new();
         for w in 0..2 {
             let (key, acknowledged) = (key.clone(), acknowledged.clone());
@@ -156,7 +165,15 @@ fn photo_bodies_acknowledged_before_a_sigkill_are_archived_byte_for_byte() {
                 }
             }));
         }
-        std::thread::sleep(kill_after);
+        if round == 0 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !acknowledged.lock().unwrap().contains_key("photos-0-0-0") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        } else {
+            std::thread::sleep(kill_after);
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         for w in workers {
