@@ -2,7 +2,7 @@
 # Bounded fuzzing of the request pipeline and the DTC reader with cargo-fuzz (libFuzzer).
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 # Needs a nightly toolchain; installs cargo-fuzz if missing. Without nightly it says so and exits 0:
-# the deterministic mutation tests in `cargo test` (tests/reader.rs, tests/mutations.rs) still run.
+# the deterministic mutation tests in `cargo test` (tests/it/reader.rs, tests/it/mutations.rs) still run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}

@@ -3,7 +3,7 @@
 //! `test` runs a folder of golden cases and fails on a wrong one, `parse` reads a flow file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! expects or keeps something no sample exercises any more, and the candidate is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Instant;

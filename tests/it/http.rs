@@ -1,7 +1,7 @@
 //! The HTTP contract, against the real server on 127.0.0.1:0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{request, TestServer};
 use serde_json::Value;

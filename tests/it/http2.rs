@@ -2,7 +2,7 @@
 //! over TLS with ALPN h2, get the same answers as over HTTP/1.1.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

@@ -3,7 +3,7 @@
 //! a broken file is moved aside with its reasons; the same file dropped again is recorded once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

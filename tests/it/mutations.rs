@@ -3,7 +3,7 @@
 //! time on a body the schema accepted. Deterministic, so a failure reproduces.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use flowgate::domain::auth::{Client, Rate};
 use flowgate::domain::clock::Clock;

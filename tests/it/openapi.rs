@@ -3,7 +3,7 @@
 //! the server does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 

@@ -3,7 +3,7 @@
 //! run as Docker would run it, tells a ready server from no server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! a runaway or failing rule is a 500 naming the rule, and the server keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use serde_json::Value;

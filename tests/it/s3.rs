@@ -6,7 +6,7 @@
 //! `AWS_SECRET_ACCESS_KEY`: `eval "$(scripts/ceph.sh start)"` (scripts/test.sh does it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! ALPN offers HTTP/2; a new certificate on disk is picked up without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
