@@ -32,7 +32,15 @@ fn read(path: &Path) -> Result<String, String> {
 /// see a sample added since).
 pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
     let templates = root.join("flow-templates");
-    let mut dirs = vec![root.join("schemas"), root.join("rules"), templates.clone(), templates.join("catalogue"), templates.join("catalogue").join("flows")];
+    let mut dirs = vec![
+        root.join("schemas"),
+        root.join("rules"),
+        templates.clone(),
+        templates.join("catalogue"),
+        templates.join("catalogue").join("flows"),
+        root.join(crate::rules::incoming::INCOMING_DIR),
+        root.join(crate::rules::incoming::CODE_LISTS_DIR),
+    ];
     for case in crate::rules::samples::cases(&root.join("rules").join("samples")) {
         dirs.push(case.join("flows"));
         dirs.push(case);
@@ -123,6 +131,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         }
         templates.insert(t.flow.clone(), t);
     }
+    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take).map_err(|e| e.to_string())?;
     for choice in &rules.flows {
         if !templates.contains_key(&choice.def.flow) {
             return Err(format!("flow choice {:?}: no template for {}", choice.def.id, choice.def.flow));
@@ -154,6 +163,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         rules,
         templates,
         catalogue,
+        incoming,
         envelope: Envelope {
             test_flag: config.flows.test_flag.clone(),
             crlf: config.flows.line_ending == "crlf",

@@ -1,6 +1,7 @@
 pub mod decide;
 pub mod engine;
 pub mod explain;
+pub mod incoming;
 pub mod load;
 pub mod samples;
 pub mod schema;

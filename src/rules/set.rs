@@ -27,6 +27,8 @@ pub struct RuleSet {
     pub rules: Rules,
     pub templates: HashMap<String, Template>,
     pub catalogue: Catalogue,
+    /// The incoming flows the gateway reads, and the code lists that give their values a meaning.
+    pub incoming: crate::rules::incoming::Incoming,
     pub envelope: Envelope,
     pub sender_role: String,
     pub roles: std::collections::BTreeMap<String, String>,

@@ -1,0 +1,354 @@
+//! Incoming flows as data (`flow-templates/incoming/`): for each flow the gateway reads, which
+//! top-level group carries one answer, which items match it to an accepted request (MPAN, date),
+//! and what the request's status shows of it; with the code lists that give values a meaning
+//! (`flow-templates/code-lists/`). A new incoming flow, or a new version of one, is a new file.
+//!
+//! Both load with the rule set: they count in its revision, and a description that names a
+//! group or item its flow does not have (in the catalogue), or a code list that is not there,
+//! refuses the whole candidate like any other broken rule file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::dtc::catalogue::{CatFlow, Catalogue};
+use crate::dtc::reader::{iso_date, Group, ParsedFlow};
+
+/// The folder of incoming flow descriptions, under the rules folder.
+pub const INCOMING_DIR: &str = "flow-templates/incoming";
+/// The folder of code lists, under the rules folder.
+pub const CODE_LISTS_DIR: &str = "flow-templates/code-lists";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+/// One code list file: a data item and the meaning of each of its values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeList {
+    pub item: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub codes: BTreeMap<String, String>,
+}
+
+/// The code lists by data item (`J1823`).
+#[derive(Debug, Clone, Default)]
+pub struct CodeLists(BTreeMap<String, CodeList>);
+
+impl CodeLists {
+    /// The meaning of `code` for `item`, if the list has it.
+    pub fn meaning(&self, item: &str, code: &str) -> Option<&str> {
+        self.0.get(item)?.codes.get(code).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncomingDef {
+    flow: String,
+    name: String,
+    group: String,
+    #[serde(rename = "match")]
+    matching: MatchDef,
+    show: BTreeMap<String, ShowDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchDef {
+    mpan: String,
+    #[serde(default)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowDef {
+    item: String,
+    /// Every value found (a list), rather than the first.
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    format: Option<ShowFormat>,
+    /// A code list: shown as `{code, meaning}`.
+    #[serde(default)]
+    codes: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ShowFormat {
+    /// A DTC date (`ccyymmdd`) shown as `YYYY-MM-DD`.
+    Date,
+}
+
+/// Where an item is, from a top-level group: in it, in the groups of a code below it, or in its
+/// direct child groups of any code.
+#[derive(Debug, Clone)]
+enum Place {
+    Top,
+    Below(String),
+    Children,
+}
+
+#[derive(Debug, Clone)]
+struct ItemPath {
+    place: Place,
+    item: String,
+}
+
+impl ItemPath {
+    /// Every value of the item under `g`, in file order.
+    fn values<'a>(&'a self, g: &'a Group) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+        match &self.place {
+            Place::Top => Box::new(g.get(&self.item).into_iter()),
+            Place::Below(code) => Box::new(g.descendants(code).filter_map(move |c| c.get(&self.item))),
+            Place::Children => Box::new(g.children.iter().filter_map(move |c| c.get(&self.item))),
+        }
+    }
+
+    fn first<'a>(&'a self, g: &'a Group) -> Option<&'a str> {
+        self.values(g).next()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shown {
+    name: String,
+    path: ItemPath,
+    all: bool,
+    format: Option<ShowFormat>,
+    codes: Option<String>,
+}
+
+/// One incoming flow, checked against the catalogue.
+#[derive(Debug, Clone)]
+pub struct IncomingFlow {
+    pub flow: String,
+    pub name: String,
+    group: String,
+    mpan: ItemPath,
+    date: Option<ItemPath>,
+    show: Vec<Shown>,
+}
+
+/// One answer in a file: a top-level group, with the MPAN and date that match it to a request.
+pub struct Answer<'a> {
+    pub group: &'a Group,
+    pub mpan: &'a str,
+    /// `YYYY-MM-DD`, when the flow names a date and the group has it.
+    pub date: Option<String>,
+}
+
+impl IncomingFlow {
+    /// The answers in a file of this flow.
+    pub fn answers<'a>(&'a self, flow: &'a ParsedFlow) -> impl Iterator<Item = Answer<'a>> + 'a {
+        flow.groups.iter().filter(|g| g.code == self.group).filter_map(|g| {
+            let mpan = self.mpan.first(g)?;
+            let date = self.date.as_ref().and_then(|d| d.first(g)).and_then(iso_date);
+            Some(Answer { group: g, mpan, date })
+        })
+    }
+
+    /// What the request's status shows of one answer, beyond what every incoming flow shows.
+    pub fn details(&self, g: &Group, codes: &CodeLists) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for s in &self.show {
+            let shown = |v: &str| -> Value {
+                let text = match s.format {
+                    Some(ShowFormat::Date) => iso_date(v).map_or(Value::Null, Value::from),
+                    None => Value::from(v),
+                };
+                match &s.codes {
+                    Some(list) => json!({ "code": text, "meaning": codes.meaning(list, v) }),
+                    None => text,
+                }
+            };
+            let value = if s.all {
+                Value::Array(s.path.values(g).map(shown).collect())
+            } else {
+                match s.path.first(g) {
+                    Some(v) => shown(v),
+                    // A code list item keeps its shape when absent.
+                    None if s.codes.is_some() => json!({ "code": null, "meaning": null }),
+                    None => Value::Null,
+                }
+            };
+            out.insert(s.name.clone(), value);
+        }
+        out
+    }
+}
+
+/// The incoming flows by flow id (`D0126`), and the code lists.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub flows: BTreeMap<String, IncomingFlow>,
+    pub codes: CodeLists,
+}
+
+impl Incoming {
+    /// The description of `flow`, if the gateway reads it.
+    pub fn flow(&self, flow: &str) -> Option<&IncomingFlow> {
+        self.flows.get(flow)
+    }
+
+    /// `D0002, D0126`.
+    pub fn names(&self) -> String {
+        self.flows.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// `*.yaml` files of a folder, sorted; a missing folder has none.
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IncomingError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IncomingError::Read { path: dir.to_path_buf(), source: e }),
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, IncomingError> {
+    serde_norway::from_str(text).map_err(|e| IncomingError::Parse { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Loads the code lists and the incoming flow descriptions under `root`, checked against the
+/// catalogue. `read` is the rule set's reader (it adds each file to the revision).
+pub fn load(root: &Path, catalogue: &Catalogue, mut read: impl FnMut(&Path) -> Result<String, String>) -> Result<Incoming, IncomingError> {
+    let mut read = |path: &Path| read(path).map_err(|message| IncomingError::Parse { path: path.to_path_buf(), message });
+    let mut lists = BTreeMap::new();
+    for path in yaml_files(&root.join(CODE_LISTS_DIR))? {
+        let list: CodeList = parse(&path, &read(&path)?)?;
+        if lists.contains_key(&list.item) {
+            return Err(IncomingError::Invalid { file: path.display().to_string(), message: format!("a second code list for {}", list.item) });
+        }
+        lists.insert(list.item.clone(), list);
+    }
+    let codes = CodeLists(lists);
+    let mut flows = BTreeMap::new();
+    for path in yaml_files(&root.join(INCOMING_DIR))? {
+        let def: IncomingDef = parse(&path, &read(&path)?)?;
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let invalid = |message: String| IncomingError::Invalid { file: file.clone(), message };
+        let flow = compile(def, catalogue, &codes).map_err(invalid)?;
+        if flows.contains_key(&flow.flow) {
+            return Err(IncomingError::Invalid { file, message: format!("a second description of {}", flow.flow) });
+        }
+        flows.insert(flow.flow.clone(), flow);
+    }
+    Ok(Incoming { flows, codes })
+}
+
+fn compile(def: IncomingDef, catalogue: &Catalogue, codes: &CodeLists) -> Result<IncomingFlow, String> {
+    let cat = catalogue.flows.get(&def.flow).ok_or_else(|| format!("{} is not in the catalogue", def.flow))?;
+    let top = cat.groups.get(&def.group).ok_or_else(|| format!("{} has no group {}", def.flow, def.group))?;
+    if top.parent.is_some() {
+        return Err(format!("group {} of {} is not a top-level group", def.group, def.flow));
+    }
+    let path = |text: &str| item_path(text, &def.group, cat);
+    let mpan = path(&def.matching.mpan)?;
+    let date = def.matching.date.as_deref().map(path).transpose()?;
+    let mut show = Vec::new();
+    for (name, s) in def.show {
+        if let Some(list) = &s.codes {
+            if codes.0.get(list).is_none() {
+                return Err(format!("show {name}: no code list for {list} in {CODE_LISTS_DIR}"));
+            }
+        }
+        let p = path(&s.item).map_err(|e| format!("show {name}: {e}"))?;
+        show.push(Shown { name, path: p, all: s.all, format: s.format, codes: s.codes });
+    }
+    Ok(IncomingFlow { flow: def.flow, name: def.name, group: def.group, mpan, date, show })
+}
+
+/// `J0003`, `61H/J1825` or `*/J0012`, checked against the flow's groups below `top`.
+fn item_path(text: &str, top: &str, cat: &CatFlow) -> Result<ItemPath, String> {
+    let has = |group: &str, item: &str| cat.groups.get(group).is_some_and(|g| g.fields.iter().any(|f| f.item == item));
+    let below = |code: &str| {
+        let mut parent = cat.groups.get(code).and_then(|g| g.parent.clone());
+        while let Some(p) = parent {
+            if p == top {
+                return true;
+            }
+            parent = cat.groups.get(&p).and_then(|g| g.parent.clone());
+        }
+        false
+    };
+    let (place, item) = match text.split_once('/') {
+        None => (Place::Top, text),
+        Some(("*", item)) => (Place::Children, item),
+        Some((code, item)) => (Place::Below(code.to_string()), item),
+    };
+    let found = match &place {
+        Place::Top => has(top, item),
+        Place::Below(code) => below(code) && has(code, item),
+        Place::Children => cat.groups.values().any(|g| g.parent.as_deref() == Some(top) && has(&g.code, item)),
+    };
+    if !found {
+        return Err(format!("{text}: {} has no such item below group {top}", cat.id));
+    }
+    Ok(ItemPath { place, item: item.to_string() })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn catalogue() -> Catalogue {
+        Catalogue::load(&repo().join("flow-templates/catalogue")).unwrap()
+    }
+
+    fn read(p: &Path) -> Result<String, String> {
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_descriptions_load() {
+        let incoming = load(&repo(), &catalogue(), read).unwrap();
+        assert_eq!(incoming.names(), "D0002, D0126");
+        assert_eq!(incoming.codes.meaning("J1823", "C").map(str::is_empty), Some(false));
+    }
+
+    #[test]
+    fn a_group_or_item_the_flow_does_not_have_is_refused() {
+        let cat = catalogue();
+        let def = |mpan: &str, date: &str, group: &str| IncomingDef {
+            flow: "D0126".into(),
+            name: "n".into(),
+            group: group.into(),
+            matching: MatchDef { mpan: mpan.into(), date: Some(date.into()) },
+            show: BTreeMap::new(),
+        };
+        assert!(compile(def("J0003", "61H/J1825", "250"), &cat, &CodeLists::default()).is_ok());
+        let e = compile(def("J0003", "61H/J9999", "250"), &cat, &CodeLists::default()).unwrap_err();
+        assert!(e.contains("61H/J9999"), "{e}");
+        let e = compile(def("J0003", "62X/J1825", "250"), &cat, &CodeLists::default()).unwrap_err();
+        assert!(e.contains("62X/J1825"), "{e}");
+        let e = compile(def("J0003", "61H/J1825", "61H"), &cat, &CodeLists::default()).unwrap_err();
+        assert!(e.contains("not a top-level group"), "{e}");
+        let mut bad_codes = def("J0003", "61H/J1825", "250");
+        bad_codes.show.insert("clearance".into(), ShowDef { item: "61H/J1823".into(), all: false, format: None, codes: Some("J1823".into()) });
+        let e = compile(bad_codes, &cat, &CodeLists::default()).unwrap_err();
+        assert!(e.contains("no code list for J1823"), "{e}");
+    }
+}
