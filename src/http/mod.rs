@@ -30,6 +30,7 @@ use crate::http::limit::{Decision as Limit, Limits};
 use crate::metrics::Metrics;
 use crate::rules::decide::{decide_parsed, Explain, Verdict};
 use crate::rules::load::Live;
+use crate::rules::set::RuleSet;
 use crate::store::{AcceptOutcome, NewRequest, Store};
 
 /// Keys and their limiters, swapped whole when the keys file changes.
@@ -325,21 +326,9 @@ async fn accept(app: &Server, req: Request<Incoming>, client: &Client, request_i
     if !is_json(&req) {
         return problem(&Problem::UnsupportedMediaType, instance, request_id);
     }
-    // The body's share of the memory budget, taken before a byte of it is read and held until
-    // the answer: a body that does not fit within the wait is refused unread.
-    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.config.body_limit_bytes) {
-        return problem(&Problem::TooLarge { limit: app.config.body_limit_bytes }, instance, request_id);
-    }
-    let cost = app.config.body_cost_kib(declared);
-    let wait = Duration::from_millis(app.config.body_budget_wait_ms);
-    let _budget = match tokio::time::timeout(wait, app.body_budget.clone().acquire_many_owned(cost)).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            app.metrics.inc("flowgate_body_budget_refusals_total", &[], 1.0);
-            tracing::warn!(status = 503, cost_kib = cost, "body budget taken; refused unread");
-            return problem(&Problem::Busy { retry_after_secs: 1 }, instance, request_id);
-        }
+    let _budget = match body_budget(app, &req).await {
+        Ok(permit) => permit,
+        Err(p) => return problem(&p, instance, request_id),
     };
     let body = match read_body(app, req).await {
         Ok(b) => b,
@@ -348,31 +337,10 @@ async fn accept(app: &Server, req: Request<Incoming>, client: &Client, request_i
     // One snapshot of the rule set decides the whole request.
     let set = app.rules.load_full();
     tracing::Span::current().record("ruleset", set.revision.as_str());
-    let decision = {
-        let Ok(_turn) = app.deciders.clone().acquire_owned().await else {
-            return problem(&Problem::StoreUnavailable, instance, request_id);
-        };
-        let (snapshot, client, store, clock, body) = (set.clone(), client.clone(), app.store.clone(), app.clock, body.clone());
-        let span = tracing::Span::current();
-        let work = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            // The same body again for a job already accepted gets the first answer, whatever
-            // the rules say now, without deciding it again.
-            let parsed = crate::rules::decide::parse(&body);
-            if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
-                return Err(Box::new(first));
-            }
-            Ok(decide_parsed(&snapshot, &client, parsed, clock, Explain::No))
-        });
-        match work.await {
-            Ok(Ok(decision)) => decision,
-            Ok(Err(first)) => return replayed(&first),
-            Err(e) => {
-                // A panic in deciding (a defect; the lints keep them out of library code).
-                tracing::error!(status = 500, error = %e, "deciding the body panicked");
-                return decided(&Problem::RuleFailed { rule: "decide".into() }, instance, request_id, &set.revision);
-            }
-        }
+    let decision = match decide_off_workers(app, &set, client, &body).await {
+        Ok(Ok(decision)) => decision,
+        Ok(Err(first)) => return replayed(&first),
+        Err(p) => return decided(&p, instance, request_id, &set.revision),
     };
     match decision.verdict {
         Verdict::Rejected(errors) => {
@@ -387,49 +355,101 @@ async fn accept(app: &Server, req: Request<Incoming>, client: &Client, request_i
             tracing::error!(status = 500, rule = %f.rule, error = %redacted(&f.message), "a rule failed at run time (`flowgate check` on the body shows the whole error)");
             decided(&Problem::RuleFailed { rule: f.rule }, instance, request_id, &set.revision)
         }
-        Verdict::Accepted(a) => {
-            for w in &a.warnings {
-                app.metrics.inc("flowgate_validation_findings_total", &[("rule", &w.rule)], 1.0);
+        Verdict::Accepted(a) => store_accepted(app, a, &set, client, body, request_id).await,
+    }
+}
+
+/// The body's share of the memory budget, taken before a byte of it is read and held until the
+/// answer: a body that does not fit within the wait is refused unread.
+async fn body_budget(app: &Server, req: &Request<Incoming>) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.config.body_limit_bytes) {
+        return Err(Problem::TooLarge { limit: app.config.body_limit_bytes });
+    }
+    let cost = app.config.body_cost_kib(declared);
+    let wait = Duration::from_millis(app.config.body_budget_wait_ms);
+    match tokio::time::timeout(wait, app.body_budget.clone().acquire_many_owned(cost)).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            app.metrics.inc("flowgate_body_budget_refusals_total", &[], 1.0);
+            tracing::warn!(status = 503, cost_kib = cost, "body budget taken; refused unread");
+            Err(Problem::Busy { retry_after_secs: 1 })
+        }
+    }
+}
+
+/// Decides a body on a blocking thread, one of the configured turns: the decision, or the first
+/// answer when the same body was accepted for the job before (not decided again, whatever the
+/// rules say now).
+async fn decide_off_workers(
+    app: &Server,
+    set: &Arc<RuleSet>,
+    client: &Client,
+    body: &Bytes,
+) -> Result<Result<crate::rules::decide::Decision, Box<crate::store::RequestRecord>>, Problem> {
+    let Ok(_turn) = app.deciders.clone().acquire_owned().await else {
+        return Err(Problem::StoreUnavailable);
+    };
+    let (snapshot, client, store, clock, body) = (set.clone(), client.clone(), app.store.clone(), app.clock, body.clone());
+    let span = tracing::Span::current();
+    let work = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let parsed = crate::rules::decide::parse(&body);
+        if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
+            return Err(Box::new(first));
+        }
+        Ok(decide_parsed(&snapshot, &client, parsed, clock, Explain::No))
+    });
+    work.await.map_err(|e| {
+        // A panic in deciding (a defect; the lints keep them out of library code).
+        tracing::error!(status = 500, error = %e, "deciding the body panicked");
+        Problem::RuleFailed { rule: "decide".into() }
+    })
+}
+
+/// Stores an accepted body with its flows (durably, before the answer) and answers 200; or the
+/// first answer of a replay, 409 for another body under the same job, 503 if the store refuses.
+async fn store_accepted(app: &Server, a: crate::rules::decide::Accepted, set: &RuleSet, client: &Client, body: Bytes, request_id: &str) -> Answer {
+    for w in &a.warnings {
+        app.metrics.inc("flowgate_validation_findings_total", &[("rule", &w.rule)], 1.0);
+    }
+    let flows: Vec<String> = a.flows.iter().map(|f| f.flow.clone()).collect();
+    let scenario = a.scenario.clone();
+    let new = NewRequest {
+        request_id: request_id.to_string(),
+        client: client.name.clone(),
+        key_id: client.key_id.clone(),
+        job_id: a.job_id,
+        body_hash: a.body_hash,
+        body,
+        scenario: a.scenario,
+        scenario_name: a.scenario_name,
+        warnings: a.warnings,
+        flows: a.flows,
+        ruleset: set.revision.clone(),
+        envelope: set.envelope.clone(),
+        now: app.clock.now(),
+        sip_id: client.sip_id.clone(),
+        mpan: a.mpan,
+        date_of_action: a.date_of_action,
+    };
+    match app.store.accept(new).await {
+        Ok(AcceptOutcome::Accepted(record)) => {
+            app.metrics.inc("flowgate_scenarios_total", &[("scenario", &scenario)], 1.0);
+            for f in &flows {
+                app.metrics.inc("flowgate_flows_queued_total", &[("flow", f)], 1.0);
             }
-            let flows: Vec<String> = a.flows.iter().map(|f| f.flow.clone()).collect();
-            let scenario = a.scenario.clone();
-            let new = NewRequest {
-                request_id: request_id.to_string(),
-                client: client.name.clone(),
-                key_id: client.key_id.clone(),
-                job_id: a.job_id,
-                body_hash: a.body_hash,
-                body,
-                scenario: a.scenario,
-                scenario_name: a.scenario_name,
-                warnings: a.warnings,
-                flows: a.flows,
-                ruleset: set.revision.clone(),
-                envelope: set.envelope.clone(),
-                now: app.clock.now(),
-                sip_id: client.sip_id.clone(),
-                mpan: a.mpan,
-                date_of_action: a.date_of_action,
-            };
-            match app.store.accept(new).await {
-                Ok(AcceptOutcome::Accepted(record)) => {
-                    app.metrics.inc("flowgate_scenarios_total", &[("scenario", &scenario)], 1.0);
-                    for f in &flows {
-                        app.metrics.inc("flowgate_flows_queued_total", &[("flow", f)], 1.0);
-                    }
-                    tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
-                    json_answer(StatusCode::OK, "application/json", &record.answer)
-                }
-                Ok(AcceptOutcome::Replayed(record)) => replayed(&record),
-                Ok(AcceptOutcome::Conflict { request_id: first }) => {
-                    tracing::info!(status = 409, first = %first, "job_id conflict");
-                    problem(&Problem::Conflict { request_id: first }, instance, request_id)
-                }
-                Err(e) => {
-                    tracing::error!(status = 503, error = %e, "store refused the request");
-                    problem(&Problem::StoreUnavailable, instance, request_id)
-                }
-            }
+            tracing::info!(status = 200, %scenario, flows = flows.len(), "accepted");
+            json_answer(StatusCode::OK, "application/json", &record.answer)
+        }
+        Ok(AcceptOutcome::Replayed(record)) => replayed(&record),
+        Ok(AcceptOutcome::Conflict { request_id: first }) => {
+            tracing::info!(status = 409, first = %first, "job_id conflict");
+            problem(&Problem::Conflict { request_id: first }, "/v4/sip", request_id)
+        }
+        Err(e) => {
+            tracing::error!(status = 503, error = %e, "store refused the request");
+            problem(&Problem::StoreUnavailable, "/v4/sip", request_id)
         }
     }
 }
