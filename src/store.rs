@@ -106,6 +106,25 @@ pub struct OutboxFile {
     pub delivered_at: Option<String>,
 }
 
+impl OutboxFile {
+    /// A file waiting for its first delivery attempt.
+    fn queued(request_id: &str, kind: FileKind, flow: &str, to: &str, file_id: String, object: &str, content: String) -> OutboxFile {
+        OutboxFile {
+            request_id: request_id.to_string(),
+            kind,
+            flow: flow.to_string(),
+            to: to.to_string(),
+            file_id,
+            object: object.to_string(),
+            content,
+            state: DeliveryState::Queued,
+            attempts: 0,
+            last_error: None,
+            delivered_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
@@ -710,25 +729,10 @@ impl Writer {
     }
 
     fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
-        // The keys are checked against this table when they load; this is the last line.
-        let stored = t.clients.get(req.client.as_str()).db()?.map(|v| v.value().to_string());
-        match stored {
-            Some(stored) if stored != req.sip_id => {
-                return Err(StoreError::Identity { name: req.client.clone(), stored, presented: req.sip_id.clone() });
-            }
-            Some(_) => {}
-            None => {
-                t.clients.insert(req.client.as_str(), req.sip_id.as_str()).db()?;
-            }
-        }
+        claim_identity(t, &req.client, &req.sip_id)?;
         let key = job_key(&req.client, &req.job_id);
-        let earlier = t.jobs.get(key.as_str()).db()?.map(|v| v.value().to_string());
-        if let Some(id) = earlier {
-            let record: RequestRecord = match t.requests.get(id.as_str()).db()? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                None => return Err(StoreError::Corrupt(format!("job {key:?} names a missing request"))),
-            };
-            return Ok(if record.body_hash == req.body_hash { AcceptOutcome::Replayed(record) } else { AcceptOutcome::Conflict { request_id: id } });
+        if let Some(earlier) = earlier_outcome(t, &key, &req.body_hash)? {
+            return Ok(earlier);
         }
         let mut next = t.meta.get(FILE_COUNTER).db()?.map(|v| v.value()).unwrap_or(1);
         let mut flows_json = Vec::new();
@@ -739,43 +743,16 @@ impl Writer {
         if t.outbox.get(archive_object.as_str()).db()?.is_some() {
             return Err(StoreError::Corrupt(format!("job archive {archive_object:?} is already in the outbox")));
         }
-        let archive_file = OutboxFile {
-            request_id: req.request_id.clone(),
-            kind: FileKind::Archive,
-            flow: "archive".into(),
-            to: "archive".into(),
-            file_id: String::new(),
-            object: archive_object.clone(),
-            // Assembled from the one stored copy of the body when it is delivered.
-            content: String::new(),
-            state: DeliveryState::Queued,
-            attempts: 0,
-            last_error: None,
-            delivered_at: None,
-        };
-        t.outbox.insert(archive_object.as_str(), serde_json::to_vec(&archive_file).db()?.as_slice()).db()?;
-        t.pending.insert(archive_object.as_str(), seq_base).db()?;
+        // Its content is assembled from the one stored copy of the body when it is delivered.
+        let archive_file = OutboxFile::queued(&req.request_id, FileKind::Archive, "archive", "archive", String::new(), &archive_object, String::new());
+        queue(t, &archive_file, seq_base)?;
         for flow in &req.flows {
             let file_id = format!("{}{}", self.prefix, base36(next, 8));
             next += 1;
             let object = flow.object_name(&file_id, &req.envelope);
             let content = flow.finish(&file_id, req.now, &req.envelope);
-            let file = OutboxFile {
-                request_id: req.request_id.clone(),
-                kind: FileKind::Flow,
-                flow: flow.flow.clone(),
-                to: flow.to_label(),
-                file_id: file_id.clone(),
-                object: object.clone(),
-                content,
-                state: DeliveryState::Queued,
-                attempts: 0,
-                last_error: None,
-                delivered_at: None,
-            };
-            let bytes = serde_json::to_vec(&file).db()?;
-            t.outbox.insert(object.as_str(), bytes.as_slice()).db()?;
-            t.pending.insert(object.as_str(), seq_base).db()?;
+            let file = OutboxFile::queued(&req.request_id, FileKind::Flow, &flow.flow, &flow.to_label(), file_id.clone(), &object, content);
+            queue(t, &file, seq_base)?;
             flows_json.push(json!({ "flow": flow.flow, "to": flow.to_label(), "file_id": file_id, "object": object }));
             objects.push(object);
         }
@@ -807,6 +784,35 @@ impl Writer {
         }
         Ok(AcceptOutcome::Accepted(record))
     }
+}
+
+/// The client's SIP ID as the store knows it: recorded on its first request, and any other one
+/// refused. The keys are checked against this table when they load; this is the last line.
+fn claim_identity(t: &mut Tables<'_>, client: &str, sip_id: &str) -> Result<(), StoreError> {
+    let stored = t.clients.get(client).db()?.map(|v| v.value().to_string());
+    match stored {
+        Some(stored) if stored != sip_id => Err(StoreError::Identity { name: client.to_string(), stored, presented: sip_id.to_string() }),
+        Some(_) => Ok(()),
+        None => t.clients.insert(client, sip_id).db().map(|_| ()),
+    }
+}
+
+/// What a job accepted before answers now: its first answer for the same body, a conflict for
+/// another; nothing for a new job.
+fn earlier_outcome(t: &Tables<'_>, job_key: &str, body_hash: &str) -> Result<Option<AcceptOutcome>, StoreError> {
+    let Some(id) = t.jobs.get(job_key).db()?.map(|v| v.value().to_string()) else { return Ok(None) };
+    let record: RequestRecord = match t.requests.get(id.as_str()).db()? {
+        Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        None => return Err(StoreError::Corrupt(format!("job {job_key:?} names a missing request"))),
+    };
+    Ok(Some(if record.body_hash == body_hash { AcceptOutcome::Replayed(record) } else { AcceptOutcome::Conflict { request_id: id } }))
+}
+
+/// Puts a file in the outbox, waiting, in the order of its request.
+fn queue(t: &mut Tables<'_>, file: &OutboxFile, seq: u64) -> Result<(), StoreError> {
+    t.outbox.insert(file.object.as_str(), serde_json::to_vec(file).db()?.as_slice()).db()?;
+    t.pending.insert(file.object.as_str(), seq).db()?;
+    Ok(())
 }
 
 struct Tables<'t> {
