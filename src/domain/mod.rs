@@ -1,3 +1,5 @@
+//! The contract's own types, shared by every layer above.
+
 pub mod answer;
 pub mod auth;
 pub mod clock;

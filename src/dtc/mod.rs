@@ -1,3 +1,5 @@
+//! The DTC industry facts: catalogue, data items, writer and reader. Nothing here knows of rules.
+
 pub mod catalogue;
 pub mod items;
 pub mod reader;

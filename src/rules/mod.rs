@@ -1,3 +1,5 @@
+//! Rules as data: engine, schema, templates, incoming flow descriptions, the rule set, its loader and gate, and the decision.
+
 pub mod decide;
 pub mod engine;
 pub mod explain;
