@@ -11,7 +11,10 @@
 //! the store it is delivered to decides which instance's request owns a job (see [`crate::exchange::deliver`]),
 //! and it fits every sink's limits whatever the client and job id ([`crate::domain::names`]).
 //!
-//! Tables: `requests` (id → record), `bodies` (id → raw body), `jobs` (client + job id → id),
+//! Bodies: one file each under `bodies/` from 64 KiB up (photos), written and fsync'd before the
+//! commit that records them; smaller ones in the `body_parts` table (older stores: `bodies`).
+//!
+//! Tables: `requests` (id → record), `body_parts` (id + part → bytes), `jobs` (client + job id → id),
 //! `outbox` (object name → file: flows and job archives), `pending` (object names not yet
 //! delivered), `meta` (the file id counter), `mpans` (MPAN + request id → SIP ID and date of
 //! action, to match incoming flows), `incoming` (request id + file name → the matched incoming
@@ -33,7 +36,12 @@ use crate::domain::finding::Finding;
 use crate::dtc::write::{Envelope, FlowBody};
 
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+/// Bodies written before they were stored in parts: read, and dropped by retention, still.
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
+/// Request bodies in parts: (request id, part number) → bytes. redb gives a value a run of pages
+/// rounded up to a power of two, so an 8.4 MB body stored whole takes 16 MiB; parts sized to just
+/// under a power of two pages take about their own size.
+const BODY_PARTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("body_parts");
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 /// Client name → SIP ID, from its first accepted request: a client's identity never changes.
 const CLIENTS: TableDefinition<&str, &str> = TableDefinition::new("clients");
@@ -249,12 +257,13 @@ pub enum Delivery {
 
 enum Job {
     /// A request (its job archive is assembled from its body when it is delivered).
-    Accept(Box<NewRequest>, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
+    /// With whether its body is already in its own file (`bodies/<request id>`).
+    Accept(Box<NewRequest>, bool, tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>),
     Mark(Vec<(String, Delivery)>, tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     /// An inbound file's outcome and matches; the reply says whether it was new.
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
     /// Drops the bodies of settled requests received before the cutoff (ms since 1970).
-    Sweep(i64, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
+    Sweep(i64, tokio::sync::oneshot::Sender<Result<Vec<String>, StoreError>>),
 }
 
 /// Counters of the group commit.
@@ -276,6 +285,8 @@ pub struct Store {
     /// Woken after each commit that queued files, for the dispatcher.
     pub queued: Arc<tokio::sync::Notify>,
     prefix: String,
+    /// Bodies of at least [`BODY_FILE_MIN`] bytes, one file each (`<request id>`).
+    bodies_dir: std::path::PathBuf,
 }
 
 fn base36(mut n: u64, width: usize) -> String {
@@ -392,6 +403,7 @@ impl Store {
             let w = db.begin_write().db()?;
             w.open_table(REQUESTS).db()?;
             w.open_table(BODIES).db()?;
+            w.open_table(BODY_PARTS).db()?;
             w.open_table(JOBS).db()?;
             w.open_table(CLIENTS).db()?;
             w.open_table(OUTBOX).db()?;
@@ -408,7 +420,10 @@ impl Store {
         let queued = Arc::new(tokio::sync::Notify::new());
         let writer = Writer { db: db.clone(), stats: stats.clone(), queued: queued.clone(), prefix: instance_prefix.to_string() };
         std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx)).db()?;
-        Ok(Store { db, tx, stats, queued, prefix: instance_prefix.to_string() })
+        let bodies_dir = dir.join("bodies");
+        std::fs::create_dir_all(&bodies_dir).db()?;
+        clear_orphan_bodies(&db, &bodies_dir)?;
+        Ok(Store { db, tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
     }
 
     /// Stores an accepted request durably (or finds its first answer, or a conflict).
@@ -421,9 +436,27 @@ impl Store {
                 AcceptOutcome::Conflict { request_id: first.request_id }
             });
         }
+        // A large body goes to its own file, durably, before the commit that records it: the
+        // store takes about its size (redb rounds a value up to a power-of-two run of pages and
+        // keeps its file at its high-water mark), and retention gives the space back.
+        let mut req = req;
+        let in_file = req.body.len() >= BODY_FILE_MIN;
+        let file = self.bodies_dir.join(&req.request_id);
+        if in_file {
+            let (dir, id, body) = (self.bodies_dir.clone(), req.request_id.clone(), std::mem::take(&mut req.body));
+            tokio::task::spawn_blocking(move || write_body_file(&dir, &id, &body)).await.map_err(|e| StoreError::Db(e.to_string()))??;
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(Job::Accept(Box::new(req), reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let sent = self.tx.send(Job::Accept(Box::new(req), in_file, reply)).map_err(|_| StoreError::Closed);
+        let outcome = match sent {
+            Ok(()) => answer.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        if in_file && !matches!(outcome, Ok(AcceptOutcome::Accepted(_))) {
+            // A replay, a conflict or a failed commit: no record names this file.
+            let _ = std::fs::remove_file(&file);
+        }
+        outcome
     }
 
     /// Retention: drops the stored bodies of requests received before `cutoff` whose job archive
@@ -433,7 +466,21 @@ impl Store {
         let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Sweep(cutoff_ms, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let dropped = answer.await.map_err(|_| StoreError::Closed)??;
+        // Once the commit holds: a body file is removed only after no record needs it.
+        let dir = self.bodies_dir.clone();
+        let n = dropped.len();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in dropped {
+                match std::fs::remove_file(dir.join(&id)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(request_id = %id, error = %e, "retention: cannot remove a body file; it stays"),
+                }
+            }
+        })
+        .await;
+        Ok(n)
     }
 
     /// Records the results of delivery attempts durably.
@@ -538,10 +585,9 @@ impl Store {
         let requests = r.open_table(REQUESTS).db()?;
         let Some(record) = requests.get(request_id).db()? else { return Ok(None) };
         let record: RequestRecord = serde_json::from_slice(record.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let bodies = r.open_table(BODIES).db()?;
-        let Some(body) = bodies.get(request_id).db()? else { return Ok(None) };
+        let Some(body) = read_body(&r, &self.bodies_dir, request_id)? else { return Ok(None) };
         let instance = if record.instance.is_empty() { self.prefix.as_str() } else { record.instance.as_str() };
-        Ok(Some(archive_envelope(&record.request_id, instance, &record.client, &record.job_id, &record.received_at, body.value()).into_bytes()))
+        Ok(Some(archive_envelope(&record.request_id, instance, &record.client, &record.job_id, &record.received_at, &body).into_bytes()))
     }
 
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -553,8 +599,7 @@ impl Store {
 
     pub fn body(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let r = self.db.begin_read().db()?;
-        let t = r.open_table(BODIES).db()?;
-        Ok(t.get(request_id).db()?.map(|v| v.value().to_vec()))
+        read_body(&r, &self.bodies_dir, request_id)
     }
 
     /// The state of a request's job archive; `None` if the request has none (or is unknown).
@@ -626,7 +671,7 @@ enum Pending {
     Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Box<Result<AcceptOutcome, StoreError>>),
     Mark(tokio::sync::oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Inbound(tokio::sync::oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
-    Sweep(tokio::sync::oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
+    Sweep(tokio::sync::oneshot::Sender<Result<Vec<String>, StoreError>>, Result<Vec<String>, StoreError>),
 }
 
 impl Writer {
@@ -652,6 +697,7 @@ impl Writer {
                 let mut t = Tables {
                     requests: w.open_table(REQUESTS).db()?,
                     bodies: w.open_table(BODIES).db()?,
+                    body_parts: w.open_table(BODY_PARTS).db()?,
                     jobs: w.open_table(JOBS).db()?,
                     clients: w.open_table(CLIENTS).db()?,
                     outbox: w.open_table(OUTBOX).db()?,
@@ -664,8 +710,8 @@ impl Writer {
                 };
                 for job in batch {
                     match job {
-                        Job::Accept(job, reply) => {
-                            let r = self.accept_one(&mut t, *job);
+                        Job::Accept(job, in_file, reply) => {
+                            let r = self.accept_one(&mut t, *job, in_file);
                             if matches!(r, Ok(AcceptOutcome::Accepted(_))) {
                                 accepted += 1;
                             }
@@ -728,7 +774,7 @@ impl Writer {
         }
     }
 
-    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
+    fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest, body_in_file: bool) -> Result<AcceptOutcome, StoreError> {
         claim_identity(t, &req.client, &req.sip_id)?;
         let key = job_key(&req.client, &req.job_id);
         if let Some(earlier) = earlier_outcome(t, &key, &req.body_hash)? {
@@ -774,7 +820,11 @@ impl Writer {
             duplicate_of: None,
         };
         t.requests.insert(req.request_id.as_str(), serde_json::to_vec(&record).db()?.as_slice()).db()?;
-        t.bodies.insert(req.request_id.as_str(), req.body.as_ref()).db()?;
+        if !body_in_file {
+            for (n, part) in body_parts(&req.body).enumerate() {
+                t.body_parts.insert((req.request_id.as_str(), u32::try_from(n).unwrap_or(u32::MAX)), part).db()?;
+            }
+        }
         let received_ms = i64::try_from(req.now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0).max(0);
         t.retain.insert(format!("{received_ms:020}\u{1f}{}", req.request_id).as_str(), req.request_id.as_str()).db()?;
         t.jobs.insert(key.as_str(), req.request_id.as_str()).db()?;
@@ -815,9 +865,103 @@ fn queue(t: &mut Tables<'_>, file: &OutboxFile, seq: u64) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Bodies this large or larger are stored in a file of their own.
+pub const BODY_FILE_MIN: usize = 64 * 1024;
+
+/// Writes a body to `<dir>/<id>`: a temporary file, fsync'd, renamed into place, the folder
+/// fsync'd; so the file is whole and durable before the commit that names it.
+fn write_body_file(dir: &Path, id: &str, body: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    if id.is_empty() || id.contains(['/', '\\', '.']) {
+        return Err(StoreError::Corrupt(format!("request id {id:?} cannot name a body file")));
+    }
+    let tmp = dir.join(format!("{id}.tmp"));
+    let io = |e: std::io::Error| StoreError::Db(format!("body file of {id}: {e}"));
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(id)).map_err(io)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// At start: removes body files whose body the store no longer keeps (a crash between the
+/// file and the commit that would have named it, or between a retention sweep's commit and its
+/// removal of the file) and temporary files. Reads the folder and the retention index once;
+/// both are bounded by retention.
+fn clear_orphan_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
+    let r = db.begin_read().db()?;
+    let retain = r.open_table(RETAIN).db()?;
+    let mut kept = std::collections::HashSet::new();
+    for row in retain.iter().db()? {
+        let (_, id) = row.db()?;
+        kept.insert(id.value().to_string());
+    }
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).db()?.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !kept.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(files = removed, "removed body files the store no longer keeps (left by a crash)");
+    }
+    Ok(())
+}
+
+/// redb's page size, and the room a leaf needs beside one value (its header, the key, the
+/// offsets), rounded up generously.
+const PAGE: usize = 4096;
+const LEAF_ROOM: usize = 512;
+
+/// A body cut into parts that each fill a power-of-two run of pages: the largest that fits what
+/// is left, so the waste is at most `LEAF_ROOM` per part plus part of the last page.
+fn body_parts(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = body;
+    // An empty body is one empty part, so it reads back as empty, not as missing.
+    let mut first = true;
+    std::iter::from_fn(move || {
+        if rest.is_empty() && !std::mem::take(&mut first) {
+            return None;
+        }
+        first = false;
+        let mut run = PAGE << 8; // 1 MiB: at most 256 pages a part
+        while run > PAGE && run - LEAF_ROOM > rest.len() {
+            run /= 2;
+        }
+        let (part, left) = rest.split_at(rest.len().min(run - LEAF_ROOM));
+        rest = left;
+        Some(part)
+    })
+}
+
+/// A request's body: its parts in order, or the whole body as stores before parts kept it.
+fn read_body(r: &redb::ReadTransaction, bodies_dir: &Path, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    match std::fs::read(bodies_dir.join(request_id)) {
+        Ok(body) => return Ok(Some(body)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Db(format!("body of {request_id}: {e}"))),
+    }
+    let parts = r.open_table(BODY_PARTS).db()?;
+    let mut body = Vec::new();
+    let mut found = false;
+    for part in parts.range((request_id, 0)..=(request_id, u32::MAX)).db()? {
+        let (_, v) = part.db()?;
+        body.extend_from_slice(v.value());
+        found = true;
+    }
+    if found {
+        return Ok(Some(body));
+    }
+    let whole = r.open_table(BODIES).db()?;
+    Ok(whole.get(request_id).db()?.map(|v| v.value().to_vec()))
+}
+
 struct Tables<'t> {
     requests: redb::Table<'t, &'static str, &'static [u8]>,
     bodies: redb::Table<'t, &'static str, &'static [u8]>,
+    body_parts: redb::Table<'t, (&'static str, u32), &'static [u8]>,
     jobs: redb::Table<'t, &'static str, &'static str>,
     clients: redb::Table<'t, &'static str, &'static str>,
     outbox: redb::Table<'t, &'static str, &'static [u8]>,
@@ -833,7 +977,7 @@ struct Tables<'t> {
 pub const SWEEP_BATCH: usize = 10_000;
 
 /// Drops the bodies of settled requests received before `cutoff_ms`, oldest first.
-fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<usize, StoreError> {
+fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
     let end = format!("{:020}", cutoff_ms.max(0));
     let mut due = Vec::new();
     for row in t.retain.range::<&str>(..end.as_str()).db()? {
@@ -843,9 +987,9 @@ fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<usize, StoreError> {
             break;
         }
     }
-    let mut dropped = 0;
+    let mut dropped = Vec::new();
     for (key, id) in due {
-        if dropped >= SWEEP_BATCH {
+        if dropped.len() >= SWEEP_BATCH {
             break;
         }
         let record: RequestRecord = match t.requests.get(id.as_str()).db()? {
@@ -866,8 +1010,11 @@ fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<usize, StoreError> {
         }
         if settled {
             t.bodies.remove(id.as_str()).db()?;
+            for part in t.body_parts.extract_from_if((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| true).db()? {
+                drop(part.db()?);
+            }
             t.retain.remove(key.as_str()).db()?;
-            dropped += 1;
+            dropped.push(id);
         }
     }
     Ok(dropped)
@@ -962,6 +1109,72 @@ fn duplicate(t: &mut Tables<'_>, request_id: &str, winner: &str) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_parts_cover_the_body_in_order_and_fit_their_runs() {
+        for len in [0usize, 1, 3583, 3584, 3585, 1_048_000, 1_048_064, 1_048_065, 8_390_277] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let parts: Vec<&[u8]> = body_parts(&body).collect();
+            assert_eq!(parts.concat(), body, "{len}");
+            assert!(!parts.is_empty());
+            for p in &parts {
+                let run = (p.len() + LEAF_ROOM).next_power_of_two().max(PAGE);
+                assert!(run <= PAGE << 8 && run - p.len() <= LEAF_ROOM + PAGE, "{len}: a part of {} takes a run of {run}", p.len());
+            }
+        }
+    }
+
+    fn photo_request(n: usize, body: &[u8]) -> NewRequest {
+        NewRequest {
+            request_id: format!("REQ-{n:04}"),
+            client: "Test SIP".into(),
+            key_id: "k".into(),
+            job_id: format!("JOB-{n}"),
+            body_hash: format!("h{n}"),
+            body: bytes::Bytes::copy_from_slice(body),
+            scenario: "S01".into(),
+            scenario_name: "s".into(),
+            warnings: vec![],
+            flows: vec![],
+            ruleset: "r".into(),
+            envelope: Envelope { test_flag: "TR01".into(), crlf: false, object_name: "out/{flow}_{file_id}.usr".into() },
+            now: OffsetDateTime::UNIX_EPOCH,
+            sip_id: "DEMO".into(),
+            mpan: String::new(),
+            date_of_action: String::new(),
+        }
+    }
+
+    /// A photo body is stored once, in about its own size: the store file grows by at most 1.1
+    /// times the bodies it took (the issue's target), whatever their length.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_photo_body_takes_about_its_own_size_in_the_store() {
+        let dir = std::env::temp_dir().join(format!("flowgate-store-size-{}", ulid::Ulid::new()));
+        let store = Store::open(&dir, "T").unwrap();
+        // The whole store folder: the database file and the body files.
+        let size = || -> u64 {
+            let db = std::fs::metadata(dir.join("flowgate.redb")).unwrap().len();
+            db + std::fs::read_dir(dir.join("bodies")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum::<u64>()
+        };
+        let warm: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(matches!(store.accept(photo_request(0, &warm)).await.unwrap(), AcceptOutcome::Accepted(_)));
+        let before = size();
+        // The size of the reference body with four 1.5 MB photos, and lengths around it.
+        let sizes = [8_390_277usize, 6_000_001, 4_194_305, 9_437_000, 8_388_600];
+        let mut total = 0u64;
+        for (n, size) in sizes.iter().cycle().take(20).enumerate() {
+            let body: Vec<u8> = (0..*size).map(|i| (i % 253) as u8).collect();
+            assert!(matches!(store.accept(photo_request(n + 1, &body)).await.unwrap(), AcceptOutcome::Accepted(_)));
+            assert_eq!(store.body(&format!("REQ-{:04}", n + 1)).unwrap().as_deref(), Some(body.as_slice()), "the body reads back whole");
+            total += *size as u64;
+        }
+        let grown = size() - before;
+        let ratio = grown as f64 / total as f64;
+        println!("store: {total} body bytes took {grown} bytes of store ({ratio:.3}x)");
+        assert!(ratio <= 1.1, "the store grew {ratio:.2} times the bodies it took");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn archive_names_are_safe_and_distinct() {

@@ -266,7 +266,7 @@ fn compile(def: IncomingDef, catalogue: &Catalogue, codes: &CodeLists) -> Result
     let mut show = Vec::new();
     for (name, s) in def.show {
         if let Some(list) = &s.codes {
-            if codes.0.get(list).is_none() {
+            if !codes.0.contains_key(list) {
                 return Err(format!("show {name}: no code list for {list} in {CODE_LISTS_DIR}"));
             }
         }
