@@ -395,7 +395,7 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
 fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
+    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue")).map_err(|e| e.to_string())?;
     match flowgate::dtc::reader::read(&bytes, &catalogue) {
         Ok(flow) => {
             println!("{}", serde_json::to_string_pretty(&flow).map_err(|e| e.to_string())?);

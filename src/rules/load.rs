@@ -117,7 +117,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     let rules = Rules::compile(rule_files, helpers, &config.rhai)?;
 
     let tdir = root.join("flow-templates");
-    let catalogue = Catalogue::load(&tdir.join("catalogue"))?;
+    let catalogue = Catalogue::load(&tdir.join("catalogue")).map_err(|e| e.to_string())?;
     let mut templates = HashMap::new();
     for path in files_in(&tdir, "yaml")? {
         let text = take(&path)?;

@@ -224,7 +224,7 @@ fn render_groups(
             for (f, value) in g.fields.iter().zip(values) {
                 let raw = value.map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
                 let text = write_value(raw, f.format).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
-                check_value(&f.cat, &text).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
+                check_value(&f.cat, &text).map_err(|m| fail(&format!(" {}", f.cat.item), m.to_string()))?;
                 record.push(text);
             }
             out.push(record);
