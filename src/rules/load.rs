@@ -114,7 +114,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     for path in files_in(&rules_dir, "rhai")? {
         helpers.push((path.display().to_string(), take(&path)?));
     }
-    let rules = Rules::compile(rule_files, helpers, &config.rhai)?;
+    let rules = Rules::compile(rule_files, helpers, &config.rhai).map_err(|e| e.to_string())?;
 
     let tdir = root.join("flow-templates");
     let catalogue = Catalogue::load(&tdir.join("catalogue")).map_err(|e| e.to_string())?;
@@ -123,7 +123,7 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
         let text = take(&path)?;
         let def: TemplateDef = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = path.display().to_string();
-        let t = Template::compile(&name, def, &rules, &catalogue)?;
+        let t = Template::compile(&name, def, &rules, &catalogue).map_err(|e| e.to_string())?;
         // The configuration checked `flows.object_name` with flow ids of at most this length.
         crate::domain::names::check_flow_id(&t.flow).map_err(|e| format!("{name}: {e}"))?;
         if templates.contains_key(&t.flow) {
