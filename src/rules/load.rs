@@ -36,6 +36,8 @@ pub enum LoadError {
     Catalogue(#[from] CatalogueError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Incoming(#[from] crate::rules::incoming::IncomingError),
     #[error("{file}: {source}")]
     FlowId { file: String, source: FlowIdError },
     #[error("{file}: a second template for {flow}")]
@@ -179,7 +181,7 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         }
         templates.insert(t.flow.clone(), t);
     }
-    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take).map_err(|e| e.to_string())?;
+    let incoming = crate::rules::incoming::load(root, &catalogue, |path: &Path| take(path).map_err(|e| e.to_string()))?;
     for choice in &rules.flows {
         if !templates.contains_key(&choice.def.flow) {
             return Err(LoadError::NoTemplate { choice: choice.def.id.clone(), flow: choice.def.flow.clone() });
