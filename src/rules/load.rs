@@ -181,7 +181,7 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         }
         templates.insert(t.flow.clone(), t);
     }
-    let incoming = crate::rules::incoming::load(root, &catalogue, |path: &Path| take(path).map_err(|e| e.to_string()))?;
+    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take)?;
     for choice in &rules.flows {
         if !templates.contains_key(&choice.def.flow) {
             return Err(LoadError::NoTemplate { choice: choice.def.id.clone(), flow: choice.def.flow.clone() });
