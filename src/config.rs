@@ -20,6 +20,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// `flows.object_name` or `sink.s3.prefix` cannot give names every sink takes.
+    #[error(transparent)]
+    Names(#[from] crate::domain::names::ConfiguredNameError),
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -396,7 +399,7 @@ impl Config {
         // Every name a 200 promises must be deliverable: the template and the prefix are the parts
         // of it that configuration decides.
         let prefix = if self.sink.kind == "s3" { self.sink.s3.key_prefix() } else { String::new() };
-        let longest = crate::domain::names::check_configured(&self.flows.object_name, &prefix).map_err(ConfigError::Invalid)?;
+        let longest = crate::domain::names::check_configured(&self.flows.object_name, &prefix)?;
         if self.sink.kind == "local" {
             let root = self.data_dir.join("dtn").as_os_str().len();
             if root + 1 + longest > crate::domain::names::PATH_MAX {

@@ -374,7 +374,7 @@ fn keys(args: KeysArgs) -> Outcome {
 fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
-    let set = flowgate::rules::load::load(&config)?;
+    let set = flowgate::rules::load::load(&config).map_err(|e| e.to_string())?;
     let client = flowgate::domain::auth::Client {
         name: "check".into(),
         sip_id,
@@ -395,7 +395,7 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
 fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
+    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue")).map_err(|e| e.to_string())?;
     match flowgate::dtc::reader::read(&bytes, &catalogue) {
         Ok(flow) => {
             println!("{}", serde_json::to_string_pretty(&flow).map_err(|e| e.to_string())?);
@@ -413,7 +413,7 @@ fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
 fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = load(file, flags).map_err(|e| e.to_string())?;
     let dir = dir.unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
-    let set = Arc::new(flowgate::rules::load::load(&config)?);
+    let set = Arc::new(flowgate::rules::load::load(&config).map_err(|e| e.to_string())?);
     let cases = flowgate::rules::samples::cases(&dir);
     if cases.is_empty() {
         return Err(format!("no cases (folders with request.json) under {}", dir.display()));

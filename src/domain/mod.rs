@@ -6,3 +6,5 @@ pub mod clock;
 pub mod finding;
 pub mod names;
 pub mod problem;
+
+pub use names::{ConfiguredNameError, FlowIdError, NameError, ObjectNameError};

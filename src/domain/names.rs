@@ -71,34 +71,82 @@ pub fn fit(readable: &str, exact: &str, max: usize) -> String {
     format!("{}{CUT_MARK}{hash}", readable.get(..end).unwrap_or_default())
 }
 
+/// Why a name cannot be delivered to every sink ([`check`]); the texts complete "names with ...".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{len} bytes with the prefix, more than an object key's {KEY_MAX}")]
+    KeyTooLong { len: usize },
+    #[error("a control character")]
+    ControlCharacter,
+    #[error("an empty segment (a leading, trailing or double /)")]
+    EmptySegment,
+    #[error("a segment that starts with a dot ({segment:?})")]
+    DotSegment { segment: String },
+    #[error("a segment of {len} bytes, more than a file name's {SEGMENT_MAX}")]
+    SegmentTooLong { len: usize },
+}
+
+/// A flow id that cannot be part of a delivered file's name ([`check_flow_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("flow id {flow:?} must be 1 to {FLOW_ID_MAX} letters or digits: it is part of the delivered file's name")]
+pub struct FlowIdError {
+    pub flow: String,
+}
+
+/// Why `flows.object_name` cannot stand for names ([`longest_flow_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectNameError {
+    #[error("must hold {{file_id}}: without it two flow files would share a name")]
+    NoFileId,
+    #[error("an unknown placeholder; the known ones are {}", PLACEHOLDERS.map(|(p, _)| p).join(", "))]
+    UnknownPlaceholder,
+}
+
+/// Why the configured names (`flows.object_name`, `sink.s3.prefix`) do not fit every sink
+/// ([`check_configured`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfiguredNameError {
+    #[error("flows.object_name {template:?}: {source}")]
+    Template { template: String, source: ObjectNameError },
+    #[error("flows.object_name {template:?} gives names with {source}")]
+    Names { template: String, source: NameError },
+    #[error("sink.s3.prefix has a segment of {len} bytes, more than a file name's {SEGMENT_MAX}")]
+    PrefixSegment { len: usize },
+    #[error(
+        "sink.s3.prefix is {len} bytes: with the longest object name ({longest} bytes) a key would pass S3's {KEY_MAX}; at most {} bytes",
+        KEY_MAX.saturating_sub(*longest)
+    )]
+    PrefixTooLong { len: usize, longest: usize },
+}
+
 /// Why `name` could not be delivered to every sink, if it could not: an empty, `.`-led (`.`,
 /// `..`, and the local folder's own `.tmp`) or over-long segment, a control character, or more
 /// than [`KEY_MAX`] bytes after `prefix`.
-pub fn check(prefix: &str, name: &str) -> Result<(), String> {
+pub fn check(prefix: &str, name: &str) -> Result<(), NameError> {
     if prefix.len() + name.len() > KEY_MAX {
-        return Err(format!("{} bytes with the prefix, more than an object key's {KEY_MAX}", prefix.len() + name.len()));
+        return Err(NameError::KeyTooLong { len: prefix.len() + name.len() });
     }
     if name.chars().any(char::is_control) {
-        return Err("a control character".into());
+        return Err(NameError::ControlCharacter);
     }
     for segment in name.split('/') {
         if segment.is_empty() {
-            return Err("an empty segment (a leading, trailing or double /)".into());
+            return Err(NameError::EmptySegment);
         }
         if segment.starts_with('.') {
-            return Err(format!("a segment that starts with a dot ({segment:?})"));
+            return Err(NameError::DotSegment { segment: segment.to_string() });
         }
         if segment.len() > SEGMENT_MAX {
-            return Err(format!("a segment of {} bytes, more than a file name's {SEGMENT_MAX}", segment.len()));
+            return Err(NameError::SegmentTooLong { len: segment.len() });
         }
     }
     Ok(())
 }
 
 /// A flow id as it may appear in a name: 1 to [`FLOW_ID_MAX`] ASCII letters or digits.
-pub fn check_flow_id(flow: &str) -> Result<(), String> {
+pub fn check_flow_id(flow: &str) -> Result<(), FlowIdError> {
     if flow.is_empty() || flow.len() > FLOW_ID_MAX || !flow.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(format!("flow id {flow:?} must be 1 to {FLOW_ID_MAX} letters or digits: it is part of the delivered file's name"));
+        return Err(FlowIdError { flow: flow.to_string() });
     }
     Ok(())
 }
@@ -106,16 +154,16 @@ pub fn check_flow_id(flow: &str) -> Result<(), String> {
 /// The longest name `template` (`flows.object_name`) can give: each placeholder at its longest.
 /// Refused if it holds no `{file_id}` (the only value that tells two files apart) or a
 /// placeholder flowgate does not fill.
-pub fn longest_flow_name(template: &str) -> Result<String, String> {
+pub fn longest_flow_name(template: &str) -> Result<String, ObjectNameError> {
     if !template.contains("{file_id}") {
-        return Err("must hold {file_id}: without it two flow files would share a name".into());
+        return Err(ObjectNameError::NoFileId);
     }
     let mut name = template.to_string();
     for (placeholder, longest) in PLACEHOLDERS {
         name = name.replace(placeholder, &"X".repeat(longest));
     }
     if name.contains('{') || name.contains('}') {
-        return Err(format!("an unknown placeholder; the known ones are {}", PLACEHOLDERS.map(|(p, _)| p).join(", ")));
+        return Err(ObjectNameError::UnknownPlaceholder);
     }
     Ok(name)
 }
@@ -123,19 +171,15 @@ pub fn longest_flow_name(template: &str) -> Result<String, String> {
 /// The configured names against the limits: `template` (`flows.object_name`) at its longest, and
 /// every name flowgate writes after `prefix` (the S3 sink's key prefix, with its `/`; empty for
 /// the local folder). The length of the longest name, or the reason they do not fit.
-pub fn check_configured(template: &str, prefix: &str) -> Result<usize, String> {
-    let flow = longest_flow_name(template).map_err(|e| format!("flows.object_name {template:?}: {e}"))?;
-    check("", &flow).map_err(|e| format!("flows.object_name {template:?} gives names with {e}"))?;
+pub fn check_configured(template: &str, prefix: &str) -> Result<usize, ConfiguredNameError> {
+    let flow = longest_flow_name(template).map_err(|source| ConfiguredNameError::Template { template: template.to_string(), source })?;
+    check("", &flow).map_err(|source| ConfiguredNameError::Names { template: template.to_string(), source })?;
     if let Some(long) = prefix.split('/').find(|s| s.len() > SEGMENT_MAX) {
-        return Err(format!("sink.s3.prefix has a segment of {} bytes, more than a file name's {SEGMENT_MAX}", long.len()));
+        return Err(ConfiguredNameError::PrefixSegment { len: long.len() });
     }
     let longest = flow.len().max(ARCHIVE_MAX).max(INBOUND_MAX);
     if prefix.len() + longest > KEY_MAX {
-        return Err(format!(
-            "sink.s3.prefix is {} bytes: with the longest object name ({longest} bytes) a key would pass S3's {KEY_MAX}; at most {} bytes",
-            prefix.len(),
-            KEY_MAX.saturating_sub(longest)
-        ));
+        return Err(ConfiguredNameError::PrefixTooLong { len: prefix.len(), longest });
     }
     Ok(longest)
 }
@@ -184,18 +228,30 @@ mod tests {
         // A prefix of `len` bytes with its `/`, in segments a file name may be.
         let prefix = |len: usize| format!("{}/{}/", "p".repeat(254), "q".repeat(len - 256));
         assert!(check_configured(default, &prefix(KEY_MAX - ARCHIVE_MAX)).is_ok());
-        let e = check_configured(default, &prefix(KEY_MAX - ARCHIVE_MAX + 1)).unwrap_err();
+        let e = check_configured(default, &prefix(KEY_MAX - ARCHIVE_MAX + 1)).unwrap_err().to_string();
         assert!(e.contains("at most 508 bytes"), "{e}");
-        assert!(check_configured(default, &format!("{}/", "p".repeat(256))).unwrap_err().contains("segment of 256 bytes"));
+        assert!(check_configured(default, &format!("{}/", "p".repeat(256))).unwrap_err().to_string().contains("segment of 256 bytes"));
         assert_eq!(check_configured(default, ""), Ok(ARCHIVE_MAX));
-        assert!(check_configured("out/{flow}.usr", "").unwrap_err().contains("{file_id}"));
-        assert!(check_configured("out/{file_id}{mpan}.usr", "").unwrap_err().contains("unknown placeholder"));
-        assert!(check_configured(&format!("out/{}{{file_id}}.usr", "x".repeat(250)), "").unwrap_err().contains("segment of 264 bytes"));
+        assert_eq!(
+            check_configured("out/{flow}.usr", "").unwrap_err().to_string(),
+            "flows.object_name \"out/{flow}.usr\": must hold {file_id}: without it two flow files would share a name"
+        );
+        assert_eq!(
+            check_configured("out/{file_id}{mpan}.usr", "").unwrap_err().to_string(),
+            "flows.object_name \"out/{file_id}{mpan}.usr\": an unknown placeholder; the known ones are \
+             {to_role}, {to_mpid}, {flow}, {from_role}, {from_mpid}, {file_id}"
+        );
+        assert_eq!(
+            check_configured("out/.x/{file_id}", "").unwrap_err().to_string(),
+            "flows.object_name \"out/.x/{file_id}\" gives names with a segment that starts with a dot (\".x\")"
+        );
+        assert!(check_configured("out/{file_id}{mpan}.usr", "").unwrap_err().to_string().contains("unknown placeholder"));
+        assert!(check_configured(&format!("out/{}{{file_id}}.usr", "x".repeat(250)), "").unwrap_err().to_string().contains("segment of 264 bytes"));
         assert!(check_configured("/out/{file_id}", "").is_err());
         assert!(check_flow_id("D0139").is_ok());
         for bad in ["", "D01390", "D0/1", "D.13"] {
             assert!(check_flow_id(bad).is_err(), "{bad}");
         }
-        assert!(check_configured(&format!("{}/{{file_id}}", ["d"; 600].join("/")), "").unwrap_err().contains("object key"));
+        assert!(check_configured(&format!("{}/{{file_id}}", ["d"; 600].join("/")), "").unwrap_err().to_string().contains("object key"));
     }
 }

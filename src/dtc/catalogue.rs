@@ -3,9 +3,54 @@
 //! The writer checks every value against it, the reader every field it reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+/// Why the catalogue extract could not be read: the file or folder, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+/// Why a value is not written in its DTC format (the writer's check, and the reader's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("longer than {max} characters")]
+    TooLong { max: usize },
+    #[error("not NUM({digits},{decimals})")]
+    NotDecimal { digits: usize, decimals: usize },
+    #[error("not NUM({digits})")]
+    NotInteger { digits: usize },
+    #[error("not a ccyymmdd date")]
+    NotDate,
+    /// A real date, outside the years DTC dates may be in.
+    #[error("not a date in 1950-2199")]
+    DateOutOfRange,
+    #[error("not a ccyymmddhhmmss date-time")]
+    NotDateTime,
+    /// A real date, with no real time of day.
+    #[error("not a ccyymmddhhmmss date-time (time of day)")]
+    NotTimeOfDay,
+    #[error("not T or F")]
+    NotBoolean,
+}
+
+/// Why the writer refuses a value for its catalogue item ([`check_value`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{item} ({name}) is required but empty")]
+    Required { item: String, name: String },
+    #[error("{item} ({name}) would contain {}: {FLOW_TEXT_RULE}", describe_char(*.unfit))]
+    Unfit { item: String, name: String, unfit: char },
+    #[error("{item} ({name}) {value:?}: {source}")]
+    Format { item: String, name: String, value: String, source: FormatError },
+    #[error("{item} ({name}) {value:?} is not in its valid set")]
+    NotInValidSet { item: String, name: String, value: String },
+}
 
 /// A DTC logical format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +85,10 @@ impl Format {
     }
 
     /// Whether `v` (non-empty) is written in this format; the reason if not.
-    pub fn check(&self, v: &str) -> Result<(), String> {
+    pub fn check(&self, v: &str) -> Result<(), FormatError> {
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         match *self {
-            Format::Char(n) if v.chars().count() > n => Err(format!("longer than {n} characters")),
+            Format::Char(n) if v.chars().count() > n => Err(FormatError::TooLong { max: n }),
             Format::Char(_) => Ok(()),
             Format::Num { digits: n, decimals: 0 } if digits(v) && v.len() <= n => Ok(()),
             Format::Num { digits: n, decimals: d } if d > 0 => {
@@ -52,18 +97,18 @@ impl Format {
                 if digits(int) && int.len() <= n.saturating_sub(d) && frac_ok {
                     Ok(())
                 } else {
-                    Err(format!("not NUM({n},{d})"))
+                    Err(FormatError::NotDecimal { digits: n, decimals: d })
                 }
             }
-            Format::Num { digits: n, .. } => Err(format!("not NUM({n})")),
+            Format::Num { digits: n, .. } => Err(FormatError::NotInteger { digits: n }),
             Format::Date if v.len() == 8 && v.is_ascii() && crate::domain::clock::parse_date(&format!("{}-{}-{}", &v[..4], &v[4..6], &v[6..])).is_some() => {
                 Ok(())
             }
-            Format::Date => Err("not a ccyymmdd date".into()),
+            Format::Date => Err(FormatError::NotDate),
             Format::DateTime if v.len() == 14 && digits(v) && Format::Date.check(&v[..8]).is_ok() => Ok(()),
-            Format::DateTime => Err("not a ccyymmddhhmmss date-time".into()),
+            Format::DateTime => Err(FormatError::NotDateTime),
             Format::Boolean if v == "T" || v == "F" => Ok(()),
-            Format::Boolean => Err("not T or F".into()),
+            Format::Boolean => Err(FormatError::NotBoolean),
         }
     }
 }
@@ -114,15 +159,16 @@ fn fallback_format(item: &str) -> Option<&'static str> {
 }
 
 impl Catalogue {
-    pub fn load(dir: &Path) -> Result<Catalogue, String> {
-        let read = |p: &Path| -> Result<Value, String> {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    pub fn load(dir: &Path) -> Result<Catalogue, CatalogueError> {
+        let read = |p: &Path| -> Result<Value, CatalogueError> {
+            let text = std::fs::read_to_string(p).map_err(|source| CatalogueError::Read { path: p.to_path_buf(), source })?;
+            serde_json::from_str(&text).map_err(|source| CatalogueError::Json { path: p.to_path_buf(), source })
         };
         let items = read(&dir.join("data-items.json"))?;
         let mut flows = HashMap::new();
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join("flows"))
-            .map_err(|e| format!("{}: {e}", dir.join("flows").display()))?
+        let flows_dir = dir.join("flows");
+        let mut entries: Vec<_> = std::fs::read_dir(&flows_dir)
+            .map_err(|source| CatalogueError::Read { path: flows_dir.clone(), source })?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -211,19 +257,20 @@ pub fn describe_char(c: char) -> String {
 }
 
 /// A value against its catalogue item: only characters a flow file carries, format, valid set.
-pub fn check_value(cat: &CatField, v: &str) -> Result<(), String> {
+pub fn check_value(cat: &CatField, v: &str) -> Result<(), ValueError> {
+    let (item, name) = (|| cat.item.clone(), || cat.name.clone());
     if v.is_empty() {
-        return if cat.required { Err(format!("{} ({}) is required but empty", cat.item, cat.name)) } else { Ok(()) };
+        return if cat.required { Err(ValueError::Required { item: item(), name: name() }) } else { Ok(()) };
     }
-    if let Some(c) = unfit_char(v) {
-        return Err(format!("{} ({}) would contain {}: {FLOW_TEXT_RULE}", cat.item, cat.name, describe_char(c)));
+    if let Some(unfit) = unfit_char(v) {
+        return Err(ValueError::Unfit { item: item(), name: name(), unfit });
     }
     if let Some(f) = cat.format {
-        f.check(v).map_err(|m| format!("{} ({}) {v:?}: {m}", cat.item, cat.name))?;
+        f.check(v).map_err(|source| ValueError::Format { item: item(), name: name(), value: v.to_string(), source })?;
     }
     if let Some(valid) = &cat.valid {
         if !valid.iter().any(|c| c == v) {
-            return Err(format!("{} ({}) {v:?} is not in its valid set", cat.item, cat.name));
+            return Err(ValueError::NotInValidSet { item: item(), name: name(), value: v.to_string() });
         }
     }
     Ok(())
@@ -275,7 +322,10 @@ mod tests {
         // The writer refuses them too, whatever the schema let through.
         let cat = CatField { item: "J0012".into(), name: "Additional Information".into(), format: None, required: false, valid: None };
         assert!(check_value(&cat, "fitted, tested").is_ok());
-        let e = check_value(&cat, "fitted\u{2028}tested").unwrap_err();
-        assert!(e.contains("U+2028 (a line separator)"), "{e}");
+        let e = check_value(&cat, "fitted\u{2028}tested").unwrap_err().to_string();
+        assert_eq!(e, format!("J0012 (Additional Information) would contain U+2028 (a line separator): {FLOW_TEXT_RULE}"));
+        let date = CatField { item: "J0016".into(), name: "Date of Action".into(), format: Some(Format::Date), required: true, valid: None };
+        assert_eq!(check_value(&date, "").unwrap_err().to_string(), "J0016 (Date of Action) is required but empty");
+        assert_eq!(check_value(&date, "20250230").unwrap_err().to_string(), "J0016 (Date of Action) \"20250230\": not a ccyymmdd date");
     }
 }

@@ -4,3 +4,5 @@ pub mod catalogue;
 pub mod items;
 pub mod reader;
 pub mod write;
+
+pub use catalogue::{CatalogueError, FormatError, ValueError};

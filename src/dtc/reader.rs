@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::dtc::catalogue::{CatFlow, CatGroup, Catalogue, Format};
+use crate::dtc::catalogue::{CatFlow, CatGroup, Catalogue, Format, FormatError};
 
 /// Most findings reported for one file; the rest are counted.
 const MAX_FINDINGS: usize = 100;
@@ -482,58 +482,74 @@ fn close<'c>(stack: &mut Vec<Open<'c>>, depth: usize, flow: &'c CatFlow, top: &m
     }
 }
 
+/// Why one field's value does not fit its catalogue item; the finding names the record and item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum FieldError {
+    #[error("is required but empty")]
+    Required,
+    #[error("{}: contains a control character", shown(.value))]
+    ControlCharacter { value: String },
+    #[error("{}: {source}", shown(.value))]
+    Format { value: String, source: FormatError },
+    #[error("{}: not in its valid set", shown(.value))]
+    NotInValidSet { value: String },
+    #[error("{}: MPAN check digit fails", shown(.value))]
+    MpanCheckDigit { value: String },
+}
+
 /// One value against its catalogue item: required, characters, format, valid set, MPAN.
-fn check_field(cf: &crate::dtc::catalogue::CatField, v: &str) -> Result<(), String> {
+fn check_field(cf: &crate::dtc::catalogue::CatField, v: &str) -> Result<(), FieldError> {
     if v.is_empty() {
-        return if cf.required { Err("is required but empty".into()) } else { Ok(()) };
+        return if cf.required { Err(FieldError::Required) } else { Ok(()) };
     }
+    let value = || v.to_string();
     if v.chars().any(char::is_control) {
-        return Err(format!("{}: contains a control character", shown(v)));
+        return Err(FieldError::ControlCharacter { value: value() });
     }
     if let Some(f) = cf.format {
-        check_format(f, v).map_err(|why| format!("{}: {why}", shown(v)))?;
+        check_format(f, v).map_err(|source| FieldError::Format { value: value(), source })?;
     }
     if let Some(valid) = &cf.valid {
         if !valid.iter().any(|c| c == v) {
-            return Err(format!("{}: not in its valid set", shown(v)));
+            return Err(FieldError::NotInValidSet { value: value() });
         }
     }
     if cf.item == "J0003" && !crate::dtc::items::mpan_check_ok(v) {
-        return Err(format!("{}: MPAN check digit fails", shown(v)));
+        return Err(FieldError::MpanCheckDigit { value: value() });
     }
     Ok(())
 }
 
 /// A value against a DTC format. Dates are `ccyymmdd` in 1950–2199 (DTC domain), date-times
 /// also need a real time of day; the rest is [`Format::check`].
-fn check_format(f: Format, v: &str) -> Result<(), String> {
+fn check_format(f: Format, v: &str) -> Result<(), FormatError> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match f {
         Format::Date => {
             // Only ASCII digits reach Format::check, which slices by byte.
             if v.len() != 8 || !digits(v) {
-                return Err("not a ccyymmdd date".into());
+                return Err(FormatError::NotDate);
             }
             f.check(v)?;
             let year: u32 = v.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
             if !(1950..=2199).contains(&year) {
-                return Err("not a date in 1950-2199".into());
+                return Err(FormatError::DateOutOfRange);
             }
             Ok(())
         }
         Format::DateTime => {
             if v.len() != 14 || !digits(v) {
-                return Err("not a ccyymmddhhmmss date-time".into());
+                return Err(FormatError::NotDateTime);
             }
-            check_format(Format::Date, v.get(..8).unwrap_or_default()).map_err(|_| "not a ccyymmddhhmmss date-time".to_string())?;
+            check_format(Format::Date, v.get(..8).unwrap_or_default()).map_err(|_| FormatError::NotDateTime)?;
             let part = |r: std::ops::Range<usize>| v.get(r).and_then(|p| p.parse::<u32>().ok()).unwrap_or(99);
             if part(8..10) > 23 || part(10..12) > 59 || part(12..14) > 59 {
-                return Err("not a ccyymmddhhmmss date-time (time of day)".into());
+                return Err(FormatError::NotTimeOfDay);
             }
             Ok(())
         }
         // A catalogue with more decimals than digits would underflow in Format::check.
-        Format::Num { digits: n, decimals: d } if d > n => Err(format!("not NUM({n},{d})")),
+        Format::Num { digits: n, decimals: d } if d > n => Err(FormatError::NotDecimal { digits: n, decimals: d }),
         _ => f.check(v),
     }
 }
@@ -663,6 +679,8 @@ mod tests {
         assert!(check_format(Format::DateTime, "20250101246000").is_err());
         assert!(check_format(Format::DateTime, "20250101235959").is_ok());
         assert!(check_format(Format::Num { digits: 1, decimals: 2 }, "1").is_err());
+        assert_eq!(check_format(Format::Date, "18991231").unwrap_err().to_string(), "not a date in 1950-2199");
+        assert_eq!(check_format(Format::DateTime, "20250101246000").unwrap_err().to_string(), "not a ccyymmddhhmmss date-time (time of day)");
     }
 
     #[test]

@@ -218,8 +218,8 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
                 break;
             }
             Ok(false) => note(&s.id, "scenario", &s.when.source, false, None),
-            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m }),
-            Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m)),
+            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m.to_string() }),
+            Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m.to_string())),
         }
     }
     let scenario_id: Dynamic = scenario.map(|s| Dynamic::from(ImmutableString::from(s.id.as_str()))).unwrap_or(Dynamic::UNIT);
@@ -240,8 +240,8 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
                     Level::Warning => warnings.extend(found),
                 }
             }
-            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m }),
-            Err(m) => note(&r.def.id, "rule", &r.when.source, false, Some(m)),
+            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m.to_string() }),
+            Err(m) => note(&r.def.id, "rule", &r.when.source, false, Some(m.to_string())),
         }
     }
     if !errors.is_empty() {
@@ -270,13 +270,13 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
                     fired.flows.push(i);
                 }
             }
-            Err(m) => return Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m }),
+            Err(m) => return Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m.to_string() }),
         }
         let fail = |m: String| RuleFailure { rule: choice.def.id.clone(), message: m };
         let result = (|| -> Result<FlowBody, RuleFailure> {
             let recipient = rules.recipients.get(&choice.def.to).ok_or_else(|| fail(format!("unknown recipient {}", choice.def.to)))?;
             let to_role = set.roles.get(&recipient.role).ok_or_else(|| fail(format!("no role code for {}", recipient.role)))?;
-            let mpid = rules.run(&mut scope, &recipient.mpid).map_err(fail)?;
+            let mpid = rules.run(&mut scope, &recipient.mpid).map_err(|e| fail(e.to_string()))?;
             let to_mpid = mpid.into_string().map_err(|t| fail(format!("the recipient's MPID is a {t}, not text")))?;
             if to_mpid.len() != 4 || !to_mpid.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
                 return Err(fail(format!("the recipient's MPID {to_mpid:?} is not 4 upper-case letters or digits")));

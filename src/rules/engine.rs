@@ -141,10 +141,102 @@ pub struct Recipient {
 }
 
 /// A rule (or scenario, flow choice, template field) that failed at run time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rule {rule} failed: {message}")]
 pub struct RuleFailure {
     pub rule: String,
     pub message: String,
+}
+
+/// What a condition is compiled for, as a compile error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Rule(String),
+    Scenario(String),
+    Recipient(String),
+    FlowChoice(String),
+    /// A field's value in a flow template: the template file, the group code and the data item.
+    TemplateField {
+        file: String,
+        group: String,
+        item: String,
+    },
+    /// A template group's `when`.
+    TemplateWhen {
+        file: String,
+        group: String,
+    },
+    /// A template group's `repeat`.
+    TemplateRepeat {
+        file: String,
+        group: String,
+    },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Rule(id) => write!(f, "rule {id:?}"),
+            Subject::Scenario(id) => write!(f, "scenario {id:?}"),
+            Subject::Recipient(name) => write!(f, "recipient {name:?}"),
+            Subject::FlowChoice(id) => write!(f, "flow choice {id:?}"),
+            Subject::TemplateField { file, group, item } => write!(f, "{file}: {group} {item}"),
+            Subject::TemplateWhen { file, group } => write!(f, "{file}: {group} when"),
+            Subject::TemplateRepeat { file, group } => write!(f, "{file}: {group} repeat"),
+        }
+    }
+}
+
+/// A condition that does not compile.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConditionError {
+    #[error("{0}: the condition is empty")]
+    Empty(Subject),
+    #[error("{subject}: {source}")]
+    Parse { subject: Subject, source: rhai::ParseError },
+}
+
+/// Why the rules files and helpers of a set do not compile: the file, rule or entry at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{file}: distributor {id:?}: id must be 2 digits and mpid 4 characters")]
+    Distributor { file: String, id: String },
+    #[error("{file}: recipient {recipient:?} is defined twice")]
+    RecipientTwice { file: String, recipient: String },
+    /// A helpers file (`rules/*.rhai`) that does not parse.
+    #[error("{file}: {source}")]
+    Helpers { file: String, source: rhai::ParseError },
+    /// A helpers file whose top level fails when it is run into a module.
+    #[error("{file}: {source}")]
+    HelpersRun { file: String, source: Box<EvalAltResult> },
+    #[error("rule {id:?} is defined twice")]
+    RuleTwice { id: String },
+    #[error("rule {id:?}: pointer must start with /")]
+    Pointer { id: String },
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+    #[error("no scenarios are defined")]
+    NoScenarios,
+    #[error("flow choice {choice:?}: unknown recipient {recipient:?}")]
+    UnknownRecipient { choice: String, recipient: String },
+}
+
+/// Why a condition gave no usable value at run time.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("stopped: ran past its deadline of {} ms", .timeout.as_millis())]
+    Deadline { timeout: Duration },
+    #[error("stopped: too many operations (a loop that does not end?)")]
+    TooManyOperations,
+    /// Any other error rhai reports (a missing property, a type mismatch, a limit).
+    #[error(transparent)]
+    Script(Box<EvalAltResult>),
+    /// A yes/no condition gave something else (its type name).
+    #[error("the condition gave a {0}, not true or false")]
+    NotTruth(&'static str),
+    /// A rule gave something that stands for no findings (its type name).
+    #[error("the condition gave a {0}, not true/false, a pointer or a list of pointers")]
+    NotFindings(&'static str),
 }
 
 /// What one rule did for one body (for `check` and the explanation).
@@ -319,13 +411,13 @@ pub fn scope_for(body: &Value, today: &str) -> Scope<'static> {
 
 impl Rules {
     /// Compiles every condition; the first error names the file and rule.
-    pub fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, String> {
+    pub fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, CompileError> {
         let mut distributors = BTreeMap::new();
         let mut merged = RulesFile::default();
         for (name, f) in files {
             for d in f.distributors {
                 if d.id.len() != 2 || d.mpid.len() != 4 {
-                    return Err(format!("{name}: distributor {:?}: id must be 2 digits and mpid 4 characters", d.id));
+                    return Err(CompileError::Distributor { file: name, id: d.id });
                 }
                 distributors.insert(d.id.clone(), d);
             }
@@ -334,7 +426,7 @@ impl Rules {
             merged.flows.extend(f.flows);
             for (k, r) in f.recipients {
                 if merged.recipients.insert(k.clone(), r).is_some() {
-                    return Err(format!("{name}: recipient {k:?} is defined twice"));
+                    return Err(CompileError::RecipientTwice { file: name, recipient: k });
                 }
             }
         }
@@ -345,42 +437,48 @@ impl Rules {
             helper_bodies.extend(function_bodies(source));
         }
         for (name, source) in helpers {
-            let ast = engine.compile(&source).map_err(|e| format!("{name}: {e}"))?;
-            let module = rhai::Module::eval_ast_as_new(Scope::new(), &ast, &engine).map_err(|e| format!("{name}: {e}"))?;
+            let ast = match engine.compile(&source) {
+                Ok(ast) => ast,
+                Err(source) => return Err(CompileError::Helpers { file: name, source }),
+            };
+            let module = match rhai::Module::eval_ast_as_new(Scope::new(), &ast, &engine) {
+                Ok(module) => module,
+                Err(source) => return Err(CompileError::HelpersRun { file: name, source }),
+            };
             engine.register_global_module(module.into());
         }
-        let compile = |what: &str, src: &str| compile_condition(&engine, what, src);
+        let compile = |what: Subject, src: &str| compile_condition(&engine, what, src);
         let mut seen = std::collections::HashSet::new();
         let mut rules = Vec::new();
         for def in merged.rules {
             if !seen.insert(def.id.clone()) {
-                return Err(format!("rule {:?} is defined twice", def.id));
+                return Err(CompileError::RuleTwice { id: def.id });
             }
             if !def.pointer.starts_with('/') {
-                return Err(format!("rule {:?}: pointer must start with /", def.id));
+                return Err(CompileError::Pointer { id: def.id });
             }
-            let when = compile(&format!("rule {:?}", def.id), &def.when)?;
+            let when = compile(Subject::Rule(def.id.clone()), &def.when)?;
             rules.push(Rule { def, when });
         }
         let mut scenarios = Vec::new();
         for s in merged.scenarios {
-            let when = compile(&format!("scenario {:?}", s.id), &s.when)?;
+            let when = compile(Subject::Scenario(s.id.clone()), &s.when)?;
             scenarios.push(Scenario { id: s.id, name: s.name, when });
         }
         if scenarios.is_empty() {
-            return Err("no scenarios are defined".into());
+            return Err(CompileError::NoScenarios);
         }
         let mut recipients = BTreeMap::new();
         for (k, r) in merged.recipients {
-            let mpid = compile(&format!("recipient {k:?}"), &r.mpid)?;
+            let mpid = compile(Subject::Recipient(k.clone()), &r.mpid)?;
             recipients.insert(k, Recipient { role: r.role, mpid });
         }
         let mut flows = Vec::new();
         for def in merged.flows {
             if !recipients.contains_key(&def.to) {
-                return Err(format!("flow choice {:?}: unknown recipient {:?}", def.id, def.to));
+                return Err(CompileError::UnknownRecipient { choice: def.id, recipient: def.to });
             }
-            let when = compile(&format!("flow choice {:?}", def.id), &def.when)?;
+            let when = compile(Subject::FlowChoice(def.id.clone()), &def.when)?;
             flows.push(FlowChoice { def, when });
         }
         let rules_batch = batch(&engine, rules.iter().map(|r| &r.when));
@@ -420,7 +518,7 @@ impl Rules {
     }
 
     /// Compiles an expression with this rule set's engine (templates use it too).
-    pub fn compile_condition(&self, what: &str, src: &str) -> Result<Condition, String> {
+    pub fn compile_condition(&self, what: Subject, src: &str) -> Result<Condition, ConditionError> {
         compile_condition(&self.engine, what, src)
     }
 
@@ -431,7 +529,7 @@ impl Rules {
 
     /// The values of every condition of a batch, each as `run` would give it: one evaluation
     /// when all goes well, one per condition (to name the failing one) when it does not.
-    pub fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, String>> {
+    pub fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
         if let Some(ast) = &batch.ast {
             let mark = scope.len();
             DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
@@ -448,17 +546,17 @@ impl Rules {
     }
 
     /// Runs one condition under the deadline; new variables it declares are dropped after.
-    pub fn run(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<Dynamic, String> {
+    pub fn run(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<Dynamic, EvalError> {
         let mark = scope.len();
         DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
         let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast);
         DEADLINE.with(|d| d.set(None));
         scope.rewind(mark);
-        result.map_err(|e| describe(&e, self.timeout))
+        result.map_err(|e| describe(e, self.timeout))
     }
 
     /// Evaluates a condition as a yes/no question: () counts as no.
-    pub fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, String> {
+    pub fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, EvalError> {
         truth_of(self.run(scope, cond)?)
     }
 }
@@ -482,31 +580,33 @@ fn batch<'a>(engine: &Engine, conditions: impl Iterator<Item = &'a Condition>) -
 }
 
 /// A value as a yes/no answer: () counts as no.
-pub fn truth_of(v: Dynamic) -> Result<bool, String> {
+pub fn truth_of(v: Dynamic) -> Result<bool, EvalError> {
     if v.is_unit() {
         return Ok(false);
     }
-    v.as_bool().map_err(|t| format!("the condition gave a {t}, not true or false"))
+    v.as_bool().map_err(EvalError::NotTruth)
 }
 
-fn compile_condition(engine: &Engine, what: &str, src: &str) -> Result<Condition, String> {
+fn compile_condition(engine: &Engine, what: Subject, src: &str) -> Result<Condition, ConditionError> {
     if src.trim().is_empty() {
-        return Err(format!("{what}: the condition is empty"));
+        return Err(ConditionError::Empty(what));
     }
-    let ast = engine.compile(src).map_err(|e| format!("{what}: {e}"))?;
-    Ok(Condition { source: src.trim().to_string(), ast })
+    match engine.compile(src) {
+        Ok(ast) => Ok(Condition { source: src.trim().to_string(), ast }),
+        Err(source) => Err(ConditionError::Parse { subject: what, source }),
+    }
 }
 
-fn describe(e: &EvalAltResult, timeout: Duration) -> String {
-    match e {
-        EvalAltResult::ErrorTerminated(..) => format!("stopped: ran past its deadline of {} ms", timeout.as_millis()),
-        EvalAltResult::ErrorTooManyOperations(..) => "stopped: too many operations (a loop that does not end?)".into(),
-        other => other.to_string(),
+fn describe(e: Box<EvalAltResult>, timeout: Duration) -> EvalError {
+    match &*e {
+        EvalAltResult::ErrorTerminated(..) => EvalError::Deadline { timeout },
+        EvalAltResult::ErrorTooManyOperations(..) => EvalError::TooManyOperations,
+        _ => EvalError::Script(e),
     }
 }
 
 /// The findings a rule's result stands for.
-pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, String> {
+pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, EvalError> {
     let one = |pointer: String, message: Option<String>| Finding::new(pointer, rule.id.clone(), message.unwrap_or_else(|| rule.message.clone()));
     if result.is_unit() {
         return Ok(vec![]);
@@ -524,7 +624,7 @@ pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, Stri
             let message = m.get("message").and_then(|p| p.clone().into_string().ok());
             out.push(one(pointer, message));
         } else {
-            return Err(format!("the condition gave a {}, not true/false, a pointer or a list of pointers", item.type_name()));
+            return Err(EvalError::NotFindings(item.type_name()));
         }
     }
     Ok(out)
@@ -646,7 +746,7 @@ mod tests {
         let mut scope = scope_for(&serde_json::json!({}), "2025-01-01");
         let started = Instant::now();
         let err = rules.run(&mut scope, &rules.rules[0].when).unwrap_err();
-        assert!(err.contains("deadline"), "{err}");
+        assert_eq!(err.to_string(), "stopped: ran past its deadline of 50 ms");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -29,6 +29,35 @@ pub enum IncomingError {
     Parse { path: PathBuf, message: String },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
+    #[error("{file}: {source}")]
+    Description { file: String, source: DescriptionError },
+}
+
+/// Why an incoming flow description does not fit its flow in the catalogue, or the code lists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptionError {
+    #[error("{flow} is not in the catalogue")]
+    UnknownFlow { flow: String },
+    #[error("{flow} has no group {group}")]
+    UnknownGroup { flow: String, group: String },
+    #[error("group {group} of {flow} is not a top-level group")]
+    NotTopLevel { flow: String, group: String },
+    #[error("show {name}: no code list for {list} in {CODE_LISTS_DIR}")]
+    NoCodeList { name: String, list: String },
+    /// The MPAN or date item that matches a file to a request.
+    #[error(transparent)]
+    Item(#[from] ItemPathError),
+    #[error("show {name}: {source}")]
+    ShownItem { name: String, source: ItemPathError },
+}
+
+/// An item path (`J0003`, `61H/J1825`, `*/J0012`) that names no item of the flow below `top`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {flow} has no such item below group {top}")]
+pub struct ItemPathError {
+    pub path: String,
+    pub flow: String,
+    pub top: String,
 }
 
 /// One code list file: a data item and the meaning of each of its values.
@@ -229,8 +258,8 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, I
 
 /// Loads the code lists and the incoming flow descriptions under `root`, checked against the
 /// catalogue. `read` is the rule set's reader (it adds each file to the revision).
-pub fn load(root: &Path, catalogue: &Catalogue, mut read: impl FnMut(&Path) -> Result<String, String>) -> Result<Incoming, IncomingError> {
-    let mut read = |path: &Path| read(path).map_err(|message| IncomingError::Parse { path: path.to_path_buf(), message });
+pub fn load<E: std::fmt::Display>(root: &Path, catalogue: &Catalogue, mut read: impl FnMut(&Path) -> Result<String, E>) -> Result<Incoming, IncomingError> {
+    let mut read = |path: &Path| read(path).map_err(|e| IncomingError::Parse { path: path.to_path_buf(), message: e.to_string() });
     let mut lists = BTreeMap::new();
     for path in yaml_files(&root.join(CODE_LISTS_DIR))? {
         let list: CodeList = parse(&path, &read(&path)?)?;
@@ -244,8 +273,7 @@ pub fn load(root: &Path, catalogue: &Catalogue, mut read: impl FnMut(&Path) -> R
     for path in yaml_files(&root.join(INCOMING_DIR))? {
         let def: IncomingDef = parse(&path, &read(&path)?)?;
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let invalid = |message: String| IncomingError::Invalid { file: file.clone(), message };
-        let flow = compile(def, catalogue, &codes).map_err(invalid)?;
+        let flow = compile(def, catalogue, &codes).map_err(|source| IncomingError::Description { file: file.clone(), source })?;
         if flows.contains_key(&flow.flow) {
             return Err(IncomingError::Invalid { file, message: format!("a second description of {}", flow.flow) });
         }
@@ -254,11 +282,15 @@ pub fn load(root: &Path, catalogue: &Catalogue, mut read: impl FnMut(&Path) -> R
     Ok(Incoming { flows, codes })
 }
 
-fn compile(def: IncomingDef, catalogue: &Catalogue, codes: &CodeLists) -> Result<IncomingFlow, String> {
-    let cat = catalogue.flows.get(&def.flow).ok_or_else(|| format!("{} is not in the catalogue", def.flow))?;
-    let top = cat.groups.get(&def.group).ok_or_else(|| format!("{} has no group {}", def.flow, def.group))?;
+fn compile(def: IncomingDef, catalogue: &Catalogue, codes: &CodeLists) -> Result<IncomingFlow, DescriptionError> {
+    let Some(cat) = catalogue.flows.get(&def.flow) else {
+        return Err(DescriptionError::UnknownFlow { flow: def.flow });
+    };
+    let Some(top) = cat.groups.get(&def.group) else {
+        return Err(DescriptionError::UnknownGroup { flow: def.flow, group: def.group });
+    };
     if top.parent.is_some() {
-        return Err(format!("group {} of {} is not a top-level group", def.group, def.flow));
+        return Err(DescriptionError::NotTopLevel { flow: def.flow, group: def.group });
     }
     let path = |text: &str| item_path(text, &def.group, cat);
     let mpan = path(&def.matching.mpan)?;
@@ -267,17 +299,20 @@ fn compile(def: IncomingDef, catalogue: &Catalogue, codes: &CodeLists) -> Result
     for (name, s) in def.show {
         if let Some(list) = &s.codes {
             if !codes.0.contains_key(list) {
-                return Err(format!("show {name}: no code list for {list} in {CODE_LISTS_DIR}"));
+                return Err(DescriptionError::NoCodeList { name, list: list.clone() });
             }
         }
-        let p = path(&s.item).map_err(|e| format!("show {name}: {e}"))?;
+        let p = match path(&s.item) {
+            Ok(p) => p,
+            Err(source) => return Err(DescriptionError::ShownItem { name, source }),
+        };
         show.push(Shown { name, path: p, all: s.all, format: s.format, codes: s.codes });
     }
     Ok(IncomingFlow { flow: def.flow, name: def.name, group: def.group, mpan, date, show })
 }
 
 /// `J0003`, `61H/J1825` or `*/J0012`, checked against the flow's groups below `top`.
-fn item_path(text: &str, top: &str, cat: &CatFlow) -> Result<ItemPath, String> {
+fn item_path(text: &str, top: &str, cat: &CatFlow) -> Result<ItemPath, ItemPathError> {
     let has = |group: &str, item: &str| cat.groups.get(group).is_some_and(|g| g.fields.iter().any(|f| f.item == item));
     let below = |code: &str| {
         let mut parent = cat.groups.get(code).and_then(|g| g.parent.clone());
@@ -300,7 +335,7 @@ fn item_path(text: &str, top: &str, cat: &CatFlow) -> Result<ItemPath, String> {
         Place::Children => cat.groups.values().any(|g| g.parent.as_deref() == Some(top) && has(&g.code, item)),
     };
     if !found {
-        return Err(format!("{text}: {} has no such item below group {top}", cat.id));
+        return Err(ItemPathError { path: text.to_string(), flow: cat.id.clone(), top: top.to_string() });
     }
     Ok(ItemPath { place, item: item.to_string() })
 }
@@ -318,8 +353,8 @@ mod tests {
         Catalogue::load(&repo().join("flow-templates/catalogue")).unwrap()
     }
 
-    fn read(p: &Path) -> Result<String, String> {
-        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    fn read(p: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(p)
     }
 
     #[test]
@@ -340,15 +375,15 @@ mod tests {
             show: BTreeMap::new(),
         };
         assert!(compile(def("J0003", "61H/J1825", "250"), &cat, &CodeLists::default()).is_ok());
-        let e = compile(def("J0003", "61H/J9999", "250"), &cat, &CodeLists::default()).unwrap_err();
-        assert!(e.contains("61H/J9999"), "{e}");
-        let e = compile(def("J0003", "62X/J1825", "250"), &cat, &CodeLists::default()).unwrap_err();
+        let e = compile(def("J0003", "61H/J9999", "250"), &cat, &CodeLists::default()).unwrap_err().to_string();
+        assert_eq!(e, "61H/J9999: D0126 has no such item below group 250");
+        let e = compile(def("J0003", "62X/J1825", "250"), &cat, &CodeLists::default()).unwrap_err().to_string();
         assert!(e.contains("62X/J1825"), "{e}");
-        let e = compile(def("J0003", "61H/J1825", "61H"), &cat, &CodeLists::default()).unwrap_err();
-        assert!(e.contains("not a top-level group"), "{e}");
+        let e = compile(def("J0003", "61H/J1825", "61H"), &cat, &CodeLists::default()).unwrap_err().to_string();
+        assert_eq!(e, "group 61H of D0126 is not a top-level group");
         let mut bad_codes = def("J0003", "61H/J1825", "250");
         bad_codes.show.insert("clearance".into(), ShowDef { item: "61H/J1823".into(), all: false, format: None, codes: Some("J1823".into()) });
-        let e = compile(bad_codes, &cat, &CodeLists::default()).unwrap_err();
-        assert!(e.contains("no code list for J1823"), "{e}");
+        let e = compile(bad_codes, &cat, &CodeLists::default()).unwrap_err().to_string();
+        assert_eq!(e, format!("show clearance: no code list for J1823 in {CODE_LISTS_DIR}"));
     }
 }

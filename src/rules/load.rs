@@ -2,20 +2,68 @@
 //! samples (the gate), and fingerprint the folders so the running server sees an edit.
 
 use crate::config::Config;
-use crate::dtc::catalogue::Catalogue;
+use crate::domain::names::FlowIdError;
+use crate::dtc::catalogue::{Catalogue, CatalogueError};
 use crate::dtc::write::Envelope;
-use crate::rules::engine::{Rules, RulesFile};
-use crate::rules::schema::Schema;
+use crate::rules::engine::{CompileError, Rules, RulesFile};
+use crate::rules::samples::CaseFailure;
+use crate::rules::schema::{Schema, SchemaError};
 use crate::rules::set::{RuleSet, SCHEMA_FILE};
-use crate::rules::template::{Template, TemplateDef};
+use crate::rules::template::{Template, TemplateDef, TemplateError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
+/// Why a rule set was not loaded: the file and its cause, the rule, template group or item at
+/// fault, or the samples that refuse it. Its text is what `/readyz` and the command line show.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{} does not hold schemas/, rules/ and flow-templates/: run from the repository root or pass --rules-dir", .root.display())]
+    NotRulesDir { root: PathBuf },
+    /// A file or folder that could not be read.
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {source}")]
+    Yaml { path: PathBuf, source: serde_norway::Error },
+    #[error("{path}: {source}")]
+    Schema { path: PathBuf, source: SchemaError },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Incoming(#[from] crate::rules::incoming::IncomingError),
+    #[error("{file}: {source}")]
+    FlowId { file: String, source: FlowIdError },
+    #[error("{file}: a second template for {flow}")]
+    SecondTemplate { file: String, flow: String },
+    #[error("flow choice {choice:?}: no template for {flow}")]
+    NoTemplate { choice: String, flow: String },
+    #[error("recipient {recipient:?}: role {role:?} has no role code in the configuration (flows.roles)")]
+    NoRoleCode { recipient: String, role: String },
+    /// Samples that do not get their expected answer (each case's folder and why), of `total`.
+    #[error("{} of {total} samples do not get their expected answer:\n{}", .failures.len(), sample_lines(.failures))]
+    Samples { failures: Vec<(PathBuf, CaseFailure)>, total: usize },
+    /// What no sample in `dir` exercises, each named, and the coverage as a summary line.
+    #[error(
+        "no sample in {dir} exercises {} (coverage: {coverage}): add a sample that does, or remove what none needs",
+        .uncovered.join(", ")
+    )]
+    Uncovered { dir: PathBuf, uncovered: Vec<String>, coverage: String },
+}
+
+fn sample_lines(failures: &[(PathBuf, CaseFailure)]) -> String {
+    failures.iter().map(|(case, why)| format!("sample {}: {why}", case.display())).collect::<Vec<_>>().join("\n")
+}
+
+fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(|source| LoadError::Read { path: dir.to_path_buf(), source })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext))
@@ -24,8 +72,8 @@ fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })
 }
 
 /// The folders a rule set is read from (the sample folders as they are now: list them again to
@@ -81,11 +129,11 @@ pub fn fingerprint(root: &Path) -> u64 {
 }
 
 /// Loads, compiles and checks a rule set from `config.rules_dir`.
-pub fn load(config: &Config) -> Result<RuleSet, String> {
+pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
     let root = &config.rules_dir;
     let mut hasher = Sha256::new();
     let mut files = Vec::new();
-    let mut take = |path: &Path| -> Result<String, String> {
+    let mut take = |path: &Path| -> Result<String, LoadError> {
         let text = read(path)?;
         let rel = path.strip_prefix(root).unwrap_or(path).display().to_string();
         hasher.update(rel.as_bytes());
@@ -97,17 +145,17 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     };
 
     if !root.join("schemas").is_dir() || !root.join("rules").is_dir() || !root.join("flow-templates").is_dir() {
-        return Err(format!("{} does not hold schemas/, rules/ and flow-templates/: run from the repository root or pass --rules-dir", root.display()));
+        return Err(LoadError::NotRulesDir { root: root.clone() });
     }
     let schema_path = root.join("schemas").join(SCHEMA_FILE);
-    let schema_doc: serde_json::Value = serde_json::from_str(&take(&schema_path)?).map_err(|e| format!("{}: {e}", schema_path.display()))?;
-    let schema = Schema::compile(schema_doc).map_err(|e| format!("{}: {e}", schema_path.display()))?;
+    let schema_doc: serde_json::Value = serde_json::from_str(&take(&schema_path)?).map_err(|source| LoadError::Json { path: schema_path.clone(), source })?;
+    let schema = Schema::compile(schema_doc).map_err(|source| LoadError::Schema { path: schema_path.clone(), source })?;
 
     let rules_dir = root.join("rules");
     let mut rule_files = Vec::new();
     for path in files_in(&rules_dir, "yaml")? {
         let text = take(&path)?;
-        let file: RulesFile = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: RulesFile = serde_norway::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
         rule_files.push((path.display().to_string(), file));
     }
     let mut helpers = Vec::new();
@@ -121,25 +169,27 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     let mut templates = HashMap::new();
     for path in files_in(&tdir, "yaml")? {
         let text = take(&path)?;
-        let def: TemplateDef = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let def: TemplateDef = serde_norway::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
         let name = path.display().to_string();
         let t = Template::compile(&name, def, &rules, &catalogue)?;
         // The configuration checked `flows.object_name` with flow ids of at most this length.
-        crate::domain::names::check_flow_id(&t.flow).map_err(|e| format!("{name}: {e}"))?;
+        if let Err(source) = crate::domain::names::check_flow_id(&t.flow) {
+            return Err(LoadError::FlowId { file: name, source });
+        }
         if templates.contains_key(&t.flow) {
-            return Err(format!("{name}: a second template for {}", t.flow));
+            return Err(LoadError::SecondTemplate { file: name, flow: t.flow });
         }
         templates.insert(t.flow.clone(), t);
     }
-    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take).map_err(|e| e.to_string())?;
+    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take)?;
     for choice in &rules.flows {
         if !templates.contains_key(&choice.def.flow) {
-            return Err(format!("flow choice {:?}: no template for {}", choice.def.id, choice.def.flow));
+            return Err(LoadError::NoTemplate { choice: choice.def.id.clone(), flow: choice.def.flow.clone() });
         }
     }
     for (name, r) in &rules.recipients {
         if !config.flows.roles.contains_key(&r.role) {
-            return Err(format!("recipient {name:?}: role {:?} has no role code in the configuration (flows.roles)", r.role));
+            return Err(LoadError::NoRoleCode { recipient: name.clone(), role: r.role.clone() });
         }
     }
     let sdir = rules_dir.join("samples");
@@ -183,21 +233,16 @@ pub fn load(config: &Config) -> Result<RuleSet, String> {
     for case in &samples {
         let result = crate::rules::samples::run_sample(&set, case);
         match result.failure {
-            Some(why) => failures.push(format!("sample {}: {why}", case.display())),
+            Some(why) => failures.push((case.clone(), why)),
             None => coverage.add(&result.pinned),
         }
     }
     if !failures.is_empty() {
-        return Err(format!("{} of {} samples do not get their expected answer:\n{}", failures.len(), samples.len(), failures.join("\n")));
+        return Err(LoadError::Samples { failures, total: samples.len() });
     }
     let uncovered = coverage.uncovered();
     if !uncovered.is_empty() {
-        return Err(format!(
-            "no sample in {} exercises {} (coverage: {}): add a sample that does, or remove what none needs",
-            sdir.display(),
-            uncovered.join(", "),
-            coverage.summary()
-        ));
+        return Err(LoadError::Uncovered { dir: sdir, uncovered, coverage: coverage.summary() });
     }
     set.coverage = coverage.summary();
     Ok(set)

@@ -9,3 +9,9 @@ pub mod samples;
 pub mod schema;
 pub mod set;
 pub mod template;
+
+pub use engine::{CompileError, ConditionError, EvalError, RuleFailure, Subject};
+pub use load::LoadError;
+pub use samples::CaseFailure;
+pub use schema::{PhotoError, SchemaError};
+pub use template::{TemplateError, WriteError};

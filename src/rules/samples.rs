@@ -20,8 +20,9 @@ use serde::Deserialize;
 
 use crate::domain::auth::Client;
 use crate::domain::clock::Clock;
+use crate::domain::finding::Finding;
 use crate::rules::decide::{decide, Explain, Fired, Verdict};
-use crate::rules::engine::Level;
+use crate::rules::engine::{Level, RuleFailure};
 use crate::rules::set::RuleSet;
 
 /// The instant golden flow files are written at.
@@ -47,10 +48,63 @@ pub struct Expect {
     pub covers: Option<String>,
 }
 
+/// Why a case does not pass: what the case could not read, or where the answer differs from
+/// what `expect.json` and `flows/` say (`flows/<name>` files named by their file name).
+#[derive(Debug, thiserror::Error)]
+pub enum CaseFailure {
+    #[error("request.json: {0}")]
+    ReadRequest(#[source] std::io::Error),
+    #[error("expect.json: {0}")]
+    ReadExpect(#[source] std::io::Error),
+    #[error("expect.json: {0}")]
+    ParseExpect(#[source] serde_json::Error),
+    /// A sample's `expect.json` leaves part of the answer unpinned (`lacks`: what it should hold).
+    #[error("a sample must pin its whole answer: expect.json lacks {lacks}")]
+    NotWhole { lacks: &'static str },
+    #[error("bad golden clock")]
+    GoldenClock,
+    #[error("status 500: {0}")]
+    RuleFailed(#[source] RuleFailure),
+    /// A 400 where `want` was expected: its findings.
+    #[error("status 400, want {want}: {}", listed(.findings))]
+    Rejected { want: u16, findings: Vec<Finding> },
+    #[error("pointers {got:?}, want {want:?}; found: {}", detail(.findings))]
+    Pointers { got: BTreeSet<String>, want: BTreeSet<String>, findings: Vec<Finding> },
+    #[error("rules {got:?}, want {want:?}; found: {}", detail(.findings))]
+    Rules { got: BTreeSet<String>, want: BTreeSet<String>, findings: Vec<Finding> },
+    #[error("status 200 (scenario {scenario}), want {want}")]
+    Accepted { want: u16, scenario: String },
+    #[error("scenario {got}, want {want}")]
+    Scenario { got: String, want: String },
+    #[error("flows {got:?}, want {want:?}")]
+    Flows { got: Vec<String>, want: Vec<String> },
+    #[error("warnings {got:?}, want {want:?}")]
+    Warnings { got: Vec<String>, want: Vec<String> },
+    /// `--bless` could not write the expected flow files.
+    #[error("{source}")]
+    Bless { path: PathBuf, source: std::io::Error },
+    #[error("flows/{file} differs:\n{}", diff(.want, .got))]
+    FlowDiffers { file: String, want: String, got: String },
+    #[error("flows/{file} is missing (run `flowgate test --bless` after checking the output)")]
+    FlowMissing { file: String },
+    #[error("flows/ holds {expected} files, the case wrote {wrote}")]
+    FlowCount { expected: usize, wrote: usize },
+}
+
+/// A 400's findings in one line, for a case that expected another status.
+fn listed(findings: &[Finding]) -> String {
+    findings.iter().map(|e| format!("{} ({}: {})", e.pointer, e.rule, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// A 400's findings in one line, for a case whose pointers or rules differ.
+fn detail(findings: &[Finding]) -> String {
+    findings.iter().map(|e| format!("{} [{}] {}", e.pointer, e.rule, e.message)).collect::<Vec<_>>().join("; ")
+}
+
 /// One case's result: `Ok` or what differs.
 pub struct CaseResult {
     pub name: String,
-    pub failure: Option<String>,
+    pub failure: Option<CaseFailure>,
     /// The flow files written (name, content), for catalogue checks.
     pub files: Vec<(String, String)>,
     /// What fired and is checked by the expected answer: a rule whose finding is in a 400 (or a
@@ -105,10 +159,10 @@ fn run(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness) -> CaseRe
     result
 }
 
-fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: &mut Vec<(String, String)>, pinned: &mut Fired) -> Result<(), String> {
-    let body = std::fs::read(dir.join("request.json")).map_err(|e| format!("request.json: {e}"))?;
-    let expect_text = std::fs::read_to_string(dir.join("expect.json")).map_err(|e| format!("expect.json: {e}"))?;
-    let expect: Expect = serde_json::from_str(&expect_text).map_err(|e| format!("expect.json: {e}"))?;
+fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: &mut Vec<(String, String)>, pinned: &mut Fired) -> Result<(), CaseFailure> {
+    let body = std::fs::read(dir.join("request.json")).map_err(CaseFailure::ReadRequest)?;
+    let expect_text = std::fs::read_to_string(dir.join("expect.json")).map_err(CaseFailure::ReadExpect)?;
+    let expect: Expect = serde_json::from_str(&expect_text).map_err(CaseFailure::ParseExpect)?;
     let flows_dir = dir.join("flows");
     if strictness == Strictness::Whole {
         let missing = match expect.status {
@@ -118,8 +172,8 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
             200 | 400 => None,
             _ => Some("status 200 or 400"),
         };
-        if let Some(what) = missing {
-            return Err(format!("a sample must pin its whole answer: expect.json lacks {what}"));
+        if let Some(lacks) = missing {
+            return Err(CaseFailure::NotWhole { lacks });
         }
     }
     let client = Client {
@@ -130,28 +184,26 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
         rate: Default::default(),
         revoked: false,
     };
-    let now = crate::domain::clock::parse_rfc3339(GOLDEN_NOW).ok_or("bad golden clock")?;
+    let now = crate::domain::clock::parse_rfc3339(GOLDEN_NOW).ok_or(CaseFailure::GoldenClock)?;
     let decision = decide(set, &client, &body, Clock::Fixed(now), Explain::Fired);
     let fired = decision.fired;
     match decision.verdict {
-        Verdict::Failed(f) => Err(format!("status 500: rule {} failed: {}", f.rule, f.message)),
+        Verdict::Failed(f) => Err(CaseFailure::RuleFailed(f)),
         Verdict::Rejected(errors) => {
             if expect.status != 400 {
-                let listed: Vec<String> = errors.iter().map(|e| format!("{} ({}: {})", e.pointer, e.rule, e.message)).collect();
-                return Err(format!("status 400, want {}: {}", expect.status, listed.join("; ")));
+                return Err(CaseFailure::Rejected { want: expect.status, findings: errors });
             }
-            let detail = || errors.iter().map(|e| format!("{} [{}] {}", e.pointer, e.rule, e.message)).collect::<Vec<_>>().join("; ");
             let got: BTreeSet<String> = errors.iter().map(|e| e.pointer.clone()).collect();
             let want: BTreeSet<String> = expect.pointers.unwrap_or_default().into_iter().collect();
             if got != want {
-                return Err(format!("pointers {got:?}, want {want:?}; found: {}", detail()));
+                return Err(CaseFailure::Pointers { got, want, findings: errors });
             }
             // Two rules may blame the same field: the pointers alone do not tell which fired.
             if let Some(want) = expect.rules {
                 let got: BTreeSet<String> = errors.iter().map(|e| e.rule.clone()).collect();
                 let want: BTreeSet<String> = want.into_iter().collect();
                 if got != want {
-                    return Err(format!("rules {got:?}, want {want:?}; found: {}", detail()));
+                    return Err(CaseFailure::Rules { got, want, findings: errors });
                 }
             }
             // A 400 shows its errors only: a warning that fired is not in the answer.
@@ -160,18 +212,18 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
         }
         Verdict::Accepted(a) => {
             if expect.status != 200 {
-                return Err(format!("status 200 (scenario {}), want {}", a.scenario, expect.status));
+                return Err(CaseFailure::Accepted { want: expect.status, scenario: a.scenario });
             }
             if let Some(s) = &expect.scenario {
                 if *s != a.scenario {
-                    return Err(format!("scenario {}, want {s}", a.scenario));
+                    return Err(CaseFailure::Scenario { got: a.scenario, want: s.clone() });
                 }
             }
             let mut got: Vec<String> = a.flows.iter().map(|f| format!("{}>{}", f.flow, f.to_label())).collect();
             got.sort();
             if let Some(want) = &expect.flows {
                 if got != *want {
-                    return Err(format!("flows {got:?}, want {want:?}"));
+                    return Err(CaseFailure::Flows { got, want: want.clone() });
                 }
             }
             // No `warnings` means none is expected (the format says so).
@@ -180,7 +232,7 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
             let mut want = expect.warnings.clone().unwrap_or_default();
             want.sort();
             if w != want {
-                return Err(format!("warnings {w:?}, want {want:?}"));
+                return Err(CaseFailure::Warnings { got: w, want });
             }
             // Without a flows/ folder the files are not compared byte for byte.
             let compare = bless || flows_dir.is_dir();
@@ -191,8 +243,8 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
                 files.push((fname.clone(), content.clone()));
                 let path = flows_dir.join(&fname);
                 if bless {
-                    std::fs::create_dir_all(&flows_dir).map_err(|e| e.to_string())?;
-                    std::fs::write(&path, &content).map_err(|e| e.to_string())?;
+                    std::fs::create_dir_all(&flows_dir).map_err(|source| CaseFailure::Bless { path: flows_dir.clone(), source })?;
+                    std::fs::write(&path, &content).map_err(|source| CaseFailure::Bless { path: path.clone(), source })?;
                     continue;
                 }
                 if !compare {
@@ -200,14 +252,14 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
                 }
                 match std::fs::read_to_string(&path) {
                     Ok(want) if want == content => {}
-                    Ok(want) => return Err(format!("flows/{fname} differs:\n{}", diff(&want, &content))),
-                    Err(_) => return Err(format!("flows/{fname} is missing (run `flowgate test --bless` after checking the output)")),
+                    Ok(want) => return Err(CaseFailure::FlowDiffers { file: fname, want, got: content }),
+                    Err(_) => return Err(CaseFailure::FlowMissing { file: fname }),
                 }
             }
             if !bless && flows_dir.is_dir() {
                 let expected = std::fs::read_dir(&flows_dir).map(|rd| rd.filter_map(Result::ok).count()).unwrap_or(0);
                 if expected != a.flows.len() {
-                    return Err(format!("flows/ holds {expected} files, the case wrote {}", a.flows.len()));
+                    return Err(CaseFailure::FlowCount { expected, wrote: a.flows.len() });
                 }
             }
             pinned.rules = fired.rules;
@@ -330,11 +382,12 @@ pub fn junit(results: &[CaseResult]) -> String {
         match &r.failure {
             None => out.push_str(&format!("    {case}/>\n")),
             Some(f) => {
+                let f = f.to_string();
                 let message = f.lines().next().unwrap_or_default();
                 out.push_str(&format!(
                     "    {case}>\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
                     xml_escape(message, true),
-                    xml_escape(f, false)
+                    xml_escape(&f, false)
                 ));
             }
         }

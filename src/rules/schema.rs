@@ -8,6 +8,33 @@ use serde_json::Value;
 
 use crate::domain::finding::{escape_token, Finding};
 
+/// Why the body's schema document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// Not a valid 2020-12 schema (jsonschema's own error).
+    #[error(transparent)]
+    Invalid(Box<jsonschema::ValidationError<'static>>),
+    /// A list schema without `maxItems` (`at`: its pointer in the document).
+    #[error(
+        "the list at {at} has no maxItems: every list needs a bound, or a body could make the gateway \
+         spend time in proportion to a list as long as the body limit allows"
+    )]
+    UnboundedList { at: String },
+}
+
+/// Why a string is not a photo ([`photo`]); character positions count from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PhotoError {
+    #[error("'=' at character {at}: padding may only end the string")]
+    Padding { at: usize },
+    #[error("character {at} is not in the base64 alphabet (A-Z, a-z, 0-9, '+', '/')")]
+    Alphabet { at: usize },
+    #[error("base64 comes in groups of 4 characters; this has {len}")]
+    Groups { len: usize },
+    #[error("it decodes to {decoded} bytes, more than 10 MiB ({PHOTO_MAX_BYTES} bytes)")]
+    TooLarge { decoded: usize },
+}
+
 /// A compiled schema and the raw document (for descriptions in messages).
 pub struct Schema {
     validator: jsonschema::Validator,
@@ -19,7 +46,7 @@ pub struct Schema {
 }
 
 /// The largest `maxItems` of the document; an error naming a list schema that has none.
-fn longest_list(document: &Value) -> Result<usize, String> {
+fn longest_list(document: &Value) -> Result<usize, SchemaError> {
     let mut longest = 0u64;
     let mut stack = vec![(String::new(), document)];
     while let Some((path, node)) = stack.pop() {
@@ -30,13 +57,7 @@ fn longest_list(document: &Value) -> Result<usize, String> {
                     || map.contains_key("prefixItems");
                 match map.get("maxItems").and_then(Value::as_u64) {
                     Some(n) => longest = longest.max(n),
-                    None if is_list => {
-                        return Err(format!(
-                            "the list at {} has no maxItems: every list needs a bound, or a body could make the gateway \
-                             spend time in proportion to a list as long as the body limit allows",
-                            if path.is_empty() { "/" } else { &path }
-                        ))
-                    }
+                    None if is_list => return Err(SchemaError::UnboundedList { at: if path.is_empty() { "/".to_string() } else { path } }),
                     None => {}
                 }
                 for (k, v) in map {
@@ -56,13 +77,13 @@ fn longest_list(document: &Value) -> Result<usize, String> {
 
 impl Schema {
     /// Compiles a 2020-12 schema with `format` asserted (off by default in 2020-12).
-    pub fn compile(document: Value) -> Result<Schema, String> {
+    pub fn compile(document: Value) -> Result<Schema, SchemaError> {
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
             .with_format(PHOTO_FORMAT, |s: &str| photo(s).is_ok())
             .build(&document)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SchemaError::Invalid(Box::new(e)))?;
         let version = document.get("x-version").and_then(Value::as_str).unwrap_or("unversioned").to_string();
         let longest_list = longest_list(&document)?;
         Ok(Schema { validator, document, version, longest_list })
@@ -217,7 +238,7 @@ pub const PHOTO_MAX_BYTES: usize = 10 * 1024 * 1024;
 /// Checks a photo in one pass over its bytes, without a regular expression and without decoding
 /// it: the alphabet, the padding, and the decoded size from the length. The size of what it
 /// decodes to, or why it is not a photo.
-pub fn photo(s: &str) -> Result<usize, String> {
+pub fn photo(s: &str) -> Result<usize, PhotoError> {
     let b = s.as_bytes();
     let pad = b.iter().rev().take(2).take_while(|&&c| c == b'=').count();
     let body = &b[..b.len() - pad];
@@ -226,18 +247,14 @@ pub fn photo(s: &str) -> Result<usize, String> {
     let fits = |c: u8| c.is_ascii_alphanumeric() | (c == b'+') | (c == b'/');
     if !body.iter().fold(true, |ok, &c| ok & fits(c)) {
         let (at, c) = body.iter().enumerate().find(|(_, &c)| !fits(c)).map_or((0, 0), |(i, &c)| (i, c));
-        return Err(if c == b'=' {
-            format!("'=' at character {at}: padding may only end the string")
-        } else {
-            format!("character {at} is not in the base64 alphabet (A-Z, a-z, 0-9, '+', '/')")
-        });
+        return Err(if c == b'=' { PhotoError::Padding { at } } else { PhotoError::Alphabet { at } });
     }
     if b.is_empty() || !b.len().is_multiple_of(4) {
-        return Err(format!("base64 comes in groups of 4 characters; this has {}", b.len()));
+        return Err(PhotoError::Groups { len: b.len() });
     }
     let decoded = b.len() / 4 * 3 - pad;
     if decoded > PHOTO_MAX_BYTES {
-        return Err(format!("it decodes to {decoded} bytes, more than 10 MiB ({PHOTO_MAX_BYTES} bytes)"));
+        return Err(PhotoError::TooLarge { decoded });
     }
     Ok(decoded)
 }
@@ -271,19 +288,23 @@ mod tests {
             ("QUJ-QUJD", "character 3 is not in the base64 alphabet"),
             ("QUJDQ", "groups of 4"),
         ] {
-            let e = photo(bad).unwrap_err();
+            let e = photo(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         // Exactly 10 MiB decoded, and two bytes more.
         assert_eq!(photo(&format!("{}==", "A".repeat(13_981_014))), Ok(PHOTO_MAX_BYTES));
-        assert!(photo(&"A".repeat(13_981_016)).unwrap_err().contains("more than 10 MiB"));
+        assert_eq!(photo(&"A".repeat(13_981_016)).unwrap_err().to_string(), "it decodes to 10485762 bytes, more than 10 MiB (10485760 bytes)");
     }
 
     #[test]
     fn every_list_needs_a_bound_and_a_longer_one_is_one_finding() {
         let unbounded = json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}});
-        let e = Schema::compile(unbounded).err().unwrap_or_default();
-        assert!(e.contains("/properties/a has no maxItems"), "{e}");
+        let e = Schema::compile(unbounded).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            "the list at /properties/a has no maxItems: every list needs a bound, or a body could make the gateway \
+             spend time in proportion to a list as long as the body limit allows"
+        );
         let bounded = json!({"type": "object", "properties": {"a": {"type": "array", "maxItems": 3, "items": {"enum": ["x"]}}}});
         let schema = Schema::compile(bounded).unwrap();
         let body = json!({"a": (0..1_000_000).collect::<Vec<u32>>(), "b": {"c": [1, 2, 3, 4]}});

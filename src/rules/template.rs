@@ -11,7 +11,49 @@ use rhai::{Dynamic, Scope};
 use serde::Deserialize;
 
 use crate::dtc::catalogue::{check_value, CatField, CatFlow, Catalogue};
-use crate::rules::engine::{Condition, RuleFailure, Rules};
+use crate::rules::engine::{Condition, ConditionError, RuleFailure, Rules, Subject};
+
+/// Why a flow template does not fit its catalogue flow, or does not compile: the template file,
+/// and the flow, group and item at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{file}: flow {flow} is not in the catalogue")]
+    UnknownFlow { file: String, flow: String },
+    #[error("{file}: {flow} is version {catalogue} in the catalogue, not {template}")]
+    Version { file: String, flow: String, catalogue: String, template: String },
+    #[error("{file}: group {group} is not part of {flow}")]
+    UnknownGroup { file: String, group: String, flow: String },
+    /// `parent` is where the catalogue puts the group, `placed` where the template does (`None`: the top).
+    #[error("{file}: group {group} must sit under {}, not {}", .parent.as_deref().unwrap_or("the top"), .placed.as_deref().unwrap_or("the top"))]
+    Nesting { file: String, group: String, parent: Option<String>, placed: Option<String> },
+    #[error("{file}: group {group} has {template} fields, the catalogue has {catalogue}")]
+    FieldCount { file: String, group: String, template: usize, catalogue: usize },
+    /// `position` counts from 1.
+    #[error("{file}: group {group} field {position} is {catalogue} in the catalogue, the template has {template}")]
+    FieldItem { file: String, group: String, position: usize, catalogue: String, template: String },
+    #[error("{file}: group {group} item {item} ({name}) is required but has no value")]
+    RequiredWithoutValue { file: String, group: String, item: String, name: String },
+    #[error("{file}: group {group} is mandatory under {} but the template leaves it out", .parent.as_deref().unwrap_or("the top"))]
+    MandatoryGroupMissing { file: String, group: String, parent: Option<String> },
+    #[error(transparent)]
+    Condition(#[from] ConditionError),
+}
+
+/// Why a value a template expression gave cannot be written in its field's format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Neither a string nor an integer (its type name).
+    #[error("gave a {0}, expected text")]
+    NotText(&'static str),
+    #[error("gave a {0}, expected true or false")]
+    NotBool(&'static str),
+    #[error("{0:?} is not a date")]
+    NotDate(String),
+    #[error("{0:?} is not a date-time")]
+    NotDateTime(String),
+    #[error("{0:?} is not a reading")]
+    NotReading(String),
+}
 
 /// How a field's value is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -112,10 +154,12 @@ pub struct GroupInfo {
 
 impl Template {
     /// Compiles a template with the rule set's engine and checks it against the catalogue.
-    pub fn compile(file: &str, def: TemplateDef, rules: &Rules, catalogue: &Catalogue) -> Result<Template, String> {
-        let cat = catalogue.flows.get(&def.flow).ok_or_else(|| format!("{file}: flow {} is not in the catalogue", def.flow))?;
+    pub fn compile(file: &str, def: TemplateDef, rules: &Rules, catalogue: &Catalogue) -> Result<Template, TemplateError> {
+        let Some(cat) = catalogue.flows.get(&def.flow) else {
+            return Err(TemplateError::UnknownFlow { file: file.to_string(), flow: def.flow });
+        };
         if cat.version != def.version {
-            return Err(format!("{file}: {} is version {} in the catalogue, not {}", def.flow, cat.version, def.version));
+            return Err(TemplateError::Version { file: file.to_string(), flow: def.flow, catalogue: cat.version.clone(), template: def.version });
         }
         let mut groups = Vec::new();
         let tree = compile_groups(file, &def.groups, None, cat, rules, &mut groups)?;
@@ -141,30 +185,35 @@ fn compile_groups(
     cat: &CatFlow,
     rules: &Rules,
     infos: &mut Vec<GroupInfo>,
-) -> Result<Vec<Group>, String> {
+) -> Result<Vec<Group>, TemplateError> {
     let (parent, parent_path) = (parent.map(|p| p.0), parent.map(|p| p.1));
+    let (file_name, code) = (|| file.to_string(), |g: &GroupDef| g.code.clone());
     let mut out = Vec::new();
     for g in defs {
         let id = infos.len();
         let path = parent_path.map_or_else(|| g.code.clone(), |p| format!("{p}/{}", g.code));
         infos.push(GroupInfo { path: path.clone(), optional: g.when.is_some() || g.repeat.is_some() });
-        let cg = cat.groups.get(&g.code).ok_or_else(|| format!("{file}: group {} is not part of {}", g.code, cat.id))?;
+        let Some(cg) = cat.groups.get(&g.code) else {
+            return Err(TemplateError::UnknownGroup { file: file_name(), group: code(g), flow: cat.id.clone() });
+        };
         if cg.parent.as_deref() != parent {
-            return Err(format!("{file}: group {} must sit under {}, not {}", g.code, cg.parent.as_deref().unwrap_or("the top"), parent.unwrap_or("the top")));
+            return Err(TemplateError::Nesting { file: file_name(), group: code(g), parent: cg.parent.clone(), placed: parent.map(str::to_string) });
         }
         if g.fields.len() != cg.fields.len() {
-            return Err(format!("{file}: group {} has {} fields, the catalogue has {}", g.code, g.fields.len(), cg.fields.len()));
+            return Err(TemplateError::FieldCount { file: file_name(), group: code(g), template: g.fields.len(), catalogue: cg.fields.len() });
         }
-        let compile = |what: String, src: &str| -> Result<Condition, String> { rules.compile_condition(&what, src) };
+        let compile = |what: Subject, src: &str| -> Result<Condition, ConditionError> { rules.compile_condition(what, src) };
         let mut fields = Vec::new();
         for (f, cf) in g.fields.iter().zip(&cg.fields) {
             if f.item != cf.item {
-                return Err(format!("{file}: group {} field {} is {} in the catalogue, the template has {}", g.code, fields.len() + 1, cf.item, f.item));
+                let (catalogue, template) = (cf.item.clone(), f.item.clone());
+                return Err(TemplateError::FieldItem { file: file_name(), group: code(g), position: fields.len() + 1, catalogue, template });
             }
             if cf.required && f.value.is_none() {
-                return Err(format!("{file}: group {} item {} ({}) is required but has no value", g.code, cf.item, cf.name));
+                return Err(TemplateError::RequiredWithoutValue { file: file_name(), group: code(g), item: cf.item.clone(), name: cf.name.clone() });
             }
-            let value = compile(format!("{file}: {} {}", g.code, f.item), f.value.as_deref().unwrap_or("()"))?;
+            let what = Subject::TemplateField { file: file_name(), group: code(g), item: f.item.clone() };
+            let value = compile(what, f.value.as_deref().unwrap_or("()"))?;
             fields.push(Field { cat: cf.clone(), value, format: f.format });
         }
         let values = rules.batch(fields.iter().map(|f: &Field| &f.value));
@@ -172,8 +221,8 @@ fn compile_groups(
             id,
             values,
             code: g.code.clone(),
-            when: g.when.as_deref().map(|w| compile(format!("{file}: {} when", g.code), w)).transpose()?,
-            repeat: g.repeat.as_deref().map(|w| compile(format!("{file}: {} repeat", g.code), w)).transpose()?,
+            when: g.when.as_deref().map(|w| compile(Subject::TemplateWhen { file: file_name(), group: code(g) }, w)).transpose()?,
+            repeat: g.repeat.as_deref().map(|w| compile(Subject::TemplateRepeat { file: file_name(), group: code(g) }, w)).transpose()?,
             fields,
             groups: compile_groups(file, &g.groups, Some((&g.code, &path)), cat, rules, infos)?,
         });
@@ -181,7 +230,7 @@ fn compile_groups(
     // Every mandatory child group of this level must be written by the template.
     for cg in cat.groups.values().filter(|cg| cg.parent.as_deref() == parent && cg.min > 0) {
         if !defs.iter().any(|g| g.code == cg.code) {
-            return Err(format!("{file}: group {} is mandatory under {} but the template leaves it out", cg.code, parent.unwrap_or("the top")));
+            return Err(TemplateError::MandatoryGroupMissing { file: file_name(), group: cg.code.clone(), parent: parent.map(str::to_string) });
         }
     }
     Ok(out)
@@ -196,19 +245,19 @@ fn render_groups(
     written: &mut Option<&mut Vec<usize>>,
 ) -> Result<(), RuleFailure> {
     for g in groups {
-        let fail = |what: &str, message: String| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message };
+        let fail = |what: &str, message: &dyn std::fmt::Display| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message: message.to_string() };
         if let Some(w) = &g.when {
-            if !rules.truth(scope, w).map_err(|m| fail(" when", m))? {
+            if !rules.truth(scope, w).map_err(|m| fail(" when", &m))? {
                 continue;
             }
         }
         let elements = match &g.repeat {
             Some(r) => {
-                let v = rules.run(scope, r).map_err(|m| fail(" repeat", m))?;
+                let v = rules.run(scope, r).map_err(|m| fail(" repeat", &m))?;
                 if v.is_unit() {
                     vec![]
                 } else {
-                    v.into_array().map_err(|t| fail(" repeat", format!("gave a {t}, not an array")))?
+                    v.into_array().map_err(|t| fail(" repeat", &format_args!("gave a {t}, not an array")))?
                 }
             }
             None => vec![Dynamic::UNIT],
@@ -222,9 +271,10 @@ fn render_groups(
             let conditions: Vec<&Condition> = g.fields.iter().map(|f| &f.value).collect();
             let values = rules.run_batch(scope, &g.values, &conditions);
             for (f, value) in g.fields.iter().zip(values) {
-                let raw = value.map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
-                let text = write_value(raw, f.format).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
-                check_value(&f.cat, &text).map_err(|m| fail(&format!(" {}", f.cat.item), m))?;
+                let item = || format!(" {}", f.cat.item);
+                let raw = value.map_err(|m| fail(&item(), &m))?;
+                let text = write_value(raw, f.format).map_err(|m| fail(&item(), &m))?;
+                check_value(&f.cat, &text).map_err(|m| fail(&item(), &m))?;
                 record.push(text);
             }
             out.push(record);
@@ -240,18 +290,18 @@ fn render_groups(
 }
 
 /// Formats one value for a flow file.
-fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
+fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, WriteError> {
     if v.is_unit() {
         return Ok(String::new());
     }
-    let text = || -> Result<String, String> {
+    let text = || -> Result<String, WriteError> {
         if v.is_string() {
             return Ok(v.clone().into_string().unwrap_or_default());
         }
         if let Ok(i) = v.as_int() {
             return Ok(i.to_string());
         }
-        Err(format!("gave a {}, expected text", v.type_name()))
+        Err(WriteError::NotText(v.type_name()))
     };
     Ok(match format {
         FieldFormat::Text => text()?,
@@ -260,7 +310,7 @@ fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
         FieldFormat::Bool => match v.as_bool() {
             Ok(true) => "T".into(),
             Ok(false) => "F".into(),
-            Err(t) => return Err(format!("gave a {t}, expected true or false")),
+            Err(t) => return Err(WriteError::NotBool(t)),
         },
         FieldFormat::Date => {
             let s = text()?;
@@ -269,21 +319,20 @@ fn write_value(v: Dynamic, format: FieldFormat) -> Result<String, String> {
             } else if let Some(t) = crate::domain::clock::parse_rfc3339(&s) {
                 crate::domain::clock::dtc_date(crate::domain::clock::london(t).date())
             } else {
-                return Err(format!("{s:?} is not a date"));
+                return Err(WriteError::NotDate(s));
             }
         }
         FieldFormat::Datetime => {
             let s = text()?;
-            let t = crate::domain::clock::parse_rfc3339(&s).ok_or_else(|| format!("{s:?} is not a date-time"))?;
+            let Some(t) = crate::domain::clock::parse_rfc3339(&s) else { return Err(WriteError::NotDateTime(s)) };
             crate::domain::clock::dtc_datetime(crate::domain::clock::london(t))
         }
         FieldFormat::Reading => {
             let s = text()?;
             let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
-            let n: u64 = int.parse().map_err(|_| format!("{s:?} is not a reading"))?;
-            let frac = frac.chars().next().unwrap_or('0');
+            let (Ok(n), frac) = (int.parse::<u64>(), frac.chars().next().unwrap_or('0')) else { return Err(WriteError::NotReading(s)) };
             if !frac.is_ascii_digit() {
-                return Err(format!("{s:?} is not a reading"));
+                return Err(WriteError::NotReading(s));
             }
             format!("{n}.{frac}")
         }
@@ -300,5 +349,7 @@ mod tests {
         assert_eq!(write_value(Dynamic::from(true), FieldFormat::Bool).unwrap(), "T");
         assert_eq!(write_value("2025-01-08T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250108");
         assert_eq!(write_value("2025-06-30T23:30:00Z".into(), FieldFormat::Date).unwrap(), "20250701");
+        assert_eq!(write_value("12a".into(), FieldFormat::Reading).unwrap_err().to_string(), "\"12a\" is not a reading");
+        assert_eq!(write_value(Dynamic::from(1.5), FieldFormat::Text).unwrap_err().to_string(), "gave a f64, expected text");
     }
 }

@@ -80,7 +80,7 @@ pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::Tls
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("rule set: {0}")]
-    Rules(String),
+    Rules(#[source] crate::rules::LoadError),
     #[error(transparent)]
     Keys(#[from] crate::domain::auth::KeysError),
     #[error(transparent)]
@@ -138,7 +138,7 @@ impl Gateway {
 
     /// Builds a candidate rule set and swaps it in only if it loads and checks whole.
     pub fn reload_rules(&self) -> Result<String, String> {
-        let result = ruleset::load(&self.config);
+        let result = ruleset::load(&self.config).map_err(|e| e.to_string());
         let mut status = self.reloads.rules.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
         match result {
