@@ -14,7 +14,12 @@ pub enum CatalogueError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {item}: {format:?} is not a DTC format")]
+    Fallback { path: PathBuf, item: String, format: String },
 }
+
+/// Formats for items the extract leaves blank, in the catalogue folder (ours, not the extract's).
+pub const FALLBACK_FORMATS: &str = "fallback-formats.json";
 
 /// Why a value is not written in its DTC format (the writer's check, and the reader's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -148,16 +153,6 @@ pub struct Catalogue {
     pub flows: HashMap<String, CatFlow>,
 }
 
-/// Items whose catalogue format is blank: lengths from the DTC reference.
-fn fallback_format(item: &str) -> Option<&'static str> {
-    match item {
-        "J0263" => Some("CHAR(10)"),
-        "J0084" => Some("CHAR(4)"),
-        i if ("J1036"..="J1044").contains(&i) && i.len() == 5 => Some("CHAR(40)"),
-        _ => None,
-    }
-}
-
 impl Catalogue {
     pub fn load(dir: &Path) -> Result<Catalogue, CatalogueError> {
         let read = |p: &Path| -> Result<Value, CatalogueError> {
@@ -165,6 +160,17 @@ impl Catalogue {
             serde_json::from_str(&text).map_err(|source| CatalogueError::Json { path: p.to_path_buf(), source })
         };
         let items = read(&dir.join("data-items.json"))?;
+        // Formats the extract leaves blank, from the DTC reference: data beside the extract.
+        let fallback_path = dir.join(FALLBACK_FORMATS);
+        let mut fallback = HashMap::new();
+        if fallback_path.exists() {
+            let doc = read(&fallback_path)?;
+            for (item, text) in doc.get("formats").and_then(Value::as_object).into_iter().flatten() {
+                let text = text.as_str().unwrap_or_default();
+                let format = Format::parse(text).ok_or_else(|| CatalogueError::Fallback { path: fallback_path.clone(), item: item.clone(), format: text.to_string() })?;
+                fallback.insert(item.clone(), format);
+            }
+        }
         let mut flows = HashMap::new();
         let flows_dir = dir.join("flows");
         let mut entries: Vec<_> = std::fs::read_dir(&flows_dir)
@@ -191,7 +197,7 @@ impl Catalogue {
                         let logical = def.and_then(|d| d.get("logicalFormat")).and_then(Value::as_str).unwrap_or_default();
                         let format = Format::parse(logical)
                             .filter(|_| !logical.trim().starts_with('('))
-                            .or_else(|| fallback_format(&item).and_then(Format::parse))
+                            .or_else(|| fallback.get(&item).copied())
                             .or_else(|| Format::parse(&s(fd, "format")));
                         let valid = def
                             .and_then(|d| d.get("validSet"))
