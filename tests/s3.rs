@@ -122,6 +122,20 @@ fn s3_puts_are_create_only_and_concurrent_writers_have_one_winner() {
         assert_eq!(s.put("out/a.usr", other.clone()).await.unwrap(), PutOutcome::Different(first.clone()));
         assert!(matches!(s.get("out/a.usr", u64::MAX).await.unwrap(), Got::Bytes { bytes, .. } if bytes == first), "never overwritten");
         assert_eq!(s.get("out/missing.usr", u64::MAX).await.unwrap(), Got::Missing);
+        // The rest of the object store: bounded reads, copies to free names, conditional deletes.
+        let Got::TooLarge { size, etag } = s.get("out/a.usr", 4).await.unwrap() else { panic!("read past the bound") };
+        assert_eq!(size, first.len() as u64);
+        assert_eq!(s.put("copy/b.usr", other.clone()).await.unwrap(), PutOutcome::Created);
+        assert!(s.copy_if_absent("out/a.usr", "copy/a.usr").await.unwrap());
+        assert!(!s.copy_if_absent("copy/b.usr", "copy/a.usr").await.unwrap(), "the name is taken");
+        assert_eq!(s.head("copy/a.usr").await.unwrap().map(|o| o.etag), Some(etag.clone()), "not overwritten");
+        assert!(matches!(s.delete("copy/b.usr", etag.as_deref()).await, Err(flowgate::sink::SinkError::Replaced(_))));
+        assert!(matches!(s.get("copy/b.usr", u64::MAX).await.unwrap(), Got::Bytes { bytes, .. } if bytes == other), "kept");
+        s.delete("copy/a.usr", etag.as_deref()).await.unwrap();
+        assert_eq!(s.head("copy/a.usr").await.unwrap(), None);
+        let listed: Vec<String> = s.list("", Listing { shallow: false, after: None }).await.unwrap().into_iter().map(|o| o.name).collect();
+        assert_eq!(listed, ["copy/b.usr", "out/a.usr"]);
+        s.delete("copy/b.usr", None).await.unwrap();
     });
     // Eight writers race for each name: one creates it, the others find its bytes.
     let rounds = 6;

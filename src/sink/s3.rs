@@ -201,7 +201,13 @@ impl ObjectStore for S3Sink {
     }
 
     /// Server-side copy to a name not yet taken (`If-None-Match: *`); `false` if it was taken.
+    /// Stores that ignore `If-None-Match` on `CopyObject` (Ceph RGW 16.2 does: it overwrites)
+    /// get a `HeadObject` check first: an object landing under the name between the two calls
+    /// would be replaced by the copy.
     async fn copy_if_absent(&self, from: &str, to: &str) -> Result<bool, SinkError> {
+        if self.head(to).await?.is_some() {
+            return Ok(false);
+        }
         let (src, key) = (self.key(from), self.key(to));
         let source = format!("{}/{}", self.bucket, percent_path(&src));
         match self.client.copy_object().bucket(&self.bucket).key(&key).copy_source(source).if_none_match("*").send().await {
