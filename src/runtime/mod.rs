@@ -104,6 +104,7 @@ impl Gateway {
         let limits = Limits::for_keys(&keys, None);
         let store = Store::open_with_cache(&config.data_dir.join("store"), &config.flows.instance_prefix, config.store.cache_mb)?;
         store.check_identities(&keys)?;
+        clear_sink_leftovers(&config);
         let clock = config.clock();
         let now = Some(rfc3339_now());
         let tls = match &config.tls {
@@ -264,6 +265,18 @@ fn watch(app: Gateway, mut shutdown: tokio::sync::watch::Receiver<bool>) -> impl
     }
 }
 
+/// Removes what a previous run left in the local sink's temporary folder, before anything is
+/// delivered, so every temporary file there is a leftover.
+fn clear_sink_leftovers(config: &Config) {
+    if let Ok(crate::sink::Sink::Local(local)) = crate::sink::Sink::from_config(config) {
+        match local.clear_leftovers(std::time::SystemTime::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporary files a previous run left in the sink folder"),
+            Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
+        }
+    }
+}
+
 /// Retention: every minute, drops the bodies of settled requests older than
 /// `store.retain_bodies_hours`, until none is left to drop.
 async fn retain(app: Gateway, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -290,14 +303,6 @@ async fn retain(app: Gateway, mut shutdown: tokio::sync::watch::Receiver<bool>) 
 /// inbound poller and the retention sweep.
 fn start_background(app: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let sink = crate::sink::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
-    if let crate::sink::Sink::Local(local) = &sink {
-        // Before the dispatcher runs, so every temporary file there is a leftover of an earlier run.
-        match local.clear_leftovers(std::time::SystemTime::now()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed temporary files a previous run left in the sink folder"),
-            Err(e) => tracing::warn!(error = %e, "cannot clear the sink folder's temporary files; they stay"),
-        }
-    }
     let backoff = crate::exchange::deliver::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
