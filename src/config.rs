@@ -120,8 +120,20 @@ pub struct FlowSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
     /// `local` (files under `<data_dir>/dtn/`) or `s3`.
-    pub kind: String,
+    pub kind: SinkKind,
     pub s3: S3Config,
+}
+
+/// Which object store holds the DTN area: `sink.kind` in the YAML, lower case; any other value
+/// is refused when the file is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The folder `<data_dir>/dtn/`.
+    #[default]
+    Local,
+    /// The bucket of `sink.s3`.
+    S3,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -261,7 +273,7 @@ impl Default for FlowSettings {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig { kind: "local".into(), s3: S3Config::default() }
+        SinkConfig { kind: SinkKind::Local, s3: S3Config::default() }
     }
 }
 
@@ -376,13 +388,10 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
         }
-        if !matches!(self.sink.kind.as_str(), "local" | "s3") {
-            return Err(ConfigError::Invalid("sink.kind must be local or s3".into()));
-        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format must be text or json".into()));
         }
-        if self.sink.kind == "s3" {
+        if self.sink.kind == SinkKind::S3 {
             let s3 = &self.sink.s3;
             if s3.bucket.is_empty() {
                 return Err(ConfigError::Invalid("sink.s3.bucket must be set".into()));
@@ -398,9 +407,9 @@ impl Config {
         }
         // Every name a 200 promises must be deliverable: the template and the prefix are the parts
         // of it that configuration decides.
-        let prefix = if self.sink.kind == "s3" { self.sink.s3.key_prefix() } else { String::new() };
+        let prefix = if self.sink.kind == SinkKind::S3 { self.sink.s3.key_prefix() } else { String::new() };
         let longest = crate::domain::names::check_configured(&self.flows.object_name, &prefix)?;
-        if self.sink.kind == "local" {
+        if self.sink.kind == SinkKind::Local {
             let root = self.data_dir.join("dtn").as_os_str().len();
             if root + 1 + longest > crate::domain::names::PATH_MAX {
                 return Err(ConfigError::Invalid(format!(
@@ -443,7 +452,7 @@ mod tests {
         assert!(with(&|c| c.flows.object_name = format!("out/{}/{{file_id}}.usr", "x".repeat(300))).contains("segment of 300 bytes"));
         assert!(with(&|c| c.flows.object_name = "out/{flow}.usr".into()).contains("{file_id}"));
         let s3 = |c: &mut Config, prefix: String| {
-            c.sink.kind = "s3".into();
+            c.sink.kind = SinkKind::S3;
             c.sink.s3.prefix = prefix;
         };
         // 508 bytes with the `/` the sink adds is the most a prefix may be beside the longest archive name.
@@ -454,5 +463,24 @@ mod tests {
         assert!(with(&|c| c.data_dir = PathBuf::from("d".repeat(200)).join("e".repeat(200)).join("f".repeat(200)).join("g".repeat(200))).is_empty());
         let deep: PathBuf = (0..15).map(|_| "h".repeat(250)).collect();
         assert!(with(&|c| c.data_dir = deep.clone()).contains("data_dir is too long"));
+    }
+
+    #[test]
+    fn the_sink_kind_is_local_or_s3_and_nothing_else() {
+        let kind = |yaml: &str| serde_norway::from_str::<Config>(yaml).map(|c| c.sink.kind).map_err(|e| e.to_string());
+        assert_eq!(kind("sink:\n  kind: local\n"), Ok(SinkKind::Local));
+        assert_eq!(kind("sink:\n  kind: s3\n"), Ok(SinkKind::S3));
+        assert_eq!(kind("listen: 127.0.0.1:8080\n"), Ok(SinkKind::Local));
+        for bad in ["ftp", "S3", "Local", "\"\""] {
+            let e = kind(&format!("sink:\n  kind: {bad}\n")).unwrap_err();
+            assert!(e.contains("sink.kind") && e.contains("`local`") && e.contains("`s3`"), "{bad}: {e}");
+        }
+        let dir = std::env::temp_dir().join(format!("flowgate-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("flowgate.yaml");
+        std::fs::write(&file, "sink:\n  kind: ftp\n").unwrap();
+        let e = Config::load(Some(&file), &Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::sink::{PutOutcome, Sink};
+use crate::sink::{ObjectStore, PutOutcome};
 use crate::store::{Delivery, DeliveryState, FileKind, OutboxFile, Store};
 
 /// Counters of delivery, for metrics and the closing figures.
@@ -87,15 +87,19 @@ struct Attempt {
     request_id: String,
 }
 
-/// Files written to the local folder in one batch.
-const LOCAL_BATCH: usize = 64;
-
 /// Bytes gathered for one batch (past its first file): bounds the dispatcher's memory when job
 /// archives carry photos.
 const BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Runs until `shutdown` fires: delivers pending files, `concurrency` at a time.
-pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff, stats: Arc<DispatchStats>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run<S: ObjectStore>(
+    store: Store,
+    sink: S,
+    concurrency: usize,
+    backoff: Backoff,
+    stats: Arc<DispatchStats>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut not_before: HashMap<String, (u32, Instant)> = HashMap::new();
     loop {
         if *shutdown.borrow() {
@@ -118,10 +122,7 @@ pub async fn run(store: Store, sink: Sink, concurrency: usize, backoff: Backoff,
         let mut results = Vec::new();
         // The folder takes a batch in one blocking task (one folder fsync per batch); the bucket
         // takes `concurrency` writes at a time.
-        let batch_size = match &sink {
-            Sink::Local(_) => LOCAL_BATCH.max(concurrency),
-            Sink::S3(_) => concurrency.max(1),
-        };
+        let batch_size = sink.batch_size(concurrency);
         let mut queue = due.iter().peekable();
         while queue.peek().is_some() {
             if *shutdown.borrow() {
@@ -238,30 +239,8 @@ mod tests {
     use super::*;
     use crate::dtc::write::{Envelope, FlowBody};
     use crate::sink::local::LocalSink;
+    use crate::sink::{Got, Sink};
     use crate::store::{AcceptOutcome, NewRequest, StoreError};
-
-    #[test]
-    fn a_batch_to_the_folder_creates_finds_and_refuses_like_single_writes() {
-        let root = std::env::temp_dir().join(format!("flowgate-batch-{}", ulid::Ulid::new()));
-        let sink = LocalSink::new(&root);
-        assert_eq!(sink.put_if_absent("out/XA/same.usr", b"one").unwrap(), PutOutcome::Created);
-        assert_eq!(sink.put_if_absent("out/XA/other.usr", b"first").unwrap(), PutOutcome::Created);
-        let items: Vec<(String, Vec<u8>)> =
-            [("out/XA/new.usr", "a"), ("out/JB/new.usr", "b"), ("out/XA/same.usr", "one"), ("out/XA/other.usr", "second"), ("out/../escape.usr", "x")]
-                .iter()
-                .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
-                .collect();
-        let got: Vec<Result<PutOutcome, String>> = sink.put_many(&items).into_iter().map(|r| r.map_err(|e| e.0)).collect();
-        assert_eq!(got[0], Ok(PutOutcome::Created));
-        assert_eq!(got[1], Ok(PutOutcome::Created));
-        assert_eq!(got[2], Ok(PutOutcome::AlreadyThere));
-        assert_eq!(got[3], Ok(PutOutcome::Different(b"first".to_vec())));
-        assert!(got[4].as_ref().is_err_and(|e| e.contains("unsafe object name")), "{:?}", got[4]);
-        assert_eq!(std::fs::read(root.join("out/JB/new.usr")).unwrap(), b"b");
-        assert_eq!(std::fs::read(root.join("out/XA/other.usr")).unwrap(), b"first", "never overwritten");
-        assert!(std::fs::read_dir(root.join(".tmp")).unwrap().next().is_none(), "no temporary file left");
-        let _ = std::fs::remove_dir_all(&root);
-    }
 
     fn request(request_id: &str, job_id: &str) -> NewRequest {
         let flow = FlowBody {
@@ -390,8 +369,8 @@ mod tests {
         // Only instance A's flow file is in the sink, beside the one archive (which names REQ-A).
         let sink_files = |sub: &str| std::fs::read_dir(dir.join("dtn").join(sub)).map(|d| d.count()).unwrap_or(0);
         assert_eq!(sink_files("out/XTEST"), 1);
-        assert!(LocalSink::new(dir.join("dtn")).get(&rb.objects[0]).unwrap().is_none());
-        let stored = LocalSink::new(dir.join("dtn")).get(&archive).unwrap().unwrap();
+        assert_eq!(sink.get(&rb.objects[0], u64::MAX).await.unwrap(), Got::Missing);
+        let Got::Bytes { bytes: stored, .. } = sink.get(&archive, u64::MAX).await.unwrap() else { panic!("no archive") };
         assert_eq!(crate::store::archive_request_id(&stored).as_deref(), Some("REQ-A"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,23 +1,26 @@
-//! Incoming flows: the DTN inbox read every `inbound.poll_ms` — `<data_dir>/dtn/in/` with the
-//! local sink, `in/` in the bucket (under the sink's prefix) with the S3 sink.
+//! Incoming flows: the DTN inbox `in/` of the sink's object store ([`crate::sink::ObjectStore`]),
+//! read every `inbound.poll_ms`: `<data_dir>/dtn/in/` with the local sink, `in/` in the bucket
+//! (under the sink's prefix) with the S3 sink. One algorithm for both.
 //!
 //! Each file is read with [`crate::dtc::reader`] against the running rule set's catalogue. A D0126
 //! (the DNO's answer to an asset condition report) or a D0002 (a Supplier's decision or request)
 //! addressed to a SIP (ZHV to-role = the SIP role, to-MPID = the client's SIP ID) is matched to
 //! that SIP's accepted requests by MPAN, and by date where the request has one (D0126 J1825 report
-//! date or D0002 J1012 date = the request's date of action). What became of the file is recorded
-//! durably first (once per name and content), then the file is moved: to `in/processed/`, or,
-//! if it does not read, to `in/rejected/` with `<name>.why.txt` listing the findings. Nothing is
-//! deleted. A name too long to take those suffixes within a file name is shortened first
-//! (`moved_name`). The meanings of code values (J1823) are rule data: `flow-templates/code-lists/`.
+//! date or D0002 J1012 date = the request's date of action). The meanings of code values (J1823)
+//! are rule data: `flow-templates/code-lists/`.
 //!
-//! In a bucket shared by several instances, each knowing only its own requests, the instance that
-//! takes a file does not match it: it copies it (create-only) to `in/processed/` or
-//! `in/rejected/`, writes a ledger entry `in/ledger/<time taken>-<instance>-<sha>.json` naming
-//! the copy, and only then deletes the original. Every instance reads the ledger from a margin
-//! before its stored position and matches each entry against its own requests. Every step can
-//! be repeated after a crash or by a second instance: the copy is create-only (the same bytes
-//! count as done), and files are recorded once by name and content.
+//! Files are taken in name order; names starting with `.` or ending `.tmp` or `.part` are left
+//! alone (senders write under such a name and rename into place). The instance that takes a file
+//! does not match it: it copies it (create-only) to `in/processed/`, or, if it does not read, to
+//! `in/rejected/` with `<name>.why.txt` listing the findings; writes a ledger entry
+//! `in/ledger/<time taken>-<instance>-<sha>.json` naming the copy; and only then deletes the
+//! original (while its identity is unchanged). Every instance reads the ledger from a margin
+//! before its stored position and matches each entry against its own requests: in a bucket
+//! shared by several instances, each knowing only its own requests, every one of them sees every
+//! file. Every step can be repeated after a crash or by a second instance: the copy is
+//! create-only (the same bytes under a used name count as done; other bytes go to `<name>.1`,
+//! `<name>.2`...), and files are recorded once by name and content. A name too long to take
+//! those suffixes within a file name is shortened first (`moved_name`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +33,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::SinkKind;
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
 use crate::metrics::Metrics;
 use crate::rules::load::Live;
-use crate::sink::s3::{Listing, S3Sink};
-use crate::sink::PutOutcome;
+use crate::sink::{Got, Listing, ObjectStore, PutOutcome, Sink};
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.
@@ -98,17 +101,10 @@ pub enum FileOutcome {
     Rejected(Vec<String>),
 }
 
-/// Where incoming files arrive.
-enum Inbox {
-    /// `<data_dir>/dtn/in/`, with the local sink.
-    Local(PathBuf),
-    /// `in/` in the bucket (under the sink's prefix), with the S3 sink.
-    Bucket(S3Sink),
-}
-
 /// The inbox poller.
 pub struct Poller {
-    inbox: Inbox,
+    /// The object store whose `in/` is read: the sink's, local folder or bucket.
+    inbox: Sink,
     metrics: Arc<Metrics>,
     store: Store,
     rules: Live,
@@ -121,9 +117,16 @@ pub struct Poller {
     ledger_done: BTreeMap<String, u64>,
     /// Ledger entries that failed to read, and when they first failed.
     ledger_failing: BTreeMap<String, u64>,
-    /// Files of the bucket's inbox (`name` + SHA-256) whose ledger entry this instance wrote but
+    /// Files of the inbox (`name` + SHA-256) whose ledger entry this instance wrote but
     /// which are not yet deleted from `in/`: a retry does not write another entry.
     ledgered: BTreeMap<String, String>,
+}
+
+/// A file of the inbox as read: its bytes (`None`: too large to read) and identity.
+struct Fetched {
+    bytes: Option<Vec<u8>>,
+    size: u64,
+    etag: Option<String>,
 }
 
 /// A file read (or not: too large) and judged.
@@ -172,8 +175,8 @@ fn ledger_time(name: &str) -> Option<u64> {
     u64::try_from(date.with_time(hms).assume_utc().unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Incoming files in the bucket: `in/<name>`; moved to `in/processed/` or `in/rejected/`.
-const BUCKET_INBOX: &str = "in/";
+/// Incoming files: `in/<name>`; copied to `in/processed/` or `in/rejected/`, then deleted.
+const INBOX: &str = "in/";
 /// One small JSON object per file taken from the bucket's inbox, named by the time it was taken.
 const LEDGER: &str = "in/ledger/";
 /// Each poll reads the ledger again from this long before the last entry read: entries written
@@ -190,23 +193,19 @@ fn skipped(name: &str) -> bool {
 }
 
 impl Poller {
-    /// A poller for the inbox of the configured sink (`<data_dir>/dtn/in/`, or `in/` in the
-    /// bucket); fails if the code lists do not load or the bucket cannot be addressed.
-    pub fn new(config: &Config, store: Store, rules: Live, metrics: Arc<Metrics>) -> Result<Poller, String> {
+    /// A poller for `in/` in `inbox`, the sink's object store (`<data_dir>/dtn/in/`, or `in/`
+    /// in the bucket); fails if the code lists do not load.
+    pub fn new(config: &Config, inbox: Sink, store: Store, rules: Live, metrics: Arc<Metrics>) -> Result<Poller, String> {
         let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
         let codes = CodeLists::load(&codes_dir)?;
-        let folder = config.data_dir.join("dtn").join("in");
-        let inbox = match config.sink.kind.as_str() {
-            "s3" => {
-                let waiting =
-                    std::fs::read_dir(&folder).map(|rd| rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count()).unwrap_or(0);
-                if waiting > 0 {
-                    tracing::warn!(folder = %folder.display(), files = waiting, "files wait in the local inbox, which is not read with the S3 sink: put them under in/ in the bucket");
-                }
-                Inbox::Bucket(S3Sink::new(&config.sink.s3).map_err(|e| e.to_string())?)
+        if config.sink.kind == SinkKind::S3 {
+            let folder = config.data_dir.join("dtn").join("in");
+            let waiting =
+                std::fs::read_dir(&folder).map(|rd| rd.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_file())).count()).unwrap_or(0);
+            if waiting > 0 {
+                tracing::warn!(folder = %folder.display(), files = waiting, "files wait in the local inbox, which is not read with the S3 sink: put them under in/ in the bucket");
             }
-            _ => Inbox::Local(folder),
-        };
+        }
         Ok(Poller {
             inbox,
             store,
@@ -228,10 +227,7 @@ impl Poller {
     }
 
     fn where_(&self) -> String {
-        match &self.inbox {
-            Inbox::Local(dir) => dir.display().to_string(),
-            Inbox::Bucket(b) => format!("s3://{}/{}", b.bucket(), b.key(BUCKET_INBOX)),
-        }
+        self.inbox.location(INBOX)
     }
 
     /// Polls every `every` until `stop` fires.
@@ -251,55 +247,18 @@ impl Poller {
         }
     }
 
-    /// Reads every file waiting in the inbox once, in name order. With the bucket, then reads
-    /// the ledger: what this or any other instance took, matched against this instance's requests.
+    /// Takes every file waiting in the inbox once, in name order, then reads the ledger: what
+    /// this or any other instance took, matched against this instance's requests. The files the
+    /// ledger gave this poll, with what became of each.
     pub async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
         self.reload_codes();
-        match &self.inbox {
-            Inbox::Local(dir) => {
-                let dir = dir.clone();
-                self.poll_folder(&dir).await
-            }
-            Inbox::Bucket(b) => {
-                let b = b.clone();
-                // The ledger is read even when in/ cannot be: other instances may take its files.
-                if let Err(e) = self.take_from_bucket(&b).await {
-                    self.failed();
-                    tracing::error!(error = %e, inbox = %self.where_(), "cannot list the inbox");
-                }
-                self.read_ledger(&b).await
-            }
+        let inbox = self.inbox.clone();
+        // The ledger is read even when in/ cannot be: other instances may take its files.
+        if let Err(e) = self.take_all(&inbox).await {
+            self.failed();
+            tracing::error!(error = %e, inbox = %self.where_(), "cannot list the inbox");
         }
-    }
-
-    async fn poll_folder(&self, inbox: &Path) -> Result<Vec<(String, FileOutcome)>, String> {
-        let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-        for dir in [inbox.join("processed"), inbox.join("rejected")] {
-            tokio::fs::create_dir_all(&dir).await.map_err(|e| err(&dir, e))?;
-        }
-        let mut names = Vec::new();
-        let mut rd = tokio::fs::read_dir(inbox).await.map_err(|e| err(inbox, e))?;
-        while let Some(entry) = rd.next_entry().await.map_err(|e| err(inbox, e))? {
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::warn!(file = ?entry.file_name(), "inbound file name is not UTF-8; left in place");
-                continue;
-            };
-            if !skipped(&name) && entry.file_type().await.is_ok_and(|t| t.is_file()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        let mut out = Vec::new();
-        for name in names {
-            match self.take_file(inbox, &name).await {
-                Ok(outcome) => out.push((name, outcome)),
-                Err(e) => {
-                    self.failed();
-                    tracing::error!(file = %name, error = %e, "inbound file left in place; will retry");
-                }
-            }
-        }
-        Ok(out)
+        self.read_ledger(&inbox).await
     }
 
     fn reload_codes(&mut self) {
@@ -319,7 +278,7 @@ impl Poller {
 
     /// Matches a judged file to this instance's requests and records the outcome durably, once
     /// per file name and content.
-    async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<(FileOutcome, bool), String> {
+    async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<FileOutcome, String> {
         let (outcome, incoming) = match &ex.read {
             Err(findings) => (FileOutcome::Rejected(findings.clone()), Vec::new()),
             Ok(flow) => match_flow(flow, name, received_at, &self.sip_role, &self.codes, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?,
@@ -354,25 +313,6 @@ impl Poller {
             FileOutcome::Unmatched(why) if new => tracing::info!(file = %name, flow, reason = %why, "inbound flow matched no request here"),
             _ => {}
         }
-        Ok((outcome, new))
-    }
-
-    /// One file of the local inbox: read, match, record, move.
-    async fn take_file(&self, inbox: &Path, name: &str) -> Result<FileOutcome, String> {
-        let path = inbox.join(name);
-        let size = tokio::fs::metadata(&path).await.map_err(|e| e.to_string())?.len();
-        let bytes = if size > MAX_FILE_BYTES { None } else { Some(tokio::fs::read(&path).await.map_err(|e| e.to_string())?) };
-        let ex = examine(bytes.as_deref(), size, &self.rules.load_full().catalogue);
-        let received_at = now_rfc3339();
-        let (outcome, new) = self.record(name, &ex, &received_at, None).await?;
-        let folder = if matches!(outcome, FileOutcome::Rejected(_)) { "rejected" } else { "processed" };
-        let dir = inbox.join(folder);
-        let target = free_name(&dir, &moved_name(name));
-        if let FileOutcome::Rejected(findings) = &outcome {
-            tokio::fs::write(dir.join(format!("{target}.why.txt")), why_text(name, &received_at, findings)).await.map_err(|e| e.to_string())?;
-            tracing::warn!(file = %name, moved_to = %target, findings = findings.len(), new, "inbound file rejected");
-        }
-        tokio::fs::rename(&path, dir.join(&target)).await.map_err(|e| e.to_string())?;
         Ok(outcome)
     }
 
@@ -381,10 +321,10 @@ impl Poller {
     /// then deleted from `in/` (while its entity tag is unchanged). Each step can be repeated:
     /// a crash or a second instance taking the same file ends with one copy, and the readers of
     /// the ledger record a file once by name and content.
-    async fn take_from_bucket(&mut self, b: &S3Sink) -> Result<(), String> {
-        let listed = b.list_objects(BUCKET_INBOX, Listing { shallow: true, after: None }).await.map_err(|e| e.to_string())?;
+    async fn take_all(&mut self, b: &Sink) -> Result<(), String> {
+        let listed = b.list(INBOX, Listing { shallow: true, after: None }).await.map_err(|e| e.to_string())?;
         for object in listed {
-            let Some(name) = object.name.strip_prefix(BUCKET_INBOX).map(str::to_string) else { continue };
+            let Some(name) = object.name.strip_prefix(INBOX).map(str::to_string) else { continue };
             if skipped(&name) {
                 continue;
             }
@@ -396,10 +336,12 @@ impl Poller {
         Ok(())
     }
 
-    async fn take_object(&mut self, b: &S3Sink, name: &str) -> Result<(), String> {
-        let source = format!("{BUCKET_INBOX}{name}");
-        let Some(fetched) = b.get_at_most(&source, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? else {
-            return Ok(()); // taken meanwhile (by another instance)
+    async fn take_object(&mut self, b: &Sink, name: &str) -> Result<(), String> {
+        let source = format!("{INBOX}{name}");
+        let fetched = match b.get(&source, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? {
+            Got::Missing => return Ok(()), // taken meanwhile (by another instance)
+            Got::Bytes { bytes, etag } => Fetched { size: bytes.len() as u64, bytes: Some(bytes), etag },
+            Got::TooLarge { size, etag } => Fetched { bytes: None, size, etag },
         };
         let ex = examine(fetched.bytes.as_deref(), fetched.size, &self.rules.load_full().catalogue);
         let taken_at = now_rfc3339();
@@ -412,12 +354,12 @@ impl Poller {
         };
         if !findings.is_empty() {
             let why = why_text(name, &taken_at, &findings);
-            b.put_if_absent(&format!("{BUCKET_INBOX}{folder}/{stored}.why.txt"), why.into_bytes()).await.map_err(|e| e.to_string())?;
+            b.put(&format!("{INBOX}{folder}/{stored}.why.txt"), why.into_bytes()).await.map_err(|e| e.to_string())?;
             tracing::warn!(file = %name, moved_to = %stored, findings = findings.len(), "inbound file rejected");
         }
         let entry = json!({
             "file": name,
-            "object": format!("{BUCKET_INBOX}{folder}/{stored}"),
+            "object": format!("{INBOX}{folder}/{stored}"),
             "sha256": ex.sha,
             "size": fetched.size,
             "outcome": folder,
@@ -429,7 +371,7 @@ impl Poller {
         if !self.ledgered.contains_key(&taken) {
             let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
             let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
-            match b.put_if_absent(&key, bytes).await.map_err(|e| e.to_string())? {
+            match b.put(&key, bytes).await.map_err(|e| e.to_string())? {
                 PutOutcome::Created | PutOutcome::AlreadyThere => {}
                 PutOutcome::Different(_) => return Err(format!("{key}: another ledger entry has this name; the file stays in in/")),
             }
@@ -443,7 +385,7 @@ impl Poller {
     /// Reads the ledger from a margin before the last position, records each entry not read yet.
     /// The position never passes an entry that failed in this pass (until it has failed for
     /// [`LEDGER_GIVE_UP_MS`]), nor the present: a clock running ahead cannot make it skip others.
-    async fn read_ledger(&mut self, b: &S3Sink) -> Result<Vec<(String, FileOutcome)>, String> {
+    async fn read_ledger(&mut self, b: &Sink) -> Result<Vec<(String, FileOutcome)>, String> {
         let now = now_ms();
         let position = match self.store.meta(crate::store::LEDGER_POSITION).map_err(|e| e.to_string())? {
             Some(ms) => ms,
@@ -453,7 +395,7 @@ impl Poller {
         let from = position.saturating_sub(LEDGER_MARGIN_MS);
         self.ledger_done.retain(|_, t| *t >= from);
         let after = format!("{LEDGER}{}", ledger_stamp(from));
-        let listed = b.list_objects(LEDGER, Listing { shallow: true, after: Some(after) }).await.map_err(|e| e.to_string())?;
+        let listed = b.list(LEDGER, Listing { shallow: true, after: Some(after) }).await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let mut hold = false;
         for object in listed {
@@ -490,15 +432,16 @@ impl Poller {
     }
 
     /// One ledger entry: `None` if it was recorded before or is not one of ours (logged).
-    async fn read_entry(&self, b: &S3Sink, key: &str, advance: Option<u64>) -> Result<Option<(String, FileOutcome)>, String> {
-        let Some(fetched) = b.get_at_most(key, LEDGER_ENTRY_MAX).await.map_err(|e| e.to_string())? else {
-            return Err("listed but not there".into());
-        };
+    async fn read_entry(&self, b: &Sink, key: &str, advance: Option<u64>) -> Result<Option<(String, FileOutcome)>, String> {
         let not_ours = |why: &str| {
             tracing::warn!(entry = %key, why, "not a ledger entry flowgate wrote; ignored");
             Ok(None)
         };
-        let Some(bytes) = fetched.bytes else { return not_ours("too large") };
+        let bytes = match b.get(key, LEDGER_ENTRY_MAX).await.map_err(|e| e.to_string())? {
+            Got::Missing => return Err("listed but not there".into()),
+            Got::TooLarge { .. } => return not_ours("too large"),
+            Got::Bytes { bytes, .. } => bytes,
+        };
         let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&bytes) else { return not_ours("not a ledger entry's JSON") };
         let folder_ok = match entry.outcome.as_str() {
             "processed" => entry.object.starts_with("in/processed/"),
@@ -519,8 +462,10 @@ impl Poller {
             return Ok(None);
         }
         let ex = if entry.outcome == "processed" {
-            let object = b.get_at_most(&entry.object, MAX_FILE_BYTES).await.map_err(|e| e.to_string())?;
-            let bytes = object.and_then(|o| o.bytes).ok_or_else(|| format!("{}: named by {key} but not there", entry.object))?;
+            let bytes = match b.get(&entry.object, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? {
+                Got::Bytes { bytes, .. } => bytes,
+                Got::Missing | Got::TooLarge { .. } => return Err(format!("{}: named by {key} but not there", entry.object)),
+            };
             let ex = examine(Some(&bytes), bytes.len() as u64, &self.rules.load_full().catalogue);
             if ex.sha != entry.sha256 {
                 return Err(format!("{}: its SHA-256 is not the one {key} names", entry.object));
@@ -529,7 +474,7 @@ impl Poller {
         } else {
             Examined { sha: entry.sha256.clone(), read: Err(entry.findings.clone()) }
         };
-        let (outcome, _) = self.record(&entry.file, &ex, &entry.taken_at, advance).await?;
+        let outcome = self.record(&entry.file, &ex, &entry.taken_at, advance).await?;
         Ok(Some((entry.file, outcome)))
     }
 }
@@ -555,8 +500,8 @@ fn why_text(name: &str, at: &str, findings: &[String]) -> String {
     why
 }
 
-/// The most bytes a moved file's name may get after it: `.<ulid>` (the local folder's last
-/// resort in [`free_name`]) and `.why.txt`.
+/// The most bytes a moved file's name may get after it: room for `.N` ([`candidates`]; as much
+/// as a `.<ulid>` once took, so names stay what they were) and `.why.txt`.
 const MOVED_SUFFIX_MAX: usize = 1 + 26 + ".why.txt".len();
 
 /// The name a file taken from the inbox is moved or copied under: its own, unless it would leave
@@ -575,21 +520,21 @@ fn candidates(name: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Copies `bytes` to `in/<folder>/<name or name.N>`, create-only: the first name that is free or
 /// already holds these bytes (a repeated attempt). Returns the name used.
-async fn put_free(b: &S3Sink, folder: &str, name: &str, bytes: &[u8]) -> Result<String, String> {
+async fn put_free(b: &impl ObjectStore, folder: &str, name: &str, bytes: &[u8]) -> Result<String, String> {
     for candidate in candidates(name) {
-        match b.put_if_absent(&format!("{BUCKET_INBOX}{folder}/{candidate}"), bytes.to_vec()).await.map_err(|e| e.to_string())? {
+        match b.put(&format!("{INBOX}{folder}/{candidate}"), bytes.to_vec()).await.map_err(|e| e.to_string())? {
             PutOutcome::Created | PutOutcome::AlreadyThere => return Ok(candidate),
             PutOutcome::Different(_) => {}
         }
     }
-    Err(format!("{name}: no free name in {BUCKET_INBOX}{folder}/"))
+    Err(format!("{name}: no free name in {INBOX}{folder}/"))
 }
 
 /// The same for an object too large to read through: a server-side copy to the first free name,
 /// or the name that already holds an object with the same entity tag and size.
-async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: &crate::sink::s3::Fetched) -> Result<String, String> {
+async fn copy_free(b: &impl ObjectStore, source: &str, folder: &str, name: &str, fetched: &Fetched) -> Result<String, String> {
     for candidate in candidates(name) {
-        let target = format!("{BUCKET_INBOX}{folder}/{candidate}");
+        let target = format!("{INBOX}{folder}/{candidate}");
         // Twice: a copy refused with 412 was just made by someone else; look at it.
         for _ in 0..2 {
             match b.head(&target).await.map_err(|e| e.to_string())? {
@@ -603,12 +548,7 @@ async fn copy_free(b: &S3Sink, source: &str, folder: &str, name: &str, fetched: 
             }
         }
     }
-    Err(format!("{name}: no free name in {BUCKET_INBOX}{folder}/"))
-}
-
-/// `name`, or `name.1`, `name.2`... whichever is not yet in `dir` (a move never overwrites).
-fn free_name(dir: &Path, name: &str) -> String {
-    candidates(name).find(|n| !dir.join(n).exists()).unwrap_or_else(|| format!("{name}.{}", ulid::Ulid::new()))
+    Err(format!("{name}: no free name in {INBOX}{folder}/"))
 }
 
 /// The requests a clean flow file belongs to, each with the summary shown on
@@ -821,13 +761,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn moves_never_overwrite() {
+    #[tokio::test]
+    async fn copies_never_overwrite_and_the_same_bytes_count_as_done() {
         let dir = std::env::temp_dir().join(format!("flowgate-inbound-{}", ulid::Ulid::new()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(free_name(&dir, "a.usr"), "a.usr");
-        std::fs::write(dir.join("a.usr"), "x").unwrap();
-        assert_eq!(free_name(&dir, "a.usr"), "a.usr.1");
+        let store = crate::sink::local::LocalSink::new(&dir);
+        assert_eq!(put_free(&store, "processed", "a.usr", b"x").await.unwrap(), "a.usr");
+        assert_eq!(put_free(&store, "processed", "a.usr", b"x").await.unwrap(), "a.usr", "a repeated copy finds the first");
+        assert_eq!(put_free(&store, "processed", "a.usr", b"y").await.unwrap(), "a.usr.1");
+        assert_eq!(put_free(&store, "processed", "a.usr", b"z").await.unwrap(), "a.usr.2");
+        assert_eq!(std::fs::read(dir.join("in/processed/a.usr")).unwrap(), b"x");
+        // Too large to read: copied whole, or found by its identity.
+        store.put("in/big.usr", b"big".to_vec()).await.unwrap();
+        let Got::TooLarge { size, etag } = store.get("in/big.usr", 1).await.unwrap() else { panic!("read past the bound") };
+        let fetched = Fetched { bytes: None, size, etag };
+        assert_eq!(copy_free(&store, "in/big.usr", "rejected", "big.usr", &fetched).await.unwrap(), "big.usr");
+        assert_eq!(copy_free(&store, "in/big.usr", "rejected", "big.usr", &fetched).await.unwrap(), "big.usr");
+        store.put("in/rejected/other.usr", b"other".to_vec()).await.unwrap();
+        assert_eq!(copy_free(&store, "in/big.usr", "rejected", "other.usr", &fetched).await.unwrap(), "other.usr.1");
+        assert_eq!(std::fs::read(dir.join("in/rejected/other.usr.1")).unwrap(), b"big");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,7 +22,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::config::S3Config;
-use crate::sink::{PutOutcome, SinkError};
+use crate::sink::{Got, Listed, Listing, ObjectStore, PutOutcome, SinkError};
 
 /// A bucket (and a prefix in it) that flow files and job archives are written to.
 #[derive(Clone, Debug)]
@@ -37,7 +37,7 @@ pub fn credentials_from_env() -> Result<Credentials, SinkError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
         (Some(id), Some(secret)) => Ok(Credentials::new(id, secret, var("AWS_SESSION_TOKEN"), None, "environment")),
-        _ => Err(SinkError("sink s3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into())),
+        _ => Err(SinkError::NoCredentials),
     }
 }
 
@@ -46,8 +46,8 @@ fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(what: &str, key: &str, e: &SdkError<E, R>) -> SinkError {
-    SinkError(format!("{what} {key}: {}", DisplayErrorContext(e)))
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(op: &'static str, key: &str, e: &SdkError<E, R>) -> SinkError {
+    SinkError::Request { op, key: key.to_string(), detail: DisplayErrorContext(e).to_string() }
 }
 
 impl S3Sink {
@@ -85,9 +85,11 @@ impl S3Sink {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+}
 
+impl ObjectStore for S3Sink {
     /// Create-only: one `PutObject` with `If-None-Match: *`; on 412, the existing bytes decide.
-    pub async fn put_if_absent(&self, name: &str, bytes: Vec<u8>) -> Result<PutOutcome, SinkError> {
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<PutOutcome, SinkError> {
         let key = self.key(name);
         let bytes = bytes::Bytes::from(bytes);
         let content_type = if name.ends_with(".json") { "application/json" } else { "text/plain; charset=utf-8" };
@@ -103,29 +105,60 @@ impl S3Sink {
             .await;
         match sent {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(e) if status_of(&e) == Some(412) => match self.get(name).await? {
-                Some(existing) if existing == bytes.as_ref() => Ok(PutOutcome::AlreadyThere),
-                Some(existing) => Ok(PutOutcome::Different(existing)),
+            Err(e) if status_of(&e) == Some(412) => match self.get(name, u64::MAX).await? {
+                Got::Bytes { bytes: existing, .. } if existing == bytes.as_ref() => Ok(PutOutcome::AlreadyThere),
+                Got::Bytes { bytes: existing, .. } => Ok(PutOutcome::Different(existing)),
                 // Taken a moment ago, gone now (deleted by someone): try again later.
-                None => Err(SinkError(format!("put {key}: 412, but the object is not there"))),
+                Got::Missing | Got::TooLarge { .. } => Err(SinkError::Vanished(key)),
             },
             Err(e) => Err(describe("put", &key, &e)),
         }
     }
 
-    /// The bytes of an object, or `None` if there is none under that name.
-    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        Ok(self.get_at_most(name, u64::MAX).await?.and_then(|f| f.bytes))
+    /// All at once, each write in its own task.
+    async fn put_all<T: Send + 'static>(&self, items: Vec<(T, String, Vec<u8>)>) -> Vec<(T, Result<PutOutcome, SinkError>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (tag, name, bytes) in items {
+            let s = self.clone();
+            set.spawn(async move {
+                let r = s.put(&name, bytes).await;
+                (tag, r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            if let Ok(done) = joined {
+                out.push(done);
+            }
+        }
+        out
     }
 
-    /// The names (without the prefix) of every object whose name starts with `under`, sorted.
-    pub async fn list(&self, under: &str) -> Result<Vec<String>, SinkError> {
-        Ok(self.list_objects(under, Listing::default()).await?.into_iter().map(|o| o.name).collect())
+    fn batch_size(&self, concurrency: usize) -> usize {
+        concurrency.max(1)
+    }
+
+    /// An object of at most `max` bytes: its bytes and entity tag; a larger one is not read.
+    async fn get(&self, name: &str, max: u64) -> Result<Got, SinkError> {
+        let key = self.key(name);
+        match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
+            Ok(out) => {
+                let size = out.content_length().unwrap_or(0).max(0).unsigned_abs();
+                let etag = out.e_tag().map(str::to_string);
+                if size > max {
+                    return Ok(Got::TooLarge { size, etag });
+                }
+                let data = out.body.collect().await.map_err(|e| SinkError::Request { op: "get", key: key.clone(), detail: e.to_string() })?;
+                Ok(Got::Bytes { bytes: data.into_bytes().to_vec(), etag })
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(Got::Missing),
+            Err(e) => Err(describe("get", &key, &e)),
+        }
     }
 
     /// The objects whose names start with `under` (names without the prefix), sorted; with
     /// `shallow`, only those with no further `/` after `under`; with `after`, only names after it.
-    pub async fn list_objects(&self, under: &str, how: Listing) -> Result<Vec<Listed>, SinkError> {
+    async fn list(&self, under: &str, how: Listing) -> Result<Vec<Listed>, SinkError> {
         let from = self.key(under);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -153,28 +186,8 @@ impl S3Sink {
         Ok(out)
     }
 
-    /// An object of at most `max` bytes: its bytes and entity tag; a larger one is not read
-    /// (`bytes` is `None`, `size` says how large). `Ok(None)` if there is no such object.
-    pub async fn get_at_most(&self, name: &str, max: u64) -> Result<Option<Fetched>, SinkError> {
-        let key = self.key(name);
-        match self.client.get_object().bucket(&self.bucket).key(&key).send().await {
-            Ok(out) => {
-                let size = out.content_length().unwrap_or(0).max(0).unsigned_abs();
-                let etag = out.e_tag().map(str::to_string);
-                if size > max {
-                    return Ok(Some(Fetched { bytes: None, size, etag }));
-                }
-                let data = out.body.collect().await.map_err(|e| SinkError(format!("get {key}: {e}")))?;
-                let bytes = data.into_bytes().to_vec();
-                Ok(Some(Fetched { size: bytes.len() as u64, bytes: Some(bytes), etag }))
-            }
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(describe("get", &key, &e)),
-        }
-    }
-
     /// The size and entity tag of an object, without its bytes; `None` if there is none.
-    pub async fn head(&self, name: &str) -> Result<Option<Listed>, SinkError> {
+    async fn head(&self, name: &str) -> Result<Option<Listed>, SinkError> {
         let key = self.key(name);
         match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
             Ok(out) => Ok(Some(Listed {
@@ -188,13 +201,19 @@ impl S3Sink {
     }
 
     /// Server-side copy to a name not yet taken (`If-None-Match: *`); `false` if it was taken.
-    /// For objects too large to read through: the caller checked the target first.
-    pub async fn copy_if_absent(&self, from: &str, to: &str) -> Result<bool, SinkError> {
+    /// Stores that ignore `If-None-Match` on `CopyObject` (Ceph RGW 16.2 does: it overwrites)
+    /// get a `HeadObject` check first: an object landing under the name between the two calls
+    /// would be replaced by the copy.
+    async fn copy_if_absent(&self, from: &str, to: &str) -> Result<bool, SinkError> {
+        if self.head(to).await?.is_some() {
+            return Ok(false);
+        }
         let (src, key) = (self.key(from), self.key(to));
         let source = format!("{}/{}", self.bucket, percent_path(&src));
         match self.client.copy_object().bucket(&self.bucket).key(&key).copy_source(source).if_none_match("*").send().await {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(412) => Ok(false),
+            Err(e) if status_of(&e) == Some(404) => Err(SinkError::NoSource(src)),
             Err(e) => Err(describe("copy", &key, &e)),
         }
     }
@@ -203,11 +222,11 @@ impl S3Sink {
     /// that replaced it meanwhile keeps its new object). Deleting what is not there is no error.
     /// Stores that ignore `If-Match` on `DeleteObject` (Ceph RGW 16.2 does) get a `HeadObject`
     /// check first: the replacement is then kept unless it lands between the two calls.
-    pub async fn delete(&self, name: &str, etag: Option<&str>) -> Result<(), SinkError> {
+    async fn delete(&self, name: &str, etag: Option<&str>) -> Result<(), SinkError> {
         let key = self.key(name);
         if let Some(etag) = etag {
             match self.head(name).await? {
-                Some(now) if now.etag.as_deref() != Some(etag) => return Err(SinkError(format!("delete {key}: replaced since it was read; kept"))),
+                Some(now) if now.etag.as_deref() != Some(etag) => return Err(SinkError::Replaced(key)),
                 None => return Ok(()),
                 Some(_) => {}
             }
@@ -218,29 +237,10 @@ impl S3Sink {
             Err(e) => Err(describe("delete", &key, &e)),
         }
     }
-}
 
-/// How [`S3Sink::list_objects`] lists.
-#[derive(Debug, Clone, Default)]
-pub struct Listing {
-    pub shallow: bool,
-    pub after: Option<String>,
-}
-
-/// One listed object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub name: String,
-    pub size: u64,
-    pub etag: Option<String>,
-}
-
-/// One object read by [`S3Sink::get_at_most`].
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub bytes: Option<Vec<u8>>,
-    pub size: u64,
-    pub etag: Option<String>,
+    fn location(&self, name: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(name))
+    }
 }
 
 /// An object key as a `CopySource` path: every byte outside `[A-Za-z0-9._~/-]` percent-encoded.

@@ -1,6 +1,7 @@
 //! End to end: the real server on 127.0.0.1:0 accepts an S07 with a D0135; a D0126 for its MPAN
 //! dropped into `<data>/dtn/in/` shows on `GET /v4/sip/{id}` with its clearance code and meaning;
 //! a broken file is moved aside with its reasons; the same file dropped again is recorded once.
+//! (The folder is read by the same algorithm as a bucket's `in/`, ledger included: tests/s3.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common;
@@ -115,13 +116,13 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     assert!(inbox.join("rejected").join("D0126_broken.usr").exists());
     assert!(inbox.join("processed").join("D0126_EM00000042.usr").exists());
 
-    // The same file again: moved aside under a new name, recorded once.
+    // The same file again: taken (processed/ holds its bytes under its name already), recorded once.
     drop_file(&inbox, "D0126_EM00000042.usr", D0126.as_bytes());
-    let again = inbox.join("processed").join("D0126_EM00000042.usr.1");
-    wait_for("the second copy to be moved", || async { again.exists().then_some(Value::Null) }).await;
+    let again = inbox.join("D0126_EM00000042.usr");
+    wait_for("the second copy to be taken", || async { (!again.exists()).then_some(Value::Null) }).await;
     let v = status_now().await;
     assert_eq!(v["incoming"].as_array().unwrap().len(), 1, "{v:#}");
-    assert!(!inbox.join("D0126_EM00000042.usr").exists());
+    assert!(!inbox.join("processed").join("D0126_EM00000042.usr.1").exists(), "the same bytes are not copied twice");
     let counted = |outcome: &str| app.metrics.value("flowgate_inbound_files_total", &[("outcome", outcome)]);
     assert_eq!((counted("matched"), counted("rejected"), counted("unmatched")), (1.0, 1.0, 0.0));
     assert_eq!(app.metrics.value("flowgate_inbound_errors_total", &[]), 0.0);

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flowgate::config::{Config, S3Config};
+use flowgate::config::{Config, S3Config, SinkKind};
 use flowgate::sink::s3::S3Sink;
-use flowgate::sink::PutOutcome;
+use flowgate::sink::{Got, Listing, ObjectStore, PutOutcome};
 use serde_json::Value;
 
 /// The store's endpoint and bucket from the environment; fails loudly without them.
@@ -58,17 +58,20 @@ impl Bucket {
     }
 
     fn list(&self, under: &str) -> Vec<String> {
-        self.rt.block_on(self.sink.list(under)).unwrap()
+        self.rt.block_on(self.sink.list(under, Listing::default())).unwrap().into_iter().map(|o| o.name).collect()
     }
 
     fn get(&self, name: &str) -> Option<Vec<u8>> {
-        self.rt.block_on(self.sink.get(name)).unwrap()
+        match self.rt.block_on(self.sink.get(name, u64::MAX)).unwrap() {
+            Got::Bytes { bytes, .. } => Some(bytes),
+            _ => None,
+        }
     }
 }
 
 /// Configures a test server for the S3 sink at `endpoint` under `prefix`, with quick retries.
 fn use_s3(config: &mut Config, endpoint: &str, prefix: &str) {
-    config.sink.kind = "s3".into();
+    config.sink.kind = SinkKind::S3;
     config.sink.s3 = s3_config(endpoint, prefix);
     config.dispatch.retry_base_ms = 50;
     config.dispatch.retry_max_ms = 400;
@@ -114,11 +117,25 @@ fn s3_puts_are_create_only_and_concurrent_writers_have_one_winner() {
     let s = &b.sink;
     let (first, other) = (b"ZHV|first|\n".to_vec(), b"ZHV|other|\n".to_vec());
     b.rt.block_on(async {
-        assert_eq!(s.put_if_absent("out/a.usr", first.clone()).await.unwrap(), PutOutcome::Created);
-        assert_eq!(s.put_if_absent("out/a.usr", first.clone()).await.unwrap(), PutOutcome::AlreadyThere);
-        assert_eq!(s.put_if_absent("out/a.usr", other.clone()).await.unwrap(), PutOutcome::Different(first.clone()));
-        assert_eq!(s.get("out/a.usr").await.unwrap(), Some(first.clone()), "never overwritten");
-        assert_eq!(s.get("out/missing.usr").await.unwrap(), None);
+        assert_eq!(s.put("out/a.usr", first.clone()).await.unwrap(), PutOutcome::Created);
+        assert_eq!(s.put("out/a.usr", first.clone()).await.unwrap(), PutOutcome::AlreadyThere);
+        assert_eq!(s.put("out/a.usr", other.clone()).await.unwrap(), PutOutcome::Different(first.clone()));
+        assert!(matches!(s.get("out/a.usr", u64::MAX).await.unwrap(), Got::Bytes { bytes, .. } if bytes == first), "never overwritten");
+        assert_eq!(s.get("out/missing.usr", u64::MAX).await.unwrap(), Got::Missing);
+        // The rest of the object store: bounded reads, copies to free names, conditional deletes.
+        let Got::TooLarge { size, etag } = s.get("out/a.usr", 4).await.unwrap() else { panic!("read past the bound") };
+        assert_eq!(size, first.len() as u64);
+        assert_eq!(s.put("copy/b.usr", other.clone()).await.unwrap(), PutOutcome::Created);
+        assert!(s.copy_if_absent("out/a.usr", "copy/a.usr").await.unwrap());
+        assert!(!s.copy_if_absent("copy/b.usr", "copy/a.usr").await.unwrap(), "the name is taken");
+        assert_eq!(s.head("copy/a.usr").await.unwrap().map(|o| o.etag), Some(etag.clone()), "not overwritten");
+        assert!(matches!(s.delete("copy/b.usr", etag.as_deref()).await, Err(flowgate::sink::SinkError::Replaced(_))));
+        assert!(matches!(s.get("copy/b.usr", u64::MAX).await.unwrap(), Got::Bytes { bytes, .. } if bytes == other), "kept");
+        s.delete("copy/a.usr", etag.as_deref()).await.unwrap();
+        assert_eq!(s.head("copy/a.usr").await.unwrap(), None);
+        let listed: Vec<String> = s.list("", Listing { shallow: false, after: None }).await.unwrap().into_iter().map(|o| o.name).collect();
+        assert_eq!(listed, ["copy/b.usr", "out/a.usr"]);
+        s.delete("copy/b.usr", None).await.unwrap();
     });
     // Eight writers race for each name: one creates it, the others find its bytes.
     let rounds = 6;
@@ -128,7 +145,7 @@ fn s3_puts_are_create_only_and_concurrent_writers_have_one_winner() {
             let mut set = tokio::task::JoinSet::new();
             for w in 0..8u8 {
                 let (s, name) = (s.clone(), name.clone());
-                set.spawn(async move { (w, s.put_if_absent(&name, vec![b'0' + w; 64]).await.unwrap()) });
+                set.spawn(async move { (w, s.put(&name, vec![b'0' + w; 64]).await.unwrap()) });
             }
             set.join_all().await
         });
@@ -561,7 +578,7 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
     let idb = rb.json()["request_id"].as_str().unwrap().to_string();
 
     let bucket = Bucket::new(&prefix);
-    let put = |name: &str, bytes: &[u8]| assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(name, bytes.to_vec())).unwrap(), PutOutcome::Created);
+    let put = |name: &str, bytes: &[u8]| assert_eq!(bucket.rt.block_on(bucket.sink.put(name, bytes.to_vec())).unwrap(), PutOutcome::Created);
     // Planted in the ledger: an entry dated 2099 (a clock far ahead, or someone else's hand) and
     // junk. Neither may move any instance's position past the present.
     let sha = "0".repeat(64);
@@ -693,7 +710,7 @@ fn an_inbound_file_whose_name_is_longer_than_a_file_name_is_copied_under_one_tha
     // A bucket takes names a file system would not: 400 bytes in one segment.
     let name = format!("D0126_{}.usr", "\u{e9}".repeat(195));
     assert_eq!(name.len(), 400);
-    assert_eq!(bucket.rt.block_on(bucket.sink.put_if_absent(&format!("in/{name}"), D0126.as_bytes().to_vec())).unwrap(), PutOutcome::Created);
+    assert_eq!(bucket.rt.block_on(bucket.sink.put(&format!("in/{name}"), D0126.as_bytes().to_vec())).unwrap(), PutOutcome::Created);
     wait_until("the file to be taken from in/", Duration::from_secs(20), || bucket.get(&format!("in/{name}")).is_none());
     let copies = bucket.list("in/processed/");
     assert_eq!(copies.len(), 1, "{copies:?}");
