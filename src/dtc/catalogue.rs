@@ -167,7 +167,11 @@ impl Catalogue {
             let doc = read(&fallback_path)?;
             for (item, text) in doc.get("formats").and_then(Value::as_object).into_iter().flatten() {
                 let text = text.as_str().unwrap_or_default();
-                let format = Format::parse(text).ok_or_else(|| CatalogueError::Fallback { path: fallback_path.clone(), item: item.clone(), format: text.to_string() })?;
+                let format = Format::parse(text).ok_or_else(|| CatalogueError::Fallback {
+                    path: fallback_path.clone(),
+                    item: item.clone(),
+                    format: text.to_string(),
+                })?;
                 fallback.insert(item.clone(), format);
             }
         }

@@ -6,7 +6,8 @@
 //! (the DNO's answer to an asset condition report) or a D0002 (a Supplier's decision or request)
 //! addressed to a SIP (ZHV to-role = the SIP role, to-MPID = the client's SIP ID) is matched to
 //! that SIP's accepted requests by MPAN, and by date where the request has one (D0126 J1825 report
-//! date or D0002 J1012 date = the request's date of action). The meanings of code values (J1823)
+//! date or D0002 J1012 date = the request's date of action): which flows, groups and items is rule
+//! data, `flow-templates/incoming/` (see [`crate::rules::incoming`]). The meanings of code values (J1823)
 //! are rule data: `flow-templates/code-lists/`.
 //!
 //! Files are taken in name order; names starting with `.` or ending `.tmp` or `.part` are left
@@ -23,7 +24,6 @@
 //! those suffixes within a file name is shortened first (`moved_name`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,61 +34,15 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config::SinkKind;
-use crate::dtc::reader::{iso_date, Group, ParsedFlow};
+use crate::dtc::reader::{Group, ParsedFlow};
 use crate::metrics::Metrics;
+use crate::rules::incoming::{CodeLists, Incoming, IncomingFlow};
 use crate::rules::load::Live;
 use crate::sink::{Got, Listing, ObjectStore, PutOutcome, Sink};
 use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 
 /// Larger files are rejected without being read into the reader.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The folder of code lists, under the rules folder.
-pub const CODE_LISTS_DIR: &str = "flow-templates/code-lists";
-
-/// One code list file: a data item and the meaning of each of its values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CodeList {
-    pub item: String,
-    pub name: String,
-    pub version: String,
-    #[serde(default)]
-    pub source: Option<String>,
-    pub codes: BTreeMap<String, String>,
-}
-
-/// The code lists by data item (`J1823`).
-#[derive(Debug, Clone, Default)]
-pub struct CodeLists(BTreeMap<String, CodeList>);
-
-impl CodeLists {
-    /// Loads every `*.yaml` under `dir`; a missing folder is no code lists.
-    pub fn load(dir: &Path) -> Result<CodeLists, String> {
-        let mut lists = BTreeMap::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CodeLists::default()),
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
-        paths.sort();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let list: CodeList = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            if lists.contains_key(&list.item) {
-                return Err(format!("{}: a second code list for {}", path.display(), list.item));
-            }
-            lists.insert(list.item.clone(), list);
-        }
-        Ok(CodeLists(lists))
-    }
-
-    /// The meaning of `code` for `item`, if the list has it.
-    pub fn meaning(&self, item: &str, code: &str) -> Option<&str> {
-        self.0.get(item)?.codes.get(code).map(String::as_str)
-    }
-}
 
 /// What became of one inbound file in one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +64,6 @@ pub struct Poller {
     rules: Live,
     sip_role: String,
     instance: String,
-    codes_dir: PathBuf,
-    codes: CodeLists,
-    codes_error: Option<String>,
     /// Ledger entries read since their time fell within [`LEDGER_MARGIN_MS`] of the position.
     ledger_done: BTreeMap<String, u64>,
     /// Ledger entries that failed to read, and when they first failed.
@@ -194,10 +145,9 @@ fn skipped(name: &str) -> bool {
 
 impl Poller {
     /// A poller for `in/` in `inbox`, the sink's object store (`<data_dir>/dtn/in/`, or `in/`
-    /// in the bucket); fails if the code lists do not load.
+    /// in the bucket). Which flows it reads, and how, is rule data: the running rule set's
+    /// incoming flow descriptions and code lists.
     pub fn new(config: &Config, inbox: Sink, store: Store, rules: Live, metrics: Arc<Metrics>) -> Result<Poller, String> {
-        let codes_dir = config.rules_dir.join(CODE_LISTS_DIR);
-        let codes = CodeLists::load(&codes_dir)?;
         if config.sink.kind == SinkKind::S3 {
             let folder = config.data_dir.join("dtn").join("in");
             let waiting =
@@ -213,9 +163,6 @@ impl Poller {
             sip_role: config.flows.sender_role.clone(),
             instance: config.flows.instance_prefix.clone(),
             metrics,
-            codes_dir,
-            codes,
-            codes_error: None,
             ledger_done: BTreeMap::new(),
             ledger_failing: BTreeMap::new(),
             ledgered: BTreeMap::new(),
@@ -251,7 +198,6 @@ impl Poller {
     /// this or any other instance took, matched against this instance's requests. The files the
     /// ledger gave this poll, with what became of each.
     pub async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
-        self.reload_codes();
         let inbox = self.inbox.clone();
         // The ledger is read even when in/ cannot be: other instances may take its files.
         if let Err(e) = self.take_all(&inbox).await {
@@ -261,27 +207,15 @@ impl Poller {
         self.read_ledger(&inbox).await
     }
 
-    fn reload_codes(&mut self) {
-        match CodeLists::load(&self.codes_dir) {
-            Ok(c) => {
-                self.codes = c;
-                self.codes_error = None;
-            }
-            Err(e) => {
-                if self.codes_error.as_ref() != Some(&e) {
-                    tracing::error!(error = %e, "code lists refused; the previous ones stay");
-                }
-                self.codes_error = Some(e);
-            }
-        }
-    }
-
     /// Matches a judged file to this instance's requests and records the outcome durably, once
     /// per file name and content.
     async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<FileOutcome, String> {
         let (outcome, incoming) = match &ex.read {
             Err(findings) => (FileOutcome::Rejected(findings.clone()), Vec::new()),
-            Ok(flow) => match_flow(flow, name, received_at, &self.sip_role, &self.codes, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?,
+            Ok(flow) => {
+                let set = self.rules.load();
+                match_flow(flow, name, received_at, &self.sip_role, &set.incoming, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?
+            }
         };
         let flow_id = ex.read.as_ref().map(|f| f.header.flow.clone()).ok();
         let mut shown = match &outcome {
@@ -558,33 +492,28 @@ pub fn match_flow(
     file: &str,
     received_at: &str,
     sip_role: &str,
-    codes: &CodeLists,
+    incoming: &Incoming,
     requests_for: impl Fn(&str) -> Result<Vec<MpanEntry>, StoreError>,
 ) -> Result<(FileOutcome, Vec<(String, Value)>), StoreError> {
     let h = &flow.header;
-    if !matches!(h.flow.as_str(), "D0126" | "D0002") {
-        return Ok((FileOutcome::Unmatched(format!("{} is not an incoming flow the gateway matches (D0126, D0002)", h.flow)), Vec::new()));
-    }
+    let Some(described) = incoming.flow(&h.flow) else {
+        let why = format!("{} is not an incoming flow the gateway matches ({})", h.flow, incoming.names());
+        return Ok((FileOutcome::Unmatched(why), Vec::new()));
+    };
     if h.to_role != sip_role {
         return Ok((FileOutcome::Unmatched(format!("addressed to role {}, not the SIP role {sip_role}", h.to_role)), Vec::new()));
     }
     // One summary per request; further groups of the same file for it go under "also".
     let mut by_request: BTreeMap<String, Value> = BTreeMap::new();
-    for g in &flow.groups {
-        let Some(mpan) = g.get("J0003") else { continue };
-        let date = match h.flow.as_str() {
-            "D0126" => g.descendants("61H").next().and_then(|r| r.get("J1825")),
-            _ => g.get("J1012"),
-        }
-        .and_then(iso_date);
-        for entry in requests_for(mpan)? {
+    for answer in described.answers(flow) {
+        for entry in requests_for(answer.mpan)? {
             if entry.sip_id != h.to_mpid {
                 continue;
             }
-            if !entry.date_of_action.is_empty() && date.as_ref().is_some_and(|d| *d != entry.date_of_action) {
+            if !entry.date_of_action.is_empty() && answer.date.as_ref().is_some_and(|d| *d != entry.date_of_action) {
                 continue;
             }
-            let s = summary(flow, g, file, received_at, codes);
+            let s = summary(flow, described, answer.group, file, received_at, &incoming.codes);
             match by_request.get_mut(&entry.request_id) {
                 None => {
                     by_request.insert(entry.request_id, s);
@@ -610,51 +539,20 @@ pub fn match_flow(
     Ok((FileOutcome::Matched(ids), by_request.into_iter().collect()))
 }
 
-/// What `GET /v4/sip/{id}` shows of one top-level group of an incoming flow.
-fn summary(flow: &ParsedFlow, g: &Group, file: &str, received_at: &str, codes: &CodeLists) -> Value {
+/// What `GET /v4/sip/{id}` shows of one answer of an incoming flow: what every incoming flow
+/// shows, then what its description names.
+fn summary(flow: &ParsedFlow, described: &IncomingFlow, g: &Group, file: &str, received_at: &str, codes: &CodeLists) -> Value {
     let h = &flow.header;
-    let date = |v: Option<&str>| v.and_then(iso_date);
-    let mut s = json!({
-        "flow": h.flow,
-        "sender": format!("{}/{}", h.from_role, h.from_mpid),
-        "file": file,
-        "file_id": h.file_id,
-        "file_created": h.created,
-        "received_at": received_at,
-        "mpan": g.get("J0003"),
-    });
-    let details = match h.flow.as_str() {
-        "D0126" => {
-            let r = g.descendants("61H").next();
-            let item = |i: &str| r.and_then(|r| r.get(i));
-            let clearance = item("J1823");
-            json!({
-                "report_date": date(item("J1825")),
-                "asset_condition_code": item("J1824"),
-                "clearance": {
-                    "code": clearance,
-                    "meaning": clearance.and_then(|c| codes.meaning("J1823", c)),
-                },
-                "clearance_date": date(item("J1822")),
-                "nature_of_maintenance": g.get("J0008"),
-                "additional_information": g.get("J0012").into_iter().collect::<Vec<_>>(),
-            })
-        }
-        _ => {
-            let texts: Vec<&str> = g.children.iter().filter_map(|c| c.get("J0012")).collect();
-            json!({
-                "fault_date": date(g.get("J1012")),
-                "reason": g.get("J0173"),
-                "meters": g.descendants("005").filter_map(|m| m.get("J0004")).collect::<Vec<_>>(),
-                "site_visit_checks": g.descendants("760").filter_map(|m| m.get("J0024")).collect::<Vec<_>>(),
-                "additional_information": texts,
-            })
-        }
-    };
-    if let (Some(obj), Value::Object(more)) = (s.as_object_mut(), details) {
-        obj.extend(more);
-    }
-    s
+    let mut s = serde_json::Map::new();
+    s.insert("flow".into(), json!(h.flow));
+    s.insert("sender".into(), json!(format!("{}/{}", h.from_role, h.from_mpid)));
+    s.insert("file".into(), json!(file));
+    s.insert("file_id".into(), json!(h.file_id));
+    s.insert("file_created".into(), json!(h.created));
+    s.insert("received_at".into(), json!(received_at));
+    s.insert("mpan".into(), json!(g.get("J0003")));
+    s.extend(described.details(g, codes));
+    Value::Object(s)
 }
 
 #[cfg(test)]
@@ -662,6 +560,7 @@ fn summary(flow: &ParsedFlow, g: &Group, file: &str, received_at: &str, codes: &
 mod tests {
     use super::*;
     use crate::dtc::catalogue::Catalogue;
+    use std::path::{Path, PathBuf};
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -670,6 +569,11 @@ mod tests {
     fn parse(text: &str) -> ParsedFlow {
         let cat = Catalogue::load(&repo().join("flow-templates/catalogue")).unwrap();
         crate::dtc::reader::read(text.as_bytes(), &cat).unwrap()
+    }
+
+    fn incoming() -> Incoming {
+        let cat = Catalogue::load(&repo().join("flow-templates/catalogue")).unwrap();
+        crate::rules::incoming::load(&repo(), &cat, |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string())).unwrap()
     }
 
     fn entry(id: &str, sip: &str, date: &str) -> MpanEntry {
@@ -683,7 +587,7 @@ mod tests {
 
     #[test]
     fn the_j1823_code_list_loads() {
-        let codes = CodeLists::load(&repo().join(CODE_LISTS_DIR)).unwrap();
+        let codes = incoming().codes;
         for c in ["C", "R", "D", "U"] {
             assert!(codes.meaning("J1823", c).is_some(), "{c}");
         }
@@ -692,13 +596,13 @@ mod tests {
 
     #[test]
     fn d0126_matches_by_sip_mpan_and_date() {
-        let codes = CodeLists::load(&repo().join(CODE_LISTS_DIR)).unwrap();
+        let incoming_flows = incoming();
         let flow = parse(D0126);
         let lookup = |m: &str| {
             assert_eq!(m, "1129383838383");
             Ok(vec![entry("A", "DEMO", "2025-01-08"), entry("B", "DEMO", "2025-01-09"), entry("C", "OTHR", "2025-01-08"), entry("D", "DEMO", "")])
         };
-        let (outcome, incoming) = match_flow(&flow, "f.usr", "now", "M", &codes, lookup).unwrap();
+        let (outcome, incoming) = match_flow(&flow, "f.usr", "now", "M", &incoming_flows, lookup).unwrap();
         assert_eq!(outcome, FileOutcome::Matched(vec!["A".into(), "D".into()]));
         let s = &incoming[0].1;
         assert_eq!(s["sender"], "J/EMEB");
@@ -714,7 +618,7 @@ mod tests {
         let text = std::fs::read_to_string(repo().join("tests/reader/valid/D0002-supplier-decision.usr")).unwrap();
         let flow = parse(&text);
         let lookup = |_: &str| Ok(vec![entry("A", "DEMO", "2025-01-08"), entry("B", "DEMO", "2025-01-07")]);
-        let (outcome, incoming) = match_flow(&flow, "d.usr", "now", "M", &CodeLists::default(), lookup).unwrap();
+        let (outcome, incoming) = match_flow(&flow, "d.usr", "now", "M", &incoming(), lookup).unwrap();
         assert_eq!(outcome, FileOutcome::Matched(vec!["A".into()]));
         let s = &incoming[0].1;
         assert_eq!(s["sender"], "X/TEST");
@@ -725,10 +629,15 @@ mod tests {
 
     #[test]
     fn other_roles_and_flows_do_not_match() {
-        let codes = CodeLists::default();
+        let flows = incoming();
         let flow = parse(&D0126.replace("|M|DEMO|", "|X|DEMO|"));
-        let (outcome, _) = match_flow(&flow, "f", "now", "M", &codes, |_| Ok(vec![entry("A", "DEMO", "")])).unwrap();
+        let (outcome, _) = match_flow(&flow, "f", "now", "M", &flows, |_| Ok(vec![entry("A", "DEMO", "")])).unwrap();
         assert!(matches!(outcome, FileOutcome::Unmatched(_)));
+        // A flow with no description is not matched, and the answer names the ones there are.
+        let mut fewer = incoming();
+        fewer.flows.remove("D0126");
+        let (outcome, _) = match_flow(&parse(D0126), "f", "now", "M", &fewer, |_| Ok(vec![entry("A", "DEMO", "")])).unwrap();
+        assert_eq!(outcome, FileOutcome::Unmatched("D0126 is not an incoming flow the gateway matches (D0002)".into()));
     }
 
     #[test]
