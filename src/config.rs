@@ -62,7 +62,7 @@ pub struct Config {
     pub inbound: InboundSettings,
     pub store: StoreSettings,
     /// `json` for one JSON object per log line; `text` otherwise.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// HTTPS: PEM certificate chain and key; reloaded when they change. Absent: plain HTTP.
     pub tls: Option<TlsFiles>,
 }
@@ -107,7 +107,7 @@ pub struct FlowSettings {
     /// J1063: `OPER` in production, `TRnn` elsewhere.
     pub test_flag: String,
     /// `lf` or `crlf`.
-    pub line_ending: String,
+    pub line_ending: LineEnding,
     /// An RFC 3339 instant used as "now" for every file (golden tests only).
     pub fixed_clock: Option<String>,
     /// Object name of a delivered file; `{to_role}`, `{to_mpid}`, `{flow}`, `{from_role}`,
@@ -122,6 +122,25 @@ pub struct SinkConfig {
     /// `local` (files under `<data_dir>/dtn/`) or `s3`.
     pub kind: SinkKind,
     pub s3: S3Config,
+}
+
+/// How the logs are written: `log_format` in the YAML, `text` or `json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// The line ending of the flow files written: `flows.line_ending`, `lf` or `crlf`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEnding {
+    #[default]
+    Lf,
+    Crlf,
 }
 
 /// Which object store holds the DTN area: `sink.kind` in the YAML, lower case; any other value
@@ -205,7 +224,7 @@ impl Default for Config {
             dispatch: DispatchSettings::default(),
             inbound: InboundSettings::default(),
             store: StoreSettings::default(),
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             tls: None,
         }
     }
@@ -264,7 +283,7 @@ impl Default for FlowSettings {
             sender_role: "M".into(),
             roles,
             test_flag: "TR01".into(),
-            line_ending: "lf".into(),
+            line_ending: LineEnding::Lf,
             fixed_clock: None,
             object_name: "out/{to_role}{to_mpid}/{flow}_{from_mpid}_{file_id}.usr".into(),
         }
@@ -321,7 +340,7 @@ impl Config {
         let mut config = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                serde_norway::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
+                yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?
             }
             None => Config::default(),
         };
@@ -366,9 +385,6 @@ impl Config {
         if f.test_flag != "OPER" && !(f.test_flag.len() == 4 && f.test_flag.starts_with("TR")) {
             return Err(ConfigError::Invalid("flows.test_flag must be OPER or TRnn".into()));
         }
-        if !matches!(f.line_ending.as_str(), "lf" | "crlf") {
-            return Err(ConfigError::Invalid("flows.line_ending must be lf or crlf".into()));
-        }
         if let Some(t) = &f.fixed_clock {
             if crate::domain::clock::parse_rfc3339(t).is_none() {
                 return Err(ConfigError::Invalid("flows.fixed_clock must be an RFC 3339 date-time".into()));
@@ -387,9 +403,6 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid("log_format must be text or json".into()));
         }
         if self.sink.kind == SinkKind::S3 {
             let s3 = &self.sink.s3;
@@ -467,7 +480,7 @@ mod tests {
 
     #[test]
     fn the_sink_kind_is_local_or_s3_and_nothing_else() {
-        let kind = |yaml: &str| serde_norway::from_str::<Config>(yaml).map(|c| c.sink.kind).map_err(|e| e.to_string());
+        let kind = |yaml: &str| yaml_serde::from_str::<Config>(yaml).map(|c| c.sink.kind).map_err(|e| e.to_string());
         assert_eq!(kind("sink:\n  kind: local\n"), Ok(SinkKind::Local));
         assert_eq!(kind("sink:\n  kind: s3\n"), Ok(SinkKind::S3));
         assert_eq!(kind("listen: 127.0.0.1:8080\n"), Ok(SinkKind::Local));

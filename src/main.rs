@@ -270,7 +270,7 @@ fn main() -> ExitCode {
 fn init_logs(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == flowgate::config::LogFormat::Json {
         builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.with_ansi(false).init();
@@ -460,6 +460,6 @@ fn config_check(file: &ConfigFile, flags: Overrides) -> Outcome {
     };
     let source = file.config.as_ref().map_or("defaults".to_string(), |f| format!("defaults < {}", f.display()));
     println!("# the configuration in effect: {source} < environment < flags");
-    print!("{}", serde_norway::to_string(&config).map_err(|e| e.to_string())?);
+    print!("{}", yaml_serde::to_string(&config).map_err(|e| e.to_string())?);
     Ok(ExitCode::SUCCESS)
 }

@@ -107,7 +107,7 @@ fn valid_sip_id(s: &str) -> bool {
 impl KeysFile {
     pub fn read(path: &Path) -> Result<KeysFile, KeysError> {
         let text = std::fs::read_to_string(path).map_err(|e| KeysError::Read(path.display().to_string(), e))?;
-        let file: KeysFile = serde_norway::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
+        let file: KeysFile = yaml_serde::from_str(&text).map_err(|e| KeysError::Parse(path.display().to_string(), e.to_string()))?;
         for (i, c) in file.clients.iter().enumerate() {
             // A hand edit gets the same identity check as `keys add`: one name, one SIP ID.
             if let Some(other) = file.clients[..i].iter().find(|o| !same_identity(o, &c.name, &c.sip_id) && same_name(&o.name, &c.name)) {
@@ -132,7 +132,7 @@ impl KeysFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let text = serde_norway::to_string(self).map_err(|e| KeysError::Invalid(e.to_string()))?;
+        let text = yaml_serde::to_string(self).map_err(|e| KeysError::Invalid(e.to_string()))?;
         let header = "# flowgate keys: only hashes of keys are stored here; `flowgate keys add` prints a new key once.\n";
         // A temporary file of our own (owner-only), fsync'd, renamed over the old one, and the
         // folder fsync'd: a crash leaves the old file or the new one, never a part of either.
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(keys.authenticate(&a).unwrap().name, "Alpha");
         assert_eq!(keys.authenticate(&b).unwrap().name, "Beta");
         assert!(keys.authenticate("fgk_nope").is_none());
-        assert!(!serde_norway::to_string(&keys).unwrap().contains(&a));
+        assert!(!yaml_serde::to_string(&keys).unwrap().contains(&a));
         assert_eq!(keys.revoke("Alpha"), 1);
         assert!(keys.authenticate(&a).is_none());
     }

@@ -253,7 +253,7 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IncomingError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, IncomingError> {
-    serde_norway::from_str(text).map_err(|e| IncomingError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    yaml_serde::from_str(text).map_err(|e| IncomingError::Parse { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// Loads the code lists and the incoming flow descriptions under `root`, checked against the

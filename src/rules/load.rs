@@ -27,7 +27,7 @@ pub enum LoadError {
     #[error("{path}: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: {source}")]
-    Yaml { path: PathBuf, source: serde_norway::Error },
+    Yaml { path: PathBuf, source: yaml_serde::Error },
     #[error("{path}: {source}")]
     Schema { path: PathBuf, source: SchemaError },
     #[error(transparent)]
@@ -155,7 +155,7 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
     let mut rule_files = Vec::new();
     for path in files_in(&rules_dir, "yaml")? {
         let text = take(&path)?;
-        let file: RulesFile = serde_norway::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
+        let file: RulesFile = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
         rule_files.push((path.display().to_string(), file));
     }
     let mut helpers = Vec::new();
@@ -169,7 +169,7 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
     let mut templates = HashMap::new();
     for path in files_in(&tdir, "yaml")? {
         let text = take(&path)?;
-        let def: TemplateDef = serde_norway::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
+        let def: TemplateDef = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
         let name = path.display().to_string();
         let t = Template::compile(&name, def, &rules, &catalogue)?;
         // The configuration checked `flows.object_name` with flow ids of at most this length.
@@ -216,7 +216,7 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         incoming,
         envelope: Envelope {
             test_flag: config.flows.test_flag.clone(),
-            crlf: config.flows.line_ending == "crlf",
+            crlf: config.flows.line_ending == crate::config::LineEnding::Crlf,
             object_name: config.flows.object_name.clone(),
         },
         sender_role: config.flows.sender_role.clone(),

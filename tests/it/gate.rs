@@ -85,11 +85,11 @@ fn every_emptied_or_truncated_rule_file_is_refused() {
 
 /// Deletes entry `index` of the list `key` in a YAML file (comments are lost; the meaning stays).
 fn without_entry(text: &str, key: &str, index: usize) -> (String, String) {
-    let mut doc: serde_norway::Value = serde_norway::from_str(text).unwrap();
-    let list = doc.get_mut(key).and_then(serde_norway::Value::as_sequence_mut).unwrap();
+    let mut doc: yaml_serde::Value = yaml_serde::from_str(text).unwrap();
+    let list = doc.get_mut(key).and_then(yaml_serde::Value::as_sequence_mut).unwrap();
     let gone = list.remove(index);
-    let id = gone.get("id").and_then(serde_norway::Value::as_str).unwrap().to_string();
-    (serde_norway::to_string(&doc).unwrap(), id)
+    let id = gone.get("id").and_then(yaml_serde::Value::as_str).unwrap().to_string();
+    (yaml_serde::to_string(&doc).unwrap(), id)
 }
 
 #[test]
@@ -103,8 +103,8 @@ fn removing_any_one_rule_scenario_or_flow_choice_is_refused() {
     {
         let path = root.join(file);
         let whole = std::fs::read_to_string(&path).unwrap();
-        let doc: serde_norway::Value = serde_norway::from_str(&whole).unwrap();
-        let n = doc.get(key).and_then(serde_norway::Value::as_sequence).unwrap().len();
+        let doc: yaml_serde::Value = yaml_serde::from_str(&whole).unwrap();
+        let n = doc.get(key).and_then(yaml_serde::Value::as_sequence).unwrap().len();
         for i in 0..n {
             let (text, id) = without_entry(&whole, key, i);
             std::fs::write(&path, text).unwrap();

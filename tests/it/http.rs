@@ -283,7 +283,7 @@ fn a_client_name_is_one_identity_and_no_other_client_can_read_replay_or_conflict
     let mut forged = flowgate::domain::auth::KeysFile::default();
     let forged_key = forged.add("Alpha", "ZZZZ", flowgate::domain::auth::Rate::default()).unwrap();
     let mut text = String::from_utf8(before.clone()).unwrap();
-    let entry = serde_norway::to_string(&forged).unwrap();
+    let entry = yaml_serde::to_string(&forged).unwrap();
     text.push_str(entry.trim_start_matches("clients:\n"));
     std::fs::write(server.data.join("keys.yaml"), text).unwrap();
     server.wait_for("the refused keys reload", || server.get("/readyz").json()["last_keys_reload"]["ok"] == false);

@@ -74,7 +74,7 @@ fn no_key_name_phone_address_postcode_or_photo_reaches_the_logs() {
         .with_writer(capture.clone())
         .with_env_filter(tracing_subscriber::EnvFilter::new("info,flowgate=trace"))
         .init();
-    let server = TestServer::start(|c| c.log_format = "json".into());
+    let server = TestServer::start(|c| c.log_format = flowgate::config::LogFormat::Json);
     let mut secrets = vec![server.key.clone()];
     let mut requests = 0;
     for dir in flowgate::rules::samples::cases(&common::repo().join("tests/cases")) {
