@@ -252,22 +252,22 @@ impl Default for RhaiLimits {
 
 /// What a body in flight costs in memory, as a multiple of its length: the bytes read, the
 /// parsed value (photos are strings, copied once), and the copies made while reading it.
-pub const BODY_MEMORY_FACTOR: u64 = 3;
+pub(crate) const BODY_MEMORY_FACTOR: u64 = 3;
 
 impl Config {
     /// What a body of `len` bytes (or of unknown length) is charged against the body budget, in KiB.
-    pub fn body_cost_kib(&self, len: Option<u64>) -> u32 {
+    pub(crate) fn body_cost_kib(&self, len: Option<u64>) -> u32 {
         let len = len.unwrap_or(self.body_limit_bytes).min(self.body_limit_bytes);
         u32::try_from(len.saturating_mul(BODY_MEMORY_FACTOR).div_ceil(1024).max(1)).unwrap_or(u32::MAX)
     }
 
     /// The body budget in KiB (the unit of its semaphore).
-    pub fn body_budget_kib(&self) -> usize {
+    pub(crate) fn body_budget_kib(&self) -> usize {
         usize::try_from(self.body_budget_bytes / 1024).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)
     }
 
     /// How many bodies are decided at once: `decide_threads`, or one per CPU.
-    pub fn deciders(&self) -> usize {
+    pub(crate) fn deciders(&self) -> usize {
         if self.decide_threads > 0 {
             return self.decide_threads;
         }
@@ -304,7 +304,7 @@ impl Default for S3Config {
 
 impl S3Config {
     /// The prefix as it is put before every object name: with a trailing `/` unless empty.
-    pub fn key_prefix(&self) -> String {
+    pub(crate) fn key_prefix(&self) -> String {
         let mut prefix = self.prefix.clone();
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');

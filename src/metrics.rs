@@ -17,7 +17,7 @@ use std::sync::Mutex;
 /// Upper bounds (seconds) of the latency histogram.
 /// A family's type in the exposition format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Only goes up (from 0 at start); named `..._total`.
     Counter,
     /// Goes up and down: a current value.
@@ -36,7 +36,7 @@ impl Kind {
 }
 
 /// Every metric flowgate exposes: name, type, help. The README lists the same names and types.
-pub const FAMILIES: &[(&str, Kind, &str)] = &[
+pub(crate) const FAMILIES: &[(&str, Kind, &str)] = &[
     ("flowgate_http_requests_total", Kind::Counter, "HTTP requests by route and status"),
     ("flowgate_http_request_duration_seconds", Kind::Histogram, "Time to answer, by route"),
     ("flowgate_rate_limited_total", Kind::Counter, "Requests refused by the rate limit"),
@@ -107,7 +107,7 @@ impl Metrics {
     }
 
     /// Adds `by` to a counter.
-    pub fn inc(&self, name: &str, pairs: &[(&str, &str)], by: f64) {
+    pub(crate) fn inc(&self, name: &str, pairs: &[(&str, &str)], by: f64) {
         self.describe(name, Kind::Counter);
         if let Ok(mut c) = self.counters.lock() {
             *c.entry((name.to_string(), labels(pairs))).or_default() += by;
@@ -124,7 +124,7 @@ impl Metrics {
     }
 
     /// Records one observation in a histogram.
-    pub fn observe(&self, name: &str, pairs: &[(&str, &str)], value: f64) {
+    pub(crate) fn observe(&self, name: &str, pairs: &[(&str, &str)], value: f64) {
         self.describe(name, Kind::Histogram);
         if let Ok(mut hs) = self.histograms.lock() {
             let h = hs.entry((name.to_string(), labels(pairs))).or_default();
@@ -144,7 +144,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let help = self.help.lock().map(|h| h.clone()).unwrap_or_default();
         // Family by family, each header once followed by its samples: a family with no sample

@@ -199,7 +199,7 @@ pub struct NewRequest {
 
 /// An accepted request an MPAN points at (the `mpans` table).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MpanEntry {
+pub(crate) struct MpanEntry {
     pub request_id: String,
     pub sip_id: String,
     /// `YYYY-MM-DD`, or empty.
@@ -208,7 +208,7 @@ pub struct MpanEntry {
 
 /// What to record for one inbound file, in one transaction.
 #[derive(Debug, Clone)]
-pub struct InboundRecord {
+pub(crate) struct InboundRecord {
     /// `<file name>\u{1f}<sha256>`.
     pub seen_key: String,
     /// What became of the file (matched, unmatched, rejected), as shown to operators.
@@ -306,7 +306,7 @@ fn job_key(client: &str, job_id: &str) -> String {
 /// A client name as one object-key segment: lower-case `[a-z0-9-]`. A name that is not already
 /// in that form gets a short hash of the exact name, so two different names never share a key.
 /// One longer than a segment may be is cut and ends in the exact name's full hash ([`crate::domain::names::fit`]).
-pub fn safe_client(name: &str) -> String {
+pub(crate) fn safe_client(name: &str) -> String {
     crate::domain::names::fit(&client_slug(name), name, crate::domain::names::SEGMENT_MAX)
 }
 
@@ -395,7 +395,7 @@ impl Store {
     }
 
     /// [`Store::open`] with a page cache of `cache_mb` MiB.
-    pub fn open_with_cache(dir: &Path, instance_prefix: &str, cache_mb: u64) -> Result<Store, StoreError> {
+    pub(crate) fn open_with_cache(dir: &Path, instance_prefix: &str, cache_mb: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).db()?;
         let cache = usize::try_from(cache_mb.max(1).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
         let db = Arc::new(Database::builder().set_cache_size(cache).create(dir.join("flowgate.redb")).db()?);
@@ -462,7 +462,7 @@ impl Store {
     /// Retention: drops the stored bodies of requests received before `cutoff` whose job archive
     /// and flow files are all settled (delivered, or never to be sent); the bucket's job archive
     /// is then the copy. At most [`SWEEP_BATCH`] per call; returns how many were dropped.
-    pub async fn sweep(&self, cutoff: OffsetDateTime) -> Result<usize, StoreError> {
+    pub(crate) async fn sweep(&self, cutoff: OffsetDateTime) -> Result<usize, StoreError> {
         let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Sweep(cutoff_ms, reply)).map_err(|_| StoreError::Closed)?;
@@ -484,7 +484,7 @@ impl Store {
     }
 
     /// Records the results of delivery attempts durably.
-    pub async fn mark(&self, results: Vec<(String, Delivery)>) -> Result<(), StoreError> {
+    pub(crate) async fn mark(&self, results: Vec<(String, Delivery)>) -> Result<(), StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Mark(results, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -492,14 +492,14 @@ impl Store {
 
     /// Records an inbound file durably: its outcome and its matches, once per name and content.
     /// `false` if it was recorded before.
-    pub async fn record_inbound(&self, record: InboundRecord) -> Result<bool, StoreError> {
+    pub(crate) async fn record_inbound(&self, record: InboundRecord) -> Result<bool, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Inbound(Box::new(record), reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// What became of an inbound file seen before (by name and SHA-256).
-    pub fn inbound_seen(&self, seen_key: &str) -> Result<Option<Value>, StoreError> {
+    pub(crate) fn inbound_seen(&self, seen_key: &str) -> Result<Option<Value>, StoreError> {
         let r = self.db.begin_read().db()?;
         let t = r.open_table(INBOUND_SEEN).db()?;
         let Some(v) = t.get(seen_key).db()? else { return Ok(None) };
@@ -514,7 +514,7 @@ impl Store {
     }
 
     /// The accepted requests for an MPAN core, oldest key first.
-    pub fn requests_for_mpan(&self, mpan: &str) -> Result<Vec<MpanEntry>, StoreError> {
+    pub(crate) fn requests_for_mpan(&self, mpan: &str) -> Result<Vec<MpanEntry>, StoreError> {
         let r = self.db.begin_read().db()?;
         let t = r.open_table(MPANS).db()?;
         let (from, to) = (format!("{mpan}\u{1f}"), format!("{mpan}\u{20}"));
@@ -540,7 +540,7 @@ impl Store {
     }
 
     /// Client names and SIP IDs the store has requests of.
-    pub fn identities(&self) -> Result<BTreeMap<String, String>, StoreError> {
+    pub(crate) fn identities(&self) -> Result<BTreeMap<String, String>, StoreError> {
         let r = self.db.begin_read().db()?;
         let t = r.open_table(CLIENTS).db()?;
         let mut out = BTreeMap::new();
@@ -553,7 +553,7 @@ impl Store {
 
     /// A keys file fits the store when none of its clients has a name the store knows under
     /// another SIP ID (that key would read and replay the other client's requests).
-    pub fn check_identities(&self, keys: &crate::domain::auth::KeysFile) -> Result<(), StoreError> {
+    pub(crate) fn check_identities(&self, keys: &crate::domain::auth::KeysFile) -> Result<(), StoreError> {
         let known = self.identities()?;
         for c in &keys.clients {
             if let Some(stored) = known.get(&c.name).filter(|s| **s != c.sip_id) {
@@ -580,7 +580,7 @@ impl Store {
     /// The bytes of a request's job archive, assembled from the one stored copy of its body
     /// (`None` if the request or its body is not here). Always the same bytes for a request, so a
     /// retried delivery finds its own archive as "already there".
-    pub fn archive_bytes(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn archive_bytes(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let r = self.db.begin_read().db()?;
         let requests = r.open_table(REQUESTS).db()?;
         let Some(record) = requests.get(request_id).db()? else { return Ok(None) };
@@ -603,7 +603,7 @@ impl Store {
     }
 
     /// The state of a request's job archive; `None` if the request has none (or is unknown).
-    pub fn archive_state(&self, request_id: &str) -> Result<Option<DeliveryState>, StoreError> {
+    pub(crate) fn archive_state(&self, request_id: &str) -> Result<Option<DeliveryState>, StoreError> {
         let r = self.db.begin_read().db()?;
         let requests = r.open_table(REQUESTS).db()?;
         let Some(v) = requests.get(request_id).db()? else { return Ok(None) };
@@ -623,7 +623,7 @@ impl Store {
     }
 
     /// Up to `limit` undelivered files, oldest first.
-    pub fn pending(&self, limit: usize) -> Result<Vec<OutboxFile>, StoreError> {
+    pub(crate) fn pending(&self, limit: usize) -> Result<Vec<OutboxFile>, StoreError> {
         let r = self.db.begin_read().db()?;
         let pending = r.open_table(PENDING).db()?;
         let outbox = r.open_table(OUTBOX).db()?;
@@ -650,7 +650,7 @@ impl Store {
 
     /// Whether the store takes writes (for `/readyz`): its last commit succeeded. It never
     /// waits on the database, so readiness probes cannot hold up the writer or the workers.
-    pub fn writable(&self) -> bool {
+    pub(crate) fn writable(&self) -> bool {
         !self.stats.last_failed.load(Ordering::Relaxed)
     }
 
@@ -866,7 +866,7 @@ fn queue(t: &mut Tables<'_>, file: &OutboxFile, seq: u64) -> Result<(), StoreErr
 }
 
 /// Bodies this large or larger are stored in a file of their own.
-pub const BODY_FILE_MIN: usize = 64 * 1024;
+pub(crate) const BODY_FILE_MIN: usize = 64 * 1024;
 
 /// Writes a body to `<dir>/<id>`: a temporary file, fsync'd, renamed into place, the folder
 /// fsync'd; so the file is whole and durable before the commit that names it.
@@ -974,7 +974,7 @@ struct Tables<'t> {
 }
 
 /// Bodies dropped by one sweep at most: bounds one write transaction.
-pub const SWEEP_BATCH: usize = 10_000;
+pub(crate) const SWEEP_BATCH: usize = 10_000;
 
 /// Drops the bodies of settled requests received before `cutoff_ms`, oldest first.
 fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {

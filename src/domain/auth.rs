@@ -58,7 +58,7 @@ pub struct Rate {
 
 impl Rate {
     /// How long one spent request takes to come back.
-    pub fn cell_interval(&self) -> std::time::Duration {
+    pub(crate) fn cell_interval(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(1_000_000_000 / u64::from(self.per_second.max(1)))
     }
 }
@@ -75,7 +75,7 @@ fn sha256_hex(s: &str) -> String {
 }
 
 /// A new random key: `fgk_` and 64 hex digits (256 bits from the OS).
-pub fn new_key() -> Result<String, KeysError> {
+pub(crate) fn new_key() -> Result<String, KeysError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| KeysError::Invalid(format!("no randomness: {e}")))?;
     Ok(format!("fgk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
@@ -223,7 +223,7 @@ impl KeysFile {
 }
 
 /// The key a request presents: `X-API-Key`, or `Authorization: Bearer`.
-pub fn presented_key(headers: &hyper::HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &hyper::HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }

@@ -32,7 +32,7 @@ fn last_sunday(year: i32, month: Month) -> Option<Date> {
 }
 
 /// The Europe/London offset in force at `t`.
-pub fn london_offset(t: OffsetDateTime) -> UtcOffset {
+pub(crate) fn london_offset(t: OffsetDateTime) -> UtcOffset {
     let utc = t.to_offset(UtcOffset::UTC);
     let year = utc.year();
     let one = Time::from_hms(1, 0, 0).unwrap_or(Time::MIDNIGHT);
@@ -49,7 +49,7 @@ pub fn london_offset(t: OffsetDateTime) -> UtcOffset {
 }
 
 /// `t` as Europe/London local time.
-pub fn london(t: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn london(t: OffsetDateTime) -> OffsetDateTime {
     t.to_offset(london_offset(t))
 }
 
@@ -59,23 +59,23 @@ pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
 }
 
 /// Parses a `YYYY-MM-DD` date.
-pub fn parse_date(s: &str) -> Option<Date> {
+pub(crate) fn parse_date(s: &str) -> Option<Date> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     Date::parse(s, &fmt).ok()
 }
 
 /// `YYYY-MM-DD`.
-pub fn iso_date(d: Date) -> String {
+pub(crate) fn iso_date(d: Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 /// DTC DATE: `ccyymmdd`.
-pub fn dtc_date(d: Date) -> String {
+pub(crate) fn dtc_date(d: Date) -> String {
     format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 /// DTC DATETIME: `ccyymmddhhmmss`, in the time given.
-pub fn dtc_datetime(t: OffsetDateTime) -> String {
+pub(crate) fn dtc_datetime(t: OffsetDateTime) -> String {
     format!("{}{:02}{:02}{:02}", dtc_date(t.date()), t.hour(), t.minute(), t.second())
 }
 

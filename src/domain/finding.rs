@@ -17,6 +17,6 @@ impl Finding {
 }
 
 /// Escapes one reference token of a JSON Pointer (RFC 6901).
-pub fn escape_token(token: &str) -> String {
+pub(crate) fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }

@@ -17,13 +17,13 @@
 use sha2::{Digest, Sha256};
 
 /// Most bytes in one segment of a name: NAME_MAX of ext4, XFS, Btrfs and tmpfs.
-pub const SEGMENT_MAX: usize = 255;
+pub(crate) const SEGMENT_MAX: usize = 255;
 
 /// Most bytes in a whole object key, the sink's prefix included: S3's limit.
-pub const KEY_MAX: usize = 1024;
+pub(crate) const KEY_MAX: usize = 1024;
 
 /// Most bytes in a path handed to the local file system (Linux PATH_MAX, less its NUL).
-pub const PATH_MAX: usize = 4095;
+pub(crate) const PATH_MAX: usize = 4095;
 
 /// Bytes of the hash that stands for the text [`fit`] cuts: SHA-256 in hex, so two texts share
 /// a name only if they share a SHA-256.
@@ -35,14 +35,14 @@ const CUT_MARK: char = '~';
 
 /// Bytes of the longest job archive name, `jobs/<client>/<job id>.json`: each of the two
 /// segments is fitted to [`SEGMENT_MAX`].
-pub const ARCHIVE_MAX: usize = "jobs/".len() + SEGMENT_MAX + 1 + SEGMENT_MAX;
+pub(crate) const ARCHIVE_MAX: usize = "jobs/".len() + SEGMENT_MAX + 1 + SEGMENT_MAX;
 
 /// Bytes of the longest name inbound writes: `in/processed/<name>` (the ledger's names are
 /// shorter), the file's name fitted to [`SEGMENT_MAX`] with its suffixes.
-pub const INBOUND_MAX: usize = "in/processed/".len() + SEGMENT_MAX;
+pub(crate) const INBOUND_MAX: usize = "in/processed/".len() + SEGMENT_MAX;
 
 /// Flow ids are DTC's: `D` and four digits.
-pub const FLOW_ID_MAX: usize = 5;
+pub(crate) const FLOW_ID_MAX: usize = 5;
 
 /// The longest value of each placeholder of `flows.object_name`: roles are one letter (config),
 /// MPIDs four characters (the keys file, the recipient check), file ids the instance's two
@@ -144,7 +144,7 @@ pub fn check(prefix: &str, name: &str) -> Result<(), NameError> {
 }
 
 /// A flow id as it may appear in a name: 1 to [`FLOW_ID_MAX`] ASCII letters or digits.
-pub fn check_flow_id(flow: &str) -> Result<(), FlowIdError> {
+pub(crate) fn check_flow_id(flow: &str) -> Result<(), FlowIdError> {
     if flow.is_empty() || flow.len() > FLOW_ID_MAX || !flow.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(FlowIdError { flow: flow.to_string() });
     }
@@ -154,7 +154,7 @@ pub fn check_flow_id(flow: &str) -> Result<(), FlowIdError> {
 /// The longest name `template` (`flows.object_name`) can give: each placeholder at its longest.
 /// Refused if it holds no `{file_id}` (the only value that tells two files apart) or a
 /// placeholder flowgate does not fill.
-pub fn longest_flow_name(template: &str) -> Result<String, ObjectNameError> {
+pub(crate) fn longest_flow_name(template: &str) -> Result<String, ObjectNameError> {
     if !template.contains("{file_id}") {
         return Err(ObjectNameError::NoFileId);
     }
@@ -171,7 +171,7 @@ pub fn longest_flow_name(template: &str) -> Result<String, ObjectNameError> {
 /// The configured names against the limits: `template` (`flows.object_name`) at its longest, and
 /// every name flowgate writes after `prefix` (the S3 sink's key prefix, with its `/`; empty for
 /// the local folder). The length of the longest name, or the reason they do not fit.
-pub fn check_configured(template: &str, prefix: &str) -> Result<usize, ConfiguredNameError> {
+pub(crate) fn check_configured(template: &str, prefix: &str) -> Result<usize, ConfiguredNameError> {
     let flow = longest_flow_name(template).map_err(|source| ConfiguredNameError::Template { template: template.to_string(), source })?;
     check("", &flow).map_err(|source| ConfiguredNameError::Names { template: template.to_string(), source })?;
     if let Some(long) = prefix.split('/').find(|s| s.len() > SEGMENT_MAX) {

@@ -6,7 +6,7 @@ use crate::domain::finding::Finding;
 
 /// Every way a request can fail, with what the client needs to act on it.
 #[derive(Debug)]
-pub enum Problem {
+pub(crate) enum Problem {
     Invalid(Vec<Finding>),
     Unauthorized,
     NotFound,

@@ -19,7 +19,7 @@ pub enum CatalogueError {
 }
 
 /// Formats for items the extract leaves blank, in the catalogue folder (ours, not the extract's).
-pub const FALLBACK_FORMATS: &str = "fallback-formats.json";
+pub(crate) const FALLBACK_FORMATS: &str = "fallback-formats.json";
 
 /// Why a value is not written in its DTC format (the writer's check, and the reader's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -235,13 +235,13 @@ impl Catalogue {
 /// zero-width space), line or paragraph separators (line-based readers see a new record), other
 /// spaces, private-use or unassigned code points. The schema's `not` pattern on every text field
 /// says the same; this is the writer's last line of defence.
-pub const FLOW_TEXT_RULE: &str = "a flow file carries letters, marks, digits, punctuation, symbols and the plain space only: \
+pub(crate) const FLOW_TEXT_RULE: &str = "a flow file carries letters, marks, digits, punctuation, symbols and the plain space only: \
      not '|', control or format characters, line or paragraph separators, other spaces, private-use or unassigned code points";
 
 static UNFIT: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| regex::Regex::new(r"[\p{C}\p{Z}|&&[^ ]]").ok());
 
 /// The first character of `s` a flow file may not carry, if any.
-pub fn unfit_char(s: &str) -> Option<char> {
+pub(crate) fn unfit_char(s: &str) -> Option<char> {
     match UNFIT.as_ref() {
         Some(re) => re.find(s).and_then(|m| m.as_str().chars().next()),
         // The pattern is a constant that compiles; should it not, refuse anything outside ASCII print.
@@ -252,7 +252,7 @@ pub fn unfit_char(s: &str) -> Option<char> {
 static FORMAT_CHAR: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| regex::Regex::new(r"\p{Cf}").ok());
 
 /// A character a flow file may not carry, as named in a message: its code point and its kind.
-pub fn describe_char(c: char) -> String {
+pub(crate) fn describe_char(c: char) -> String {
     let kind = match c {
         '|' => return "'|' (the DTC field separator)".to_string(),
         '\u{2028}' => "a line separator",
@@ -267,7 +267,7 @@ pub fn describe_char(c: char) -> String {
 }
 
 /// A value against its catalogue item: only characters a flow file carries, format, valid set.
-pub fn check_value(cat: &CatField, v: &str) -> Result<(), ValueError> {
+pub(crate) fn check_value(cat: &CatField, v: &str) -> Result<(), ValueError> {
     let (item, name) = (|| cat.item.clone(), || cat.name.clone());
     if v.is_empty() {
         return if cat.required { Err(ValueError::Required { item: item(), name: name() }) } else { Ok(()) };

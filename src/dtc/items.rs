@@ -3,7 +3,7 @@
 //! and the reader rely on them too.
 
 /// MPAN core check digit: weights 3,5,7,13,...,43; sum mod 11 mod 10.
-pub fn mpan_check_ok(s: &str) -> bool {
+pub(crate) fn mpan_check_ok(s: &str) -> bool {
     const W: [u32; 12] = [3, 5, 7, 13, 17, 19, 23, 29, 31, 37, 41, 43];
     let b = s.as_bytes();
     if b.len() != 13 || !b.iter().all(u8::is_ascii_digit) {
@@ -14,7 +14,7 @@ pub fn mpan_check_ok(s: &str) -> bool {
 }
 
 /// Address lines of at most 40 characters: split on commas, long parts wrapped at spaces.
-pub fn address_lines(s: &str) -> Vec<String> {
+pub(crate) fn address_lines(s: &str) -> Vec<String> {
     let mut lines = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut line = String::new();

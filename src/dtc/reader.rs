@@ -69,7 +69,7 @@ impl Group {
     }
 
     /// Every group below this one (not only direct children) with this code, in file order.
-    pub fn descendants<'a>(&'a self, code: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
+    pub(crate) fn descendants<'a>(&'a self, code: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
         let mut stack: Vec<&Group> = self.children.iter().rev().collect();
         std::iter::from_fn(move || {
             while let Some(g) = stack.pop() {
@@ -597,7 +597,7 @@ fn read_trailer(rec: &Record<'_>, header: &Header, groups: usize, top: u64, out:
 }
 
 /// `ccyymmdd` as `YYYY-MM-DD` (for a value the reader has already checked as a date).
-pub fn iso_date(dtc: &str) -> Option<String> {
+pub(crate) fn iso_date(dtc: &str) -> Option<String> {
     match (dtc.get(..4), dtc.get(4..6), dtc.get(6..8)) {
         (Some(y), Some(m), Some(d)) if dtc.len() == 8 => Some(format!("{y}-{m}-{d}")),
         _ => None,

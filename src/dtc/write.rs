@@ -24,7 +24,7 @@ pub struct Envelope {
 }
 
 /// Appends one record: each field followed by `|`, then the line ending.
-pub fn push_record(out: &mut String, fields: &[&str], eol: &str) {
+pub(crate) fn push_record(out: &mut String, fields: &[&str], eol: &str) {
     for f in fields {
         out.push_str(f);
         out.push('|');
@@ -34,7 +34,7 @@ pub fn push_record(out: &mut String, fields: &[&str], eol: &str) {
 
 impl FlowBody {
     /// `<to role><to MPID>` as the answer shows it: `X/TEST`.
-    pub fn to_label(&self) -> String {
+    pub(crate) fn to_label(&self) -> String {
         format!("{}/{}", self.to_role, self.to_mpid)
     }
 

@@ -52,7 +52,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Exponential with full jitter: a random wait in [delay/2, delay].
-    pub fn delay(&self, attempts: u32) -> Duration {
+    pub(crate) fn delay(&self, attempts: u32) -> Duration {
         let exp = self.base.saturating_mul(1u32 << attempts.min(16)).min(self.max);
         let mut b = [0u8; 2];
         let _ = getrandom::fill(&mut b);

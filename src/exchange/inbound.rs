@@ -46,7 +46,7 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What became of one inbound file in one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileOutcome {
+pub(crate) enum FileOutcome {
     /// Matched to these requests.
     Matched(Vec<String>),
     /// Read cleanly but matched to no request, and why.
@@ -56,7 +56,7 @@ pub enum FileOutcome {
 }
 
 /// The inbox poller.
-pub struct Poller {
+pub(crate) struct Poller {
     /// The object store whose `in/` is read: the sink's, local folder or bucket.
     inbox: Sink,
     metrics: Arc<Metrics>,
@@ -197,7 +197,7 @@ impl Poller {
     /// Takes every file waiting in the inbox once, in name order, then reads the ledger: what
     /// this or any other instance took, matched against this instance's requests. The files the
     /// ledger gave this poll, with what became of each.
-    pub async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
+    pub(crate) async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
         let inbox = self.inbox.clone();
         // The ledger is read even when in/ cannot be: other instances may take its files.
         if let Err(e) = self.take_all(&inbox).await {
@@ -487,7 +487,7 @@ async fn copy_free(b: &impl ObjectStore, source: &str, folder: &str, name: &str,
 
 /// The requests a clean flow file belongs to, each with the summary shown on
 /// `GET /v4/sip/{id}`; or why it belongs to none.
-pub fn match_flow(
+pub(crate) fn match_flow(
     flow: &ParsedFlow,
     file: &str,
     received_at: &str,

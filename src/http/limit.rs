@@ -36,7 +36,7 @@ fn limiter(rate: Rate) -> Arc<Limiter> {
 
 impl Limits {
     /// Limiters for the clients of `keys`, reusing those of `previous` whose rate is unchanged.
-    pub fn for_keys(keys: &KeysFile, previous: Option<&Limits>) -> Limits {
+    pub(crate) fn for_keys(keys: &KeysFile, previous: Option<&Limits>) -> Limits {
         let mut limiters = HashMap::new();
         for c in &keys.clients {
             let kept = previous.and_then(|p| p.limiters.get(&c.key_id)).filter(|(rate, _)| *rate == c.rate).map(|(_, l)| l.clone());
@@ -60,7 +60,7 @@ impl Limits {
 
 impl Decision {
     /// The IETF `RateLimit-Policy` field: the burst as quota over the window that refills it.
-    pub fn policy_header(&self) -> String {
+    pub(crate) fn policy_header(&self) -> String {
         let rate = match self {
             Decision::Allowed { rate, .. } | Decision::Limited { rate, .. } => rate,
         };
@@ -73,7 +73,7 @@ impl Decision {
     /// `t` is the wait before the next request would be allowed, so the two fields agree: while
     /// something is left it is 0; once nothing is (`r=0`, the last request allowed) it is the time
     /// one cell takes to come back, the same wait the next request's 429 would name.
-    pub fn limit_header(&self) -> String {
+    pub(crate) fn limit_header(&self) -> String {
         match self {
             Decision::Allowed { remaining: 0, rate } => format!("\"per-key\";r=0;t={}", retry_secs(rate.cell_interval())),
             Decision::Allowed { remaining, .. } => format!("\"per-key\";r={remaining};t=0"),
@@ -83,7 +83,7 @@ impl Decision {
 }
 
 /// Whole seconds to wait, rounded up, at least one.
-pub fn retry_secs(d: Duration) -> u64 {
+pub(crate) fn retry_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
 }
 

@@ -179,12 +179,12 @@ fn allowed(path: &str) -> Option<&'static str> {
 
 /// A header value a client sent, fit for a log field: printable ASCII only, at most 128 bytes.
 /// Logged beside our own id so a client's trace can be followed here; never put in an answer.
-pub fn loggable(value: &[u8]) -> String {
+pub(crate) fn loggable(value: &[u8]) -> String {
     value.iter().filter(|b| (0x20..=0x7e).contains(*b)).take(128).map(|b| char::from(*b)).collect()
 }
 
 /// Routes one request.
-pub async fn handle(app: Arc<Server>, req: Request<Incoming>) -> Result<Answer, Infallible> {
+pub(crate) async fn handle(app: Arc<Server>, req: Request<Incoming>) -> Result<Answer, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -72,7 +72,7 @@ pub struct Decision {
 }
 
 /// Hex SHA-256 of the canonical form of a JSON value (serde_json's map is sorted by key).
-pub fn canonical_hash(v: &Value) -> String {
+pub(crate) fn canonical_hash(v: &Value) -> String {
     // Written straight into the hash: a body with photos is megabytes, and a second copy of it
     // only to hash it would double what deciding it allocates.
     struct Hashing(Sha256);
@@ -170,7 +170,7 @@ pub fn decide(set: &RuleSet, client: &Client, body: &[u8], clock: Clock, explain
 }
 
 /// [`decide`] for a body already [`parse`]d (the server parses once, to look up an earlier answer).
-pub fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: Explain) -> Decision {
+pub(crate) fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value, Finding>, clock: Clock, explain: Explain) -> Decision {
     let mut fired = Fired::default();
     let value = match parsed {
         Ok(v) => v,

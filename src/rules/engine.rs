@@ -273,7 +273,7 @@ thread_local! {
 }
 
 /// The blocks of the body, bound by these names in every condition.
-pub const BLOCKS: [(&str, &str); 7] = [
+pub(crate) const BLOCKS: [(&str, &str); 7] = [
     ("job", "job_details"),
     ("contact", "customer_contact"),
     ("risk", "risk_assessment"),
@@ -287,7 +287,7 @@ pub const BLOCKS: [(&str, &str); 7] = [
 const LONG_STRING: usize = 4096;
 
 /// A sandboxed engine with the helper functions every condition may call.
-pub fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
+pub(crate) fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
     let mut engine = Engine::new();
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     // No evaluating strings as scripts: every rule is compiled (and checked) when the set loads.
@@ -368,7 +368,7 @@ fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Dist
 }
 
 /// The JSON body as a rhai value, photos (long strings) replaced by a placeholder.
-pub fn to_dynamic(v: &Value) -> Dynamic {
+pub(crate) fn to_dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),
@@ -411,7 +411,7 @@ pub fn scope_for(body: &Value, today: &str) -> Scope<'static> {
 
 impl Rules {
     /// Compiles every condition; the first error names the file and rule.
-    pub fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, CompileError> {
+    pub(crate) fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, CompileError> {
         let mut distributors = BTreeMap::new();
         let mut merged = RulesFile::default();
         for (name, f) in files {
@@ -501,7 +501,7 @@ impl Rules {
 
     /// The body values a condition reads, directly (`exec.site_de_energised`) or through the
     /// helpers it calls (their parameters named after the blocks, as helpers.rhai does).
-    pub fn values_read(&self, source: &str, body: &Value) -> BTreeMap<String, Value> {
+    pub(crate) fn values_read(&self, source: &str, body: &Value) -> BTreeMap<String, Value> {
         let mut out = values_read(source, body);
         let mut seen = std::collections::BTreeSet::new();
         let mut todo = called(source);
@@ -518,18 +518,18 @@ impl Rules {
     }
 
     /// Compiles an expression with this rule set's engine (templates use it too).
-    pub fn compile_condition(&self, what: Subject, src: &str) -> Result<Condition, ConditionError> {
+    pub(crate) fn compile_condition(&self, what: Subject, src: &str) -> Result<Condition, ConditionError> {
         compile_condition(&self.engine, what, src)
     }
 
     /// Compiles a batch of conditions with this rule set's engine.
-    pub fn batch<'a>(&self, conditions: impl Iterator<Item = &'a Condition>) -> Batch {
+    pub(crate) fn batch<'a>(&self, conditions: impl Iterator<Item = &'a Condition>) -> Batch {
         batch(&self.engine, conditions)
     }
 
     /// The values of every condition of a batch, each as `run` would give it: one evaluation
     /// when all goes well, one per condition (to name the failing one) when it does not.
-    pub fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
+    pub(crate) fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
         if let Some(ast) = &batch.ast {
             let mark = scope.len();
             DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
@@ -556,7 +556,7 @@ impl Rules {
     }
 
     /// Evaluates a condition as a yes/no question: () counts as no.
-    pub fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, EvalError> {
+    pub(crate) fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, EvalError> {
         truth_of(self.run(scope, cond)?)
     }
 }
@@ -580,7 +580,7 @@ fn batch<'a>(engine: &Engine, conditions: impl Iterator<Item = &'a Condition>) -
 }
 
 /// A value as a yes/no answer: () counts as no.
-pub fn truth_of(v: Dynamic) -> Result<bool, EvalError> {
+pub(crate) fn truth_of(v: Dynamic) -> Result<bool, EvalError> {
     if v.is_unit() {
         return Ok(false);
     }
@@ -606,7 +606,7 @@ fn describe(e: Box<EvalAltResult>, timeout: Duration) -> EvalError {
 }
 
 /// The findings a rule's result stands for.
-pub fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, EvalError> {
+pub(crate) fn findings_of(rule: &RuleDef, result: Dynamic) -> Result<Vec<Finding>, EvalError> {
     let one = |pointer: String, message: Option<String>| Finding::new(pointer, rule.id.clone(), message.unwrap_or_else(|| rule.message.clone()));
     if result.is_unit() {
         return Ok(vec![]);
@@ -658,7 +658,7 @@ fn called(source: &str) -> Vec<String> {
 
 /// The body text of each `fn name(...) { ... }` in a helpers file, by name (braces matched as
 /// text: good enough to explain, never run).
-pub fn function_bodies(source: &str) -> BTreeMap<String, String> {
+pub(crate) fn function_bodies(source: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut rest = source;
     while let Some(at) = rest.find("fn ") {
@@ -689,7 +689,7 @@ pub fn function_bodies(source: &str) -> BTreeMap<String, String> {
     out
 }
 
-pub fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
+pub(crate) fn values_read(source: &str, body: &Value) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let bytes = source.as_bytes();
     let mut i = 0;

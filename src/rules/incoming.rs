@@ -17,9 +17,9 @@ use crate::dtc::catalogue::{CatFlow, Catalogue};
 use crate::dtc::reader::{iso_date, Group, ParsedFlow};
 
 /// The folder of incoming flow descriptions, under the rules folder.
-pub const INCOMING_DIR: &str = "flow-templates/incoming";
+pub(crate) const INCOMING_DIR: &str = "flow-templates/incoming";
 /// The folder of code lists, under the rules folder.
-pub const CODE_LISTS_DIR: &str = "flow-templates/code-lists";
+pub(crate) const CODE_LISTS_DIR: &str = "flow-templates/code-lists";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IncomingError {
@@ -192,7 +192,7 @@ impl IncomingFlow {
     }
 
     /// What the request's status shows of one answer, beyond what every incoming flow shows.
-    pub fn details(&self, g: &Group, codes: &CodeLists) -> serde_json::Map<String, Value> {
+    pub(crate) fn details(&self, g: &Group, codes: &CodeLists) -> serde_json::Map<String, Value> {
         let mut out = serde_json::Map::new();
         for s in &self.show {
             let shown = |v: &str| -> Value {

@@ -78,7 +78,7 @@ fn read(path: &Path) -> Result<String, LoadError> {
 
 /// The folders a rule set is read from (the sample folders as they are now: list them again to
 /// see a sample added since).
-pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn watched_dirs(root: &Path) -> Vec<PathBuf> {
     let templates = root.join("flow-templates");
     let mut dirs = vec![
         root.join("schemas"),
@@ -102,7 +102,7 @@ pub fn watched_dirs(root: &Path) -> Vec<PathBuf> {
 /// `tar`) can change a file without changing either, and a file reached through a link (a
 /// Kubernetes ConfigMap swaps its `..data` link to a new folder) changes while the link the
 /// folder holds does not. The folders hold a few hundred KB, read about once a second.
-pub fn fingerprint(root: &Path) -> u64 {
+pub(crate) fn fingerprint(root: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for dir in watched_dirs(root) {
@@ -249,4 +249,4 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
 }
 
 /// The running rule set, shared by every request; requests take one snapshot at entry.
-pub type Live = Arc<arc_swap::ArcSwap<RuleSet>>;
+pub(crate) type Live = Arc<arc_swap::ArcSwap<RuleSet>>;

@@ -26,7 +26,7 @@ use crate::rules::engine::{Level, RuleFailure};
 use crate::rules::set::RuleSet;
 
 /// The instant golden flow files are written at.
-pub const GOLDEN_NOW: &str = "2025-12-31T12:00:00Z";
+pub(crate) const GOLDEN_NOW: &str = "2025-12-31T12:00:00Z";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +140,7 @@ pub fn run_case(set: &RuleSet, dir: &Path, bless: bool) -> CaseResult {
 
 /// Runs one sample of the reload gate: as [`run_case`], but its `expect.json` must pin the whole
 /// answer (`scenario`, `flows` and the `flows/` files for a 200; `pointers` and `rules` for a 400).
-pub fn run_sample(set: &RuleSet, dir: &Path) -> CaseResult {
+pub(crate) fn run_sample(set: &RuleSet, dir: &Path) -> CaseResult {
     run(set, dir, false, Strictness::Whole)
 }
 

@@ -77,7 +77,7 @@ fn longest_list(document: &Value) -> Result<usize, SchemaError> {
 
 impl Schema {
     /// Compiles a 2020-12 schema with `format` asserted (off by default in 2020-12).
-    pub fn compile(document: Value) -> Result<Schema, SchemaError> {
+    pub(crate) fn compile(document: Value) -> Result<Schema, SchemaError> {
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
@@ -91,7 +91,7 @@ impl Schema {
 
     /// Lists in `body` longer than any list the schema allows (at most `cap` findings), found in
     /// one walk of the body. A body with one is refused on these alone.
-    pub fn oversized_lists(&self, body: &Value, cap: usize) -> Vec<Finding> {
+    pub(crate) fn oversized_lists(&self, body: &Value, cap: usize) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut stack = vec![(String::new(), body)];
         while let Some((at, node)) = stack.pop() {
@@ -126,7 +126,7 @@ impl Schema {
 
     /// At most `cap` findings. The validator's errors are taken lazily, so a body with a million
     /// wrong items costs what its first `cap` findings cost, not a million messages.
-    pub fn findings_at_most(&self, body: &Value, cap: usize) -> Vec<Finding> {
+    pub(crate) fn findings_at_most(&self, body: &Value, cap: usize) -> Vec<Finding> {
         let mut out = Vec::new();
         for error in self.validator.iter_errors(body) {
             if out.len() >= cap {
@@ -230,10 +230,10 @@ fn one_line(v: &Value) -> String {
 }
 
 /// The `format` of a photo: base64, standard alphabet, padded, at most [`PHOTO_MAX_BYTES`] decoded.
-pub const PHOTO_FORMAT: &str = "photo-base64";
+pub(crate) const PHOTO_FORMAT: &str = "photo-base64";
 
 /// The most bytes a photo may decode to.
-pub const PHOTO_MAX_BYTES: usize = 10 * 1024 * 1024;
+pub(crate) const PHOTO_MAX_BYTES: usize = 10 * 1024 * 1024;
 
 /// Checks a photo in one pass over its bytes, without a regular expression and without decoding
 /// it: the alphabet, the padding, and the decoded size from the length. The size of what it

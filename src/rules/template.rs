@@ -154,7 +154,7 @@ pub struct GroupInfo {
 
 impl Template {
     /// Compiles a template with the rule set's engine and checks it against the catalogue.
-    pub fn compile(file: &str, def: TemplateDef, rules: &Rules, catalogue: &Catalogue) -> Result<Template, TemplateError> {
+    pub(crate) fn compile(file: &str, def: TemplateDef, rules: &Rules, catalogue: &Catalogue) -> Result<Template, TemplateError> {
         let Some(cat) = catalogue.flows.get(&def.flow) else {
             return Err(TemplateError::UnknownFlow { file: file.to_string(), flow: def.flow });
         };
@@ -169,7 +169,12 @@ impl Template {
 
     /// Writes the group records for one request (each record is its fields, code first), and
     /// counts the top-level ones. `written`, when given, gets the index of every group written.
-    pub fn render(&self, rules: &Rules, scope: &mut Scope<'static>, mut written: Option<&mut Vec<usize>>) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
+    pub(crate) fn render(
+        &self,
+        rules: &Rules,
+        scope: &mut Scope<'static>,
+        mut written: Option<&mut Vec<usize>>,
+    ) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
         let mut out = Vec::new();
         render_groups(&self.flow, &self.tree, rules, scope, &mut out, &mut written)?;
         let top = out.iter().filter(|r| r.first().is_some_and(|c| self.top_codes.contains(c))).count();

@@ -56,7 +56,7 @@ fn tls_fingerprint(files: &Option<crate::config::TlsFiles>) -> Option<u64> {
 }
 
 /// A TLS acceptor from PEM files (HTTP/2 and HTTP/1.1 offered by ALPN).
-pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub(crate) fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
@@ -137,7 +137,7 @@ impl Gateway {
     }
 
     /// Builds a candidate rule set and swaps it in only if it loads and checks whole.
-    pub fn reload_rules(&self) -> Result<String, String> {
+    pub(crate) fn reload_rules(&self) -> Result<String, String> {
         let result = ruleset::load(&self.config).map_err(|e| e.to_string());
         let mut status = self.reloads.rules.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
@@ -164,7 +164,7 @@ impl Gateway {
     }
 
     /// Re-reads the keys file; a broken file leaves the running keys in place.
-    pub fn reload_keys(&self) -> Result<(), String> {
+    pub(crate) fn reload_keys(&self) -> Result<(), String> {
         let result = KeysFile::read(&self.config.keys_path())
             .map_err(|e| e.to_string())
             .and_then(|keys| self.store.check_identities(&keys).map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")));

@@ -21,7 +21,7 @@ const TMP: &str = ".tmp";
 /// files in `<data-dir>/dtn/.tmp/` (cleared of a crash's leftovers at start,
 /// [`LocalSink::clear_leftovers`]).
 #[derive(Debug, Clone)]
-pub struct LocalSink {
+pub(crate) struct LocalSink {
     root: PathBuf,
 }
 
@@ -267,7 +267,7 @@ impl LocalSink {
     /// wrote them. Even a file still being written could go without harm: a file is written only
     /// by linking its temporary file, fully written and synced, under its name, so the writer's
     /// link would fail and its attempt be retried. How many files were deleted.
-    pub fn clear_leftovers(&self, started: std::time::SystemTime) -> Result<usize, SinkError> {
+    pub(crate) fn clear_leftovers(&self, started: std::time::SystemTime) -> Result<usize, SinkError> {
         let dir = self.root.join(TMP);
         let entries = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,

@@ -126,14 +126,14 @@ pub trait ObjectStore: Send + Sync {
 
 /// The object store `sink.kind` names.
 #[derive(Clone, Debug)]
-pub enum Sink {
+pub(crate) enum Sink {
     Local(LocalSink),
     S3(S3Sink),
 }
 
 impl Sink {
     /// The local folder `<data_dir>/dtn/`, or the S3 bucket.
-    pub fn from_config(config: &crate::config::Config) -> Result<Sink, SinkError> {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Result<Sink, SinkError> {
         Ok(match config.sink.kind {
             SinkKind::Local => Sink::Local(LocalSink::new(config.data_dir.join("dtn"))),
             SinkKind::S3 => Sink::S3(S3Sink::new(&config.sink.s3)?),

@@ -33,7 +33,7 @@ pub struct S3Sink {
 }
 
 /// The credentials in `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
-pub fn credentials_from_env() -> Result<Credentials, SinkError> {
+pub(crate) fn credentials_from_env() -> Result<Credentials, SinkError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
         (Some(id), Some(secret)) => Ok(Credentials::new(id, secret, var("AWS_SESSION_TOKEN"), None, "environment")),
