@@ -237,6 +237,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn key_hashes_are_sha256_in_lower_hex() {
+        // The standard test vector: keys files written by any version of flowgate keep working.
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
     fn a_key_authenticates_only_its_own_client_until_revoked() {
         let mut keys = KeysFile::default();
         let a = keys.add("Alpha", "ALPH", Rate::default()).unwrap();
