@@ -44,6 +44,22 @@ use crate::store::{InboundRecord, MpanEntry, Store, StoreError};
 /// Larger files are rejected without being read into the reader.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Why a step of taking or recording an inbound file failed (it is retried at the next poll).
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{name}: no free name in {folder}")]
+    NoFreeName { name: String, folder: String },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A ledger entry that cannot be written or does not hold.
+    #[error("{0}")]
+    Ledger(String),
+}
+
 /// What became of one inbound file in one poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FileOutcome {
@@ -147,7 +163,7 @@ impl Poller {
     /// A poller for `in/` in `inbox`, the sink's object store (`<data_dir>/dtn/in/`, or `in/`
     /// in the bucket). Which flows it reads, and how, is rule data: the running rule set's
     /// incoming flow descriptions and code lists.
-    pub fn new(config: &Config, inbox: Sink, store: Store, rules: Live, metrics: Arc<Metrics>) -> Result<Poller, String> {
+    pub fn new(config: &Config, inbox: Sink, store: Store, rules: Live, metrics: Arc<Metrics>) -> Poller {
         if config.sink.kind == SinkKind::S3 {
             let folder = config.data_dir.join("dtn").join("in");
             let waiting =
@@ -156,7 +172,7 @@ impl Poller {
                 tracing::warn!(folder = %folder.display(), files = waiting, "files wait in the local inbox, which is not read with the S3 sink: put them under in/ in the bucket");
             }
         }
-        Ok(Poller {
+        Poller {
             inbox,
             store,
             rules,
@@ -166,7 +182,7 @@ impl Poller {
             ledger_done: BTreeMap::new(),
             ledger_failing: BTreeMap::new(),
             ledgered: BTreeMap::new(),
-        })
+        }
     }
 
     fn failed(&self) {
@@ -197,7 +213,7 @@ impl Poller {
     /// Takes every file waiting in the inbox once, in name order, then reads the ledger: what
     /// this or any other instance took, matched against this instance's requests. The files the
     /// ledger gave this poll, with what became of each.
-    pub(crate) async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, String> {
+    pub(crate) async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, InboundError> {
         let inbox = self.inbox.clone();
         // The ledger is read even when in/ cannot be: other instances may take its files.
         if let Err(e) = self.take_all(&inbox).await {
@@ -209,12 +225,12 @@ impl Poller {
 
     /// Matches a judged file to this instance's requests and records the outcome durably, once
     /// per file name and content.
-    async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<FileOutcome, String> {
+    async fn record(&self, name: &str, ex: &Examined, received_at: &str, ledger_ms: Option<u64>) -> Result<FileOutcome, InboundError> {
         let (outcome, incoming) = match &ex.read {
             Err(findings) => (FileOutcome::Rejected(findings.clone()), Vec::new()),
             Ok(flow) => {
                 let set = self.rules.load();
-                match_flow(flow, name, received_at, &self.sip_role, &set.incoming, |m| self.store.requests_for_mpan(m)).map_err(|e| e.to_string())?
+                match_flow(flow, name, received_at, &self.sip_role, &set.incoming, |m| self.store.requests_for_mpan(m))?
             }
         };
         let flow_id = ex.read.as_ref().map(|f| f.header.flow.clone()).ok();
@@ -232,7 +248,7 @@ impl Poller {
         // Keyed by name and content: another file under a used name is shown beside the first.
         let incoming = incoming.into_iter().map(|(id, summary)| (id, format!("{name}\u{1f}{}", ex.sha), summary)).collect();
         let seen_key = format!("{name}\u{1f}{}", ex.sha);
-        let new = self.store.record_inbound(InboundRecord { seen_key, outcome: shown, incoming, ledger_ms }).await.map_err(|e| e.to_string())?;
+        let new = self.store.record_inbound(InboundRecord { seen_key, outcome: shown, incoming, ledger_ms }).await?;
         let flow = flow_id.as_deref().unwrap_or("-");
         if new {
             let label = match &outcome {
@@ -255,8 +271,8 @@ impl Poller {
     /// then deleted from `in/` (while its entity tag is unchanged). Each step can be repeated:
     /// a crash or a second instance taking the same file ends with one copy, and the readers of
     /// the ledger record a file once by name and content.
-    async fn take_all(&mut self, b: &Sink) -> Result<(), String> {
-        let listed = b.list(INBOX, Listing { shallow: true, after: None }).await.map_err(|e| e.to_string())?;
+    async fn take_all(&mut self, b: &Sink) -> Result<(), InboundError> {
+        let listed = b.list(INBOX, Listing { shallow: true, after: None }).await?;
         for object in listed {
             let Some(name) = object.name.strip_prefix(INBOX).map(str::to_string) else { continue };
             if skipped(&name) {
@@ -270,9 +286,9 @@ impl Poller {
         Ok(())
     }
 
-    async fn take_object(&mut self, b: &Sink, name: &str) -> Result<(), String> {
+    async fn take_object(&mut self, b: &Sink, name: &str) -> Result<(), InboundError> {
         let source = format!("{INBOX}{name}");
-        let fetched = match b.get(&source, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? {
+        let fetched = match b.get(&source, MAX_FILE_BYTES).await? {
             Got::Missing => return Ok(()), // taken meanwhile (by another instance)
             Got::Bytes { bytes, etag } => Fetched { size: bytes.len() as u64, bytes: Some(bytes), etag },
             Got::TooLarge { size, etag } => Fetched { bytes: None, size, etag },
@@ -288,7 +304,7 @@ impl Poller {
         };
         if !findings.is_empty() {
             let why = why_text(name, &taken_at, &findings);
-            b.put(&format!("{INBOX}{folder}/{stored}.why.txt"), why.into_bytes()).await.map_err(|e| e.to_string())?;
+            b.put(&format!("{INBOX}{folder}/{stored}.why.txt"), why.into_bytes()).await?;
             tracing::warn!(file = %name, moved_to = %stored, findings = findings.len(), "inbound file rejected");
         }
         let entry = json!({
@@ -304,14 +320,14 @@ impl Poller {
         let taken = format!("{source}\u{1f}{}", ex.sha);
         if !self.ledgered.contains_key(&taken) {
             let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
-            let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| e.to_string())?;
-            match b.put(&key, bytes).await.map_err(|e| e.to_string())? {
+            let bytes = serde_json::to_vec_pretty(&entry)?;
+            match b.put(&key, bytes).await? {
                 PutOutcome::Created | PutOutcome::AlreadyThere => {}
-                PutOutcome::Different(_) => return Err(format!("{key}: another ledger entry has this name; the file stays in in/")),
+                PutOutcome::Different(_) => return Err(InboundError::Ledger(format!("{key}: another ledger entry has this name; the file stays in in/"))),
             }
             self.ledgered.insert(taken.clone(), key);
         }
-        b.delete(&source, fetched.etag.as_deref()).await.map_err(|e| e.to_string())?;
+        b.delete(&source, fetched.etag.as_deref()).await?;
         self.ledgered.remove(&taken);
         Ok(())
     }
@@ -319,9 +335,9 @@ impl Poller {
     /// Reads the ledger from a margin before the last position, records each entry not read yet.
     /// The position never passes an entry that failed in this pass (until it has failed for
     /// [`LEDGER_GIVE_UP_MS`]), nor the present: a clock running ahead cannot make it skip others.
-    async fn read_ledger(&mut self, b: &Sink) -> Result<Vec<(String, FileOutcome)>, String> {
+    async fn read_ledger(&mut self, b: &Sink) -> Result<Vec<(String, FileOutcome)>, InboundError> {
         let now = now_ms();
-        let position = match self.store.meta(crate::store::LEDGER_POSITION).map_err(|e| e.to_string())? {
+        let position = match self.store.meta(crate::store::LEDGER_POSITION)? {
             Some(ms) => ms,
             // A new data dir has no requests older than now to match.
             None => now,
@@ -329,7 +345,7 @@ impl Poller {
         let from = position.saturating_sub(LEDGER_MARGIN_MS);
         self.ledger_done.retain(|_, t| *t >= from);
         let after = format!("{LEDGER}{}", ledger_stamp(from));
-        let listed = b.list(LEDGER, Listing { shallow: true, after: Some(after) }).await.map_err(|e| e.to_string())?;
+        let listed = b.list(LEDGER, Listing { shallow: true, after: Some(after) }).await?;
         let mut out = Vec::new();
         let mut hold = false;
         for object in listed {
@@ -366,13 +382,13 @@ impl Poller {
     }
 
     /// One ledger entry: `None` if it was recorded before or is not one of ours (logged).
-    async fn read_entry(&self, b: &Sink, key: &str, advance: Option<u64>) -> Result<Option<(String, FileOutcome)>, String> {
+    async fn read_entry(&self, b: &Sink, key: &str, advance: Option<u64>) -> Result<Option<(String, FileOutcome)>, InboundError> {
         let not_ours = |why: &str| {
             tracing::warn!(entry = %key, why, "not a ledger entry flowgate wrote; ignored");
             Ok(None)
         };
-        let bytes = match b.get(key, LEDGER_ENTRY_MAX).await.map_err(|e| e.to_string())? {
-            Got::Missing => return Err("listed but not there".into()),
+        let bytes = match b.get(key, LEDGER_ENTRY_MAX).await? {
+            Got::Missing => return Err(InboundError::Ledger("listed but not there".into())),
             Got::TooLarge { .. } => return not_ours("too large"),
             Got::Bytes { bytes, .. } => bytes,
         };
@@ -386,23 +402,20 @@ impl Poller {
             return not_ours("its name, outcome and object do not agree");
         }
         let seen_key = format!("{}\u{1f}{}", entry.file, entry.sha256);
-        if self.store.inbound_seen(&seen_key).map_err(|e| e.to_string())?.is_some() {
+        if self.store.inbound_seen(&seen_key)?.is_some() {
             if advance.is_some() {
-                self.store
-                    .record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance }).await?;
             }
             return Ok(None);
         }
         let ex = if entry.outcome == "processed" {
-            let bytes = match b.get(&entry.object, MAX_FILE_BYTES).await.map_err(|e| e.to_string())? {
+            let bytes = match b.get(&entry.object, MAX_FILE_BYTES).await? {
                 Got::Bytes { bytes, .. } => bytes,
-                Got::Missing | Got::TooLarge { .. } => return Err(format!("{}: named by {key} but not there", entry.object)),
+                Got::Missing | Got::TooLarge { .. } => return Err(InboundError::Ledger(format!("{}: named by {key} but not there", entry.object))),
             };
             let ex = examine(Some(&bytes), bytes.len() as u64, &self.rules.load_full().catalogue);
             if ex.sha != entry.sha256 {
-                return Err(format!("{}: its SHA-256 is not the one {key} names", entry.object));
+                return Err(InboundError::Ledger(format!("{}: its SHA-256 is not the one {key} names", entry.object)));
             }
             ex
         } else {
@@ -454,35 +467,35 @@ fn candidates(name: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Copies `bytes` to `in/<folder>/<name or name.N>`, create-only: the first name that is free or
 /// already holds these bytes (a repeated attempt). Returns the name used.
-async fn put_free(b: &impl ObjectStore, folder: &str, name: &str, bytes: &[u8]) -> Result<String, String> {
+async fn put_free(b: &impl ObjectStore, folder: &str, name: &str, bytes: &[u8]) -> Result<String, InboundError> {
     for candidate in candidates(name) {
-        match b.put(&format!("{INBOX}{folder}/{candidate}"), bytes.to_vec()).await.map_err(|e| e.to_string())? {
+        match b.put(&format!("{INBOX}{folder}/{candidate}"), bytes.to_vec()).await? {
             PutOutcome::Created | PutOutcome::AlreadyThere => return Ok(candidate),
             PutOutcome::Different(_) => {}
         }
     }
-    Err(format!("{name}: no free name in {INBOX}{folder}/"))
+    Err(InboundError::NoFreeName { name: name.to_string(), folder: format!("{INBOX}{folder}/") })
 }
 
 /// The same for an object too large to read through: a server-side copy to the first free name,
 /// or the name that already holds an object with the same entity tag and size.
-async fn copy_free(b: &impl ObjectStore, source: &str, folder: &str, name: &str, fetched: &Fetched) -> Result<String, String> {
+async fn copy_free(b: &impl ObjectStore, source: &str, folder: &str, name: &str, fetched: &Fetched) -> Result<String, InboundError> {
     for candidate in candidates(name) {
         let target = format!("{INBOX}{folder}/{candidate}");
         // Twice: a copy refused with 412 was just made by someone else; look at it.
         for _ in 0..2 {
-            match b.head(&target).await.map_err(|e| e.to_string())? {
+            match b.head(&target).await? {
                 Some(there) if there.size == fetched.size && there.etag.is_some() && there.etag == fetched.etag => return Ok(candidate),
                 Some(_) => break,
                 None => {
-                    if b.copy_if_absent(source, &target).await.map_err(|e| e.to_string())? {
+                    if b.copy_if_absent(source, &target).await? {
                         return Ok(candidate);
                     }
                 }
             }
         }
     }
-    Err(format!("{name}: no free name in {INBOX}{folder}/"))
+    Err(InboundError::NoFreeName { name: name.to_string(), folder: format!("{INBOX}{folder}/") })
 }
 
 /// The requests a clean flow file belongs to, each with the summary shown on

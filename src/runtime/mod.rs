@@ -309,7 +309,7 @@ fn start_background(app: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> 
     };
     let stop_retention = stop.clone();
     let watcher = tokio::spawn(watch(app.clone(), stop.clone()));
-    let inbound = crate::exchange::inbound::Poller::new(&app.config, sink.clone(), app.store.clone(), app.rules.clone(), app.metrics.clone())?;
+    let inbound = crate::exchange::inbound::Poller::new(&app.config, sink.clone(), app.store.clone(), app.rules.clone(), app.metrics.clone());
     let inbound = tokio::spawn(inbound.run(Duration::from_millis(app.config.inbound.poll_ms.max(10)), stop.clone()));
     let dispatcher = tokio::spawn(crate::exchange::deliver::run(app.store.clone(), sink, app.config.dispatch.concurrency, backoff, app.dispatch.clone(), stop));
     let retention = tokio::spawn(retain(app.clone(), stop_retention));
