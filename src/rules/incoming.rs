@@ -242,14 +242,11 @@ impl Incoming {
 
 /// `*.yaml` files of a folder, sorted; a missing folder has none.
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IncomingError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(IncomingError::Read { path: dir.to_path_buf(), source: e }),
-    };
-    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
-    paths.sort();
-    Ok(paths)
+    match crate::rules::load::sorted_files(dir, "yaml") {
+        Ok(paths) => Ok(paths),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(IncomingError::Read { path: dir.to_path_buf(), source: e }),
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, IncomingError> {

@@ -62,12 +62,13 @@ fn sample_lines(failures: &[(PathBuf, CaseFailure)]) -> String {
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| LoadError::Read { path: dir.to_path_buf(), source })?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext))
-        .collect();
+    sorted_files(dir, ext).map_err(|source| LoadError::Read { path: dir.to_path_buf(), source })
+}
+
+/// The files of a folder with this extension, in name order (every loader of rule files).
+pub(crate) fn sorted_files(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext)).collect();
     out.sort();
     Ok(out)
 }
