@@ -263,7 +263,7 @@ enum Job {
     /// An inbound file's outcome and matches; the reply says whether it was new.
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
     /// Drops the bodies of settled requests received before the cutoff (ms since 1970).
-    Sweep(i64, tokio::sync::oneshot::Sender<Result<Vec<String>, StoreError>>),
+    Sweep(i64, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
 }
 
 /// Counters of the group commit.
@@ -418,11 +418,12 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(CommitStats::default());
         let queued = Arc::new(tokio::sync::Notify::new());
-        let writer = Writer { db: db.clone(), stats: stats.clone(), queued: queued.clone(), prefix: instance_prefix.to_string() };
-        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx)).db()?;
         let bodies_dir = dir.join("bodies");
         std::fs::create_dir_all(&bodies_dir).db()?;
         clear_orphan_bodies(&db, &bodies_dir)?;
+        let writer =
+            Writer { db: db.clone(), stats: stats.clone(), queued: queued.clone(), prefix: instance_prefix.to_string(), bodies_dir: bodies_dir.clone() };
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx)).db()?;
         Ok(Store { db, tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
     }
 
@@ -466,21 +467,7 @@ impl Store {
         let cutoff_ms = i64::try_from(cutoff.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Sweep(cutoff_ms, reply)).map_err(|_| StoreError::Closed)?;
-        let dropped = answer.await.map_err(|_| StoreError::Closed)??;
-        // Once the commit holds: a body file is removed only after no record needs it.
-        let dir = self.bodies_dir.clone();
-        let n = dropped.len();
-        let _ = tokio::task::spawn_blocking(move || {
-            for id in dropped {
-                match std::fs::remove_file(dir.join(&id)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(request_id = %id, error = %e, "retention: cannot remove a body file; it stays"),
-                }
-            }
-        })
-        .await;
-        Ok(n)
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records the results of delivery attempts durably.
@@ -664,6 +651,7 @@ struct Writer {
     stats: Arc<CommitStats>,
     queued: Arc<tokio::sync::Notify>,
     prefix: String,
+    bodies_dir: std::path::PathBuf,
 }
 
 /// The reply a job waits for, filled once the batch's commit is known.
@@ -671,7 +659,7 @@ enum Pending {
     Accept(tokio::sync::oneshot::Sender<Result<AcceptOutcome, StoreError>>, Box<Result<AcceptOutcome, StoreError>>),
     Mark(tokio::sync::oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Inbound(tokio::sync::oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
-    Sweep(tokio::sync::oneshot::Sender<Result<Vec<String>, StoreError>>, Result<Vec<String>, StoreError>),
+    Sweep(tokio::sync::oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
 }
 
 impl Writer {
@@ -726,7 +714,7 @@ impl Writer {
                             replies.push(Pending::Inbound(reply, r));
                         }
                         Job::Sweep(cutoff, reply) => {
-                            let r = sweep(&mut t, cutoff);
+                            let r = sweep(&mut t, cutoff, &self.bodies_dir);
                             replies.push(Pending::Sweep(reply, r));
                         }
                     }
@@ -885,27 +873,22 @@ fn write_body_file(dir: &Path, id: &str, body: &[u8]) -> Result<(), StoreError> 
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
-/// At start: removes body files whose body the store no longer keeps (a crash between the
-/// file and the commit that would have named it, or between a retention sweep's commit and its
-/// removal of the file) and temporary files. Reads the folder and the retention index once;
-/// both are bounded by retention.
+/// At start: removes body files no stored request names (a crash between the file and the commit
+/// that would have recorded it) and temporary files. One lookup per file: the files are bounded
+/// by retention, and nothing is held but the folder's listing.
 fn clear_orphan_bodies(db: &Database, dir: &Path) -> Result<(), StoreError> {
     let r = db.begin_read().db()?;
-    let retain = r.open_table(RETAIN).db()?;
-    let mut kept = std::collections::HashSet::new();
-    for row in retain.iter().db()? {
-        let (_, id) = row.db()?;
-        kept.insert(id.value().to_string());
-    }
+    let requests = r.open_table(REQUESTS).db()?;
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).db()?.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !kept.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
+        let orphan = name.ends_with(".tmp") || requests.get(name.as_str()).db()?.is_none();
+        if orphan && std::fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }
     if removed > 0 {
-        tracing::info!(files = removed, "removed body files the store no longer keeps (left by a crash)");
+        tracing::info!(files = removed, "removed body files no stored request names (left by a crash before their commit)");
     }
     Ok(())
 }
@@ -977,7 +960,7 @@ struct Tables<'t> {
 pub(crate) const SWEEP_BATCH: usize = 10_000;
 
 /// Drops the bodies of settled requests received before `cutoff_ms`, oldest first.
-fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
+fn sweep(t: &mut Tables<'_>, cutoff_ms: i64, bodies_dir: &Path) -> Result<usize, StoreError> {
     let end = format!("{:020}", cutoff_ms.max(0));
     let mut due = Vec::new();
     for row in t.retain.range::<&str>(..end.as_str()).db()? {
@@ -987,9 +970,9 @@ fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<Vec<String>, StoreError> 
             break;
         }
     }
-    let mut dropped = Vec::new();
+    let mut dropped = 0;
     for (key, id) in due {
-        if dropped.len() >= SWEEP_BATCH {
+        if dropped >= SWEEP_BATCH {
             break;
         }
         let record: RequestRecord = match t.requests.get(id.as_str()).db()? {
@@ -1014,7 +997,15 @@ fn sweep(t: &mut Tables<'_>, cutoff_ms: i64) -> Result<Vec<String>, StoreError> 
                 drop(part.db()?);
             }
             t.retain.remove(key.as_str()).db()?;
-            dropped.push(id);
+            // Before the commit: the request is settled (its archive is in the store it was
+            // delivered to), so its body may go even if this commit then fails, and a crash
+            // after the commit cannot leave a file no record keeps.
+            match std::fs::remove_file(bodies_dir.join(&id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(request_id = %id, error = %e, "retention: cannot remove a body file; it stays"),
+            }
+            dropped += 1;
         }
     }
     Ok(dropped)
