@@ -4,7 +4,7 @@
 #   eval "$(scripts/postgres.sh start)"   # install if missing, initialise once, start (idempotent)
 #   scripts/postgres.sh env               # print the export lines of the running server
 #   scripts/postgres.sh status            # exit 0 if the server accepts connections, 1 if not
-#   scripts/postgres.sh restart           # fast shutdown, data kept, start again (restart tests)
+#   scripts/postgres.sh restart [SECS]    # fast shutdown, data kept, down SECS, start (restart tests)
 #   scripts/postgres.sh stop              # fast shutdown, then delete the state dir (throwaway)
 #
 # initdb + pg_ctl on a private data dir: never the system cluster, pg_ctlcluster or systemd.
@@ -315,10 +315,13 @@ case "${1:-}" in
     do_start
     ;;
   restart)
+    # restart [SECONDS]: down for at least SECONDS (default 0) before it starts again, so a test
+    # can see the outage.
     lock
     install
     check_user
     stop_server
+    sleep "${2:-0}"
     do_start
     ;;
   stop)

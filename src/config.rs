@@ -191,13 +191,23 @@ pub struct StoreSettings {
     /// Hours a request's body stays in the local store once its job archive and flow files are
     /// settled (the archive in the bucket is then the long-term copy); 0 keeps bodies for ever.
     pub retain_bodies_hours: u64,
+    /// A PostgreSQL URL (`postgres://user:password@host:port/database`): several instances share
+    /// the database and are one gateway. Absent: the embedded store in the data folder (one
+    /// instance). `flowgate serve` also takes it from `FLOWGATE_DATABASE_URL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// Connections to the database, at most.
+    pub pool_size: usize,
+    /// Seconds an instance holds the outbox files it took for delivery; past that, another
+    /// instance may take them (the instance may have stopped).
+    pub lease_seconds: u64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         // Three days: time for an operator to look into a delivered job over a weekend with its
         // body at hand; past that, photos in the local store only cost disk and start-up time.
-        StoreSettings { cache_mb: 64, retain_bodies_hours: 72 }
+        StoreSettings { cache_mb: 64, retain_bodies_hours: 72, database_url: None, pool_size: 16, lease_seconds: 60 }
     }
 }
 
@@ -353,6 +363,9 @@ impl Config {
         if let Ok(v) = std::env::var("FLOWGATE_RULES_DIR") {
             config.rules_dir = v.into();
         }
+        if let Ok(v) = std::env::var("FLOWGATE_DATABASE_URL") {
+            config.store.database_url = Some(v).filter(|v| !v.is_empty());
+        }
         if let Ok(v) = std::env::var("FLOWGATE_S3_ENDPOINT") {
             config.sink.s3.endpoint = Some(v).filter(|v| !v.is_empty());
         }
@@ -496,4 +509,24 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A database URL as it may be shown: its password replaced by `***` (URL and `key=value` forms).
+pub fn without_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (auth, host) = match rest.rsplit_once('@') {
+            Some((auth, host)) => (auth, host),
+            None => return url.to_string(),
+        };
+        let user = auth.split_once(':').map_or(auth, |(user, _)| user);
+        let shown = if auth.contains(':') { format!("{user}:***") } else { user.to_string() };
+        return format!("{scheme}://{shown}@{host}");
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -1,4 +1,4 @@
-//! The `flowgate` command: `serve`, `keys`, `check`, `parse`, `test`, `config check`. Parsing
+//! The `flowgate` command: `serve`, `keys`, `check`, `parse`, `test`, `config check`, `migrate`. Parsing
 //! only (clap derive); the work is in the library.
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use flowgate::domain::auth::{KeysFile, Rate};
 const ENVIRONMENT: &str = "\
 Environment (over the configuration file, under the flags):
   FLOWGATE_LISTEN, FLOWGATE_DATA_DIR, FLOWGATE_RULES_DIR
+  FLOWGATE_DATABASE_URL                      a PostgreSQL URL: the store shared by several instances
   FLOWGATE_S3_ENDPOINT, FLOWGATE_S3_BUCKET   with sink.kind: s3 (credentials: AWS_ACCESS_KEY_ID,
                                              AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)
   FLOWGATE_LOG                               log filter, default info (e.g. warn, flowgate=debug)";
@@ -116,6 +117,16 @@ enum Verb {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Bring the shared database's schema up to date
+    ///
+    /// With store.database_url (or FLOWGATE_DATABASE_URL): applies the schema migrations this
+    /// flowgate knows, one instance at a time, and prints the version before and after. `serve`
+    /// does the same at start; a database migrated by a newer flowgate is refused by both.
+    #[command(after_help = "Exit status: 0 up to date; 1 refused (a newer schema);\n2 usage error, no database URL, or the database cannot be reached")]
+    Migrate {
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Print the version (as -V does)
     #[command(hide = true)]
@@ -253,6 +264,7 @@ fn main() -> ExitCode {
             let (config, overrides) = settings.overrides();
             config_check(&config, overrides)
         }
+        Verb::Migrate { config } => migrate(&config),
         Verb::Version => {
             println!("flowgate {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -300,7 +312,7 @@ fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let gateway = flowgate::runtime::Gateway::start(config.clone()).map_err(|e| e.to_string())?;
+        let gateway = flowgate::runtime::Gateway::start(config.clone()).await.map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%addr, ruleset = %gateway.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
@@ -460,6 +472,31 @@ fn config_check(file: &ConfigFile, flags: Overrides) -> Outcome {
     };
     let source = file.config.as_ref().map_or("defaults".to_string(), |f| format!("defaults < {}", f.display()));
     println!("# the configuration in effect: {source} < environment < flags");
-    print!("{}", yaml_serde::to_string(&config).map_err(|e| e.to_string())?);
+    let mut shown = config;
+    // The database URL may carry a password: shown without it.
+    shown.store.database_url = shown.store.database_url.as_deref().map(flowgate::config::without_password);
+    print!("{}", yaml_serde::to_string(&shown).map_err(|e| e.to_string())?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate`: the shared database's schema brought to this flowgate's version.
+fn migrate(file: &ConfigFile) -> Outcome {
+    let config = load(file, Overrides::default()).map_err(|e| e.to_string())?;
+    let Some(url) = config.store.database_url.clone() else {
+        return Err("no database: set store.database_url or FLOWGATE_DATABASE_URL".into());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let pool = flowgate::store::pool(&url, 1).map_err(|e| e.to_string())?;
+        match flowgate::store::migrate(&pool).await {
+            Ok((from, to)) if from == to => println!("schema version {to}: up to date"),
+            Ok((from, to)) => println!("schema version {from} -> {to}: migrated"),
+            Err(e @ flowgate::store::MigrateError::Newer { .. }) => {
+                eprintln!("flowgate: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -63,11 +63,11 @@ impl Backoff {
 
 /// Whether a request's flows may go: its archive is delivered, or it has none (stored before
 /// job archives existed). Answers are kept for one pass of the loop.
-fn archive_cleared(store: &Store, request_id: &str, seen: &mut HashMap<String, bool>) -> bool {
+async fn archive_cleared(store: &Store, request_id: &str, seen: &mut HashMap<String, bool>) -> bool {
     if let Some(ok) = seen.get(request_id) {
         return *ok;
     }
-    let ok = match store.archive_state(request_id) {
+    let ok = match store.archive_state(request_id).await {
         Ok(None) => true,
         Ok(Some(state)) => state == DeliveryState::Delivered,
         Err(e) => {
@@ -106,7 +106,7 @@ pub async fn run<S: ObjectStore>(
             return;
         }
         let now = Instant::now();
-        let batch = match store.pending(4096) {
+        let batch = match store.pending(4096).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
@@ -114,11 +114,14 @@ pub async fn run<S: ObjectStore>(
             }
         };
         let mut cleared = HashMap::new();
-        let due: Vec<OutboxFile> = batch
-            .into_iter()
-            .filter(|f| not_before.get(&f.object).is_none_or(|(_, t)| *t <= now))
-            .filter(|f| f.kind == FileKind::Archive || archive_cleared(&store, &f.request_id, &mut cleared))
-            .collect();
+        let mut due: Vec<OutboxFile> = Vec::with_capacity(batch.len());
+        for f in batch {
+            if not_before.get(&f.object).is_none_or(|(_, t)| *t <= now)
+                && (f.kind == FileKind::Archive || archive_cleared(&store, &f.request_id, &mut cleared).await)
+            {
+                due.push(f);
+            }
+        }
         let mut results = Vec::new();
         // The folder takes a batch in one blocking task (one folder fsync per batch); the bucket
         // takes `concurrency` writes at a time.
@@ -135,25 +138,17 @@ pub async fn run<S: ObjectStore>(
             while let Some(f) = queue.next_if(|_| items.len() < batch_size && (items.is_empty() || bytes < BATCH_BYTES)) {
                 let attempt = Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() };
                 let content = match (f.kind, f.content.is_empty()) {
-                    (FileKind::Archive, true) => {
-                        let store = store.clone();
-                        let id = f.request_id.clone();
-                        match tokio::task::spawn_blocking(move || store.archive_bytes(&id)).await {
-                            Ok(Ok(Some(b))) => b,
-                            Ok(Ok(None)) => {
-                                tracing::error!(object = %f.object, "the job archive's request or body is not in the store; it cannot be delivered");
-                                continue;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::error!(object = %f.object, error = %e, "cannot read a job archive's body; will retry");
-                                continue;
-                            }
-                            Err(e) => {
-                                tracing::error!(object = %f.object, error = %e, "reading a job archive's body failed; will retry");
-                                continue;
-                            }
+                    (FileKind::Archive, true) => match store.archive_bytes(&f.request_id).await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            tracing::error!(object = %f.object, "the job archive's request or body is not in the store; it cannot be delivered");
+                            continue;
                         }
-                    }
+                        Err(e) => {
+                            tracing::error!(object = %f.object, error = %e, "cannot read a job archive's body; will retry");
+                            continue;
+                        }
+                    },
                     // A flow file, or an archive stored whole by an earlier version.
                     _ => f.content.clone().into_bytes(),
                 };
@@ -220,7 +215,7 @@ pub async fn run<S: ObjectStore>(
         // Sleep until new work is queued, the next retry is due, or shutdown.
         let next_retry = not_before.values().map(|(_, t)| *t).min();
         let wait = next_retry.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
-        if due.is_empty() || !results_pending_now(&store) {
+        if due.is_empty() || !results_pending_now(&store).await {
             tokio::select! {
                 _ = store.queued.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -230,8 +225,8 @@ pub async fn run<S: ObjectStore>(
     }
 }
 
-fn results_pending_now(store: &Store) -> bool {
-    store.pending_count().map(|n| n > 0).unwrap_or(false)
+async fn results_pending_now(store: &Store) -> bool {
+    store.pending_count().await.map(|n| n > 0).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -280,12 +275,12 @@ mod tests {
         let backoff = Backoff { base: Duration::from_millis(10), max: Duration::from_millis(50) };
         let task = tokio::spawn(run(store.clone(), sink.clone(), 4, backoff, stats.clone(), stopped));
         for _ in 0..500 {
-            if store.pending_count().unwrap() == 0 {
+            if store.pending_count().await.unwrap() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(store.pending_count().unwrap(), 0);
+        assert_eq!(store.pending_count().await.unwrap(), 0);
         stop.send(true).unwrap();
         task.await.unwrap();
         stats
@@ -306,11 +301,11 @@ mod tests {
         assert!(matches!(&e, StoreError::Identity { stored, .. } if stored == "DEMO"), "{e}");
         let mut keys = crate::domain::auth::KeysFile::default();
         keys.add("Test SIP", "ZZZZ", crate::domain::auth::Rate::default()).unwrap();
-        assert!(store.check_identities(&keys).is_err());
+        assert!(store.check_identities(&keys).await.is_err());
         let mut keys = crate::domain::auth::KeysFile::default();
         keys.add("Test SIP", "DEMO", crate::domain::auth::Rate::default()).unwrap();
         keys.add("Other SIP", "ZZZZ", crate::domain::auth::Rate::default()).unwrap();
-        store.check_identities(&keys).unwrap();
+        store.check_identities(&keys).await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -322,16 +317,16 @@ mod tests {
         let later = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(3600);
         // Not delivered yet: the archive is built from the body, so it stays.
         assert_eq!(store.sweep(later).await.unwrap(), 0);
-        assert!(store.body("REQ-1").unwrap().is_some());
+        assert!(store.body("REQ-1").await.unwrap().is_some());
         let sink = Sink::Local(LocalSink::new(dir.join("dtn")));
         drain(&store, &sink).await;
         // Delivered, but received after the cutoff: stays.
         assert_eq!(store.sweep(time::OffsetDateTime::UNIX_EPOCH).await.unwrap(), 0);
         // Delivered and older than the cutoff: the body goes, the request and its answer stay.
         assert_eq!(store.sweep(later).await.unwrap(), 1);
-        assert!(store.body("REQ-1").unwrap().is_none());
-        assert!(store.request("REQ-1").unwrap().is_some());
-        assert!(store.job("Test SIP", "DEMO", "J1").unwrap().is_some(), "idempotency outlives the body");
+        assert!(store.body("REQ-1").await.unwrap().is_none());
+        assert!(store.request("REQ-1").await.unwrap().is_some());
+        assert!(store.job("Test SIP", "DEMO", "J1").await.unwrap().is_some(), "idempotency outlives the body");
         assert_eq!(store.sweep(later).await.unwrap(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -346,25 +341,25 @@ mod tests {
         let AcceptOutcome::Accepted(rb) = b.accept(request("REQ-B", "J1")).await.unwrap() else { panic!("not accepted") };
         let archive = ra.archive.clone().unwrap();
         assert!(archive.starts_with("jobs/test-sip-") && archive.ends_with("/J1.json"), "{archive}");
-        assert_eq!(a.archive_state("REQ-A").unwrap(), Some(DeliveryState::Queued));
+        assert_eq!(a.archive_state("REQ-A").await.unwrap(), Some(DeliveryState::Queued));
         // One durable copy of a body: the queued archive holds none of it; its bytes are
         // assembled from the stored body when it is delivered.
-        assert_eq!(a.outbox_file(&archive).unwrap().unwrap().content, "");
-        let bytes = a.archive_bytes("REQ-A").unwrap().unwrap();
+        assert_eq!(a.outbox_file(&archive).await.unwrap().unwrap().content, "");
+        let bytes = a.archive_bytes("REQ-A").await.unwrap().unwrap();
         assert!(bytes.ends_with(b"\"body\":{\"job_details\": {\"job_id\": \"J\"}}}\n"), "{}", String::from_utf8_lossy(&bytes));
         assert_eq!(crate::store::archive_request_id(&bytes).as_deref(), Some("REQ-A"));
 
         let sa = drain(&a, &sink).await;
         assert_eq!((sa.archived.load(Ordering::Relaxed), sa.delivered.load(Ordering::Relaxed)), (1, 1));
-        assert_eq!(a.outbox_file(&ra.objects[0]).unwrap().unwrap().state, DeliveryState::Delivered);
-        assert_eq!(a.outbox_file(&archive).unwrap().unwrap().content, "", "a settled archive keeps no copy of the body");
+        assert_eq!(a.outbox_file(&ra.objects[0]).await.unwrap().unwrap().state, DeliveryState::Delivered);
+        assert_eq!(a.outbox_file(&archive).await.unwrap().unwrap().content, "", "a settled archive keeps no copy of the body");
 
         let sb = drain(&b, &sink).await;
         assert_eq!((sb.duplicates.load(Ordering::Relaxed), sb.delivered.load(Ordering::Relaxed)), (1, 0));
-        let lost = b.request("REQ-B").unwrap().unwrap();
+        let lost = b.request("REQ-B").await.unwrap().unwrap();
         assert_eq!(lost.duplicate_of.as_deref(), Some("REQ-A"));
-        assert_eq!(b.outbox_file(&rb.objects[0]).unwrap().unwrap().state, DeliveryState::Duplicate);
-        assert_eq!(b.archive_state("REQ-B").unwrap(), Some(DeliveryState::Duplicate));
+        assert_eq!(b.outbox_file(&rb.objects[0]).await.unwrap().unwrap().state, DeliveryState::Duplicate);
+        assert_eq!(b.archive_state("REQ-B").await.unwrap(), Some(DeliveryState::Duplicate));
 
         // Only instance A's flow file is in the sink, beside the one archive (which names REQ-A).
         let sink_files = |sub: &str| std::fs::read_dir(dir.join("dtn").join(sub)).map(|d| d.count()).unwrap_or(0);
@@ -395,8 +390,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(stats.failed_attempts.load(Ordering::Relaxed) >= 3);
-        assert_eq!(store.archive_state("REQ-A").unwrap(), Some(DeliveryState::Failing));
-        assert_eq!(store.outbox_file(&r.objects[0]).unwrap().unwrap().state, DeliveryState::Queued, "no flow before its archive");
+        assert_eq!(store.archive_state("REQ-A").await.unwrap(), Some(DeliveryState::Failing));
+        assert_eq!(store.outbox_file(&r.objects[0]).await.unwrap().unwrap().state, DeliveryState::Queued, "no flow before its archive");
         assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
         stop.send(true).unwrap();
         task.await.unwrap();

@@ -216,9 +216,18 @@ impl Poller {
     pub(crate) async fn poll_once(&mut self) -> Result<Vec<(String, FileOutcome)>, InboundError> {
         let inbox = self.inbox.clone();
         // The ledger is read even when in/ cannot be: other instances may take its files.
-        if let Err(e) = self.take_all(&inbox).await {
-            self.failed();
-            tracing::error!(error = %e, inbox = %self.where_(), "cannot list the inbox");
+        let taken = match self.take_all(&inbox).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.failed();
+                tracing::error!(error = %e, inbox = %self.where_(), "cannot list the inbox");
+                Vec::new()
+            }
+        };
+        if self.store.is_shared() {
+            // One store for every instance: the instance that takes a file matches it against
+            // every request, so there is no ledger to read.
+            return Ok(taken);
         }
         self.read_ledger(&inbox).await
     }
@@ -229,8 +238,17 @@ impl Poller {
         let (outcome, incoming) = match &ex.read {
             Err(findings) => (FileOutcome::Rejected(findings.clone()), Vec::new()),
             Ok(flow) => {
-                let set = self.rules.load();
-                match_flow(flow, name, received_at, &self.sip_role, &set.incoming, |m| self.store.requests_for_mpan(m))?
+                let set = self.rules.load_full();
+                // The requests of each MPAN the file answers for, read before matching.
+                let mut known: BTreeMap<String, Vec<crate::store::MpanEntry>> = BTreeMap::new();
+                if let Some(described) = set.incoming.flow(&flow.header.flow) {
+                    for answer in described.answers(flow) {
+                        if !known.contains_key(answer.mpan) {
+                            known.insert(answer.mpan.to_string(), self.store.requests_for_mpan(answer.mpan).await?);
+                        }
+                    }
+                }
+                match_flow(flow, name, received_at, &self.sip_role, &set.incoming, |m| Ok(known.get(m).cloned().unwrap_or_default()))?
             }
         };
         let flow_id = ex.read.as_ref().map(|f| f.header.flow.clone()).ok();
@@ -271,25 +289,31 @@ impl Poller {
     /// then deleted from `in/` (while its entity tag is unchanged). Each step can be repeated:
     /// a crash or a second instance taking the same file ends with one copy, and the readers of
     /// the ledger record a file once by name and content.
-    async fn take_all(&mut self, b: &Sink) -> Result<(), InboundError> {
+    async fn take_all(&mut self, b: &Sink) -> Result<Vec<(String, FileOutcome)>, InboundError> {
         let listed = b.list(INBOX, Listing { shallow: true, after: None }).await?;
+        let mut taken = Vec::new();
         for object in listed {
             let Some(name) = object.name.strip_prefix(INBOX).map(str::to_string) else { continue };
             if skipped(&name) {
                 continue;
             }
-            if let Err(e) = self.take_object(b, &name).await {
-                self.failed();
-                tracing::error!(file = %name, error = %e, "inbound object left in place; will retry");
+            match self.take_object(b, &name).await {
+                Ok(Some(outcome)) => taken.push((name, outcome)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.failed();
+                    tracing::error!(file = %name, error = %e, "inbound object left in place; will retry");
+                }
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
-    async fn take_object(&mut self, b: &Sink, name: &str) -> Result<(), InboundError> {
+    /// Takes one file; with a shared store, what became of it (matched here, at once).
+    async fn take_object(&mut self, b: &Sink, name: &str) -> Result<Option<FileOutcome>, InboundError> {
         let source = format!("{INBOX}{name}");
         let fetched = match b.get(&source, MAX_FILE_BYTES).await? {
-            Got::Missing => return Ok(()), // taken meanwhile (by another instance)
+            Got::Missing => return Ok(None), // taken meanwhile (by another instance)
             Got::Bytes { bytes, etag } => Fetched { size: bytes.len() as u64, bytes: Some(bytes), etag },
             Got::TooLarge { size, etag } => Fetched { bytes: None, size, etag },
         };
@@ -317,6 +341,13 @@ impl Poller {
             "taken_by": self.instance,
             "taken_at": taken_at,
         });
+        if self.store.is_shared() {
+            // Recorded (once per name and content) before the file leaves in/: a crash between
+            // the two takes it again and finds it recorded.
+            let outcome = self.record(name, &ex, &taken_at, None).await?;
+            b.delete(&source, fetched.etag.as_deref()).await?;
+            return Ok(Some(outcome));
+        }
         let taken = format!("{source}\u{1f}{}", ex.sha);
         if !self.ledgered.contains_key(&taken) {
             let key = format!("{LEDGER}{}-{}-{}.json", ledger_stamp(now_ms()), self.instance, ex.sha.get(..12).unwrap_or("unread"));
@@ -329,7 +360,7 @@ impl Poller {
         }
         b.delete(&source, fetched.etag.as_deref()).await?;
         self.ledgered.remove(&taken);
-        Ok(())
+        Ok(None)
     }
 
     /// Reads the ledger from a margin before the last position, records each entry not read yet.
@@ -337,7 +368,7 @@ impl Poller {
     /// [`LEDGER_GIVE_UP_MS`]), nor the present: a clock running ahead cannot make it skip others.
     async fn read_ledger(&mut self, b: &Sink) -> Result<Vec<(String, FileOutcome)>, InboundError> {
         let now = now_ms();
-        let position = match self.store.meta(crate::store::LEDGER_POSITION)? {
+        let position = match self.store.meta(crate::store::LEDGER_POSITION).await? {
             Some(ms) => ms,
             // A new data dir has no requests older than now to match.
             None => now,
@@ -402,7 +433,7 @@ impl Poller {
             return not_ours("its name, outcome and object do not agree");
         }
         let seen_key = format!("{}\u{1f}{}", entry.file, entry.sha256);
-        if self.store.inbound_seen(&seen_key)?.is_some() {
+        if self.store.inbound_seen(&seen_key).await?.is_some() {
             if advance.is_some() {
                 self.store.record_inbound(InboundRecord { seen_key, outcome: Value::Null, incoming: Vec::new(), ledger_ms: advance }).await?;
             }

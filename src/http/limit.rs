@@ -59,6 +59,13 @@ impl Limits {
 }
 
 impl Decision {
+    /// The rate the decision was taken against.
+    pub(crate) fn rate(&self) -> Rate {
+        match self {
+            Decision::Allowed { rate, .. } | Decision::Limited { rate, .. } => *rate,
+        }
+    }
+
     /// The IETF `RateLimit-Policy` field: the burst as quota over the window that refills it.
     pub(crate) fn policy_header(&self) -> String {
         let rate = match self {

@@ -121,6 +121,11 @@ fn problem(p: &Problem, instance: &str, request_id: &str) -> Answer {
                 r.headers_mut().insert("retry-after", v);
             }
         }
+        // The store (a shared database) could not take the request: nothing was kept; the
+        // database usually returns within seconds.
+        Problem::StoreUnavailable => {
+            r.headers_mut().insert("retry-after", HeaderValue::from_static("2"));
+        }
         // RFC 9110 §11.6.1: a 401 names the scheme to authenticate with (X-API-Key is ours
         // alone; Bearer is the standard one the server also takes).
         Problem::Unauthorized => {
@@ -234,10 +239,10 @@ async fn route_request(app: &Arc<Server>, req: Request<Incoming>, method: Method
     let method = if head { Method::GET } else { method };
     let answer = match (method, path.as_str()) {
         (Method::POST, "/v4/sip") => post_sip(&app, req, request_id).await,
-        (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], request_id),
+        (Method::GET, p) if p.starts_with("/v4/sip/") => get_sip(&app, &req, &p["/v4/sip/".len()..], request_id).await,
         (Method::GET, "/healthz") => json_answer(StatusCode::OK, "application/json", &json!({"status": "alive"})),
         (Method::GET, "/readyz") => readyz(&app),
-        (Method::GET, "/metrics") => metrics(&app),
+        (Method::GET, "/metrics") => metrics(&app).await,
         (Method::GET, "/v4/openapi.json") => json_answer(StatusCode::OK, "application/json", &crate::http::openapi::document(&app.rules.load())),
         _ => match allowed(&path) {
             Some(allow) => problem(&Problem::MethodNotAllowed { allow }, &path, request_id),
@@ -291,9 +296,16 @@ async fn read_body(app: &Server, req: Request<Incoming>) -> Result<Bytes, Proble
 
 /// Notes the client on the request's span and takes one request from its key's rate limit:
 /// the limit state for the answer's headers, or the 429 to send.
-fn admit(app: &Server, client: &Client, instance: &str, request_id: &str) -> Result<Limit, Box<Answer>> {
+async fn admit(app: &Server, client: &Client, instance: &str, request_id: &str) -> Result<Limit, Box<Answer>> {
     tracing::Span::current().record("client", client.name.as_str()).record("key_id", client.key_id.as_str());
-    let limit = app.keys.load().limits.check(&client.key_id);
+    // A shared store holds one rate state per key for every instance; when it cannot answer,
+    // or the store is this instance's own, the instance limits alone.
+    let local = app.keys.load().limits.check(&client.key_id);
+    let limit = match app.store.rate(&client.key_id, local.rate()).await {
+        Some(Ok(remaining)) => Limit::Allowed { rate: local.rate(), remaining },
+        Some(Err(retry_after)) => Limit::Limited { rate: local.rate(), retry_after },
+        None => local,
+    };
     if let Limit::Limited { retry_after, .. } = limit {
         app.metrics.inc("flowgate_rate_limited_total", &[], 1.0);
         let p = Problem::RateLimited { retry_after_secs: crate::http::limit::retry_secs(retry_after) };
@@ -313,7 +325,7 @@ async fn post_sip(app: &Server, req: Request<Incoming>, request_id: &str) -> Ans
     let Some(client) = authenticate(app, &req) else {
         return problem(&Problem::Unauthorized, instance, request_id);
     };
-    let limit = match admit(app, &client, instance, request_id) {
+    let limit = match admit(app, &client, instance, request_id).await {
         Ok(limit) => limit,
         Err(refused) => return *refused,
     };
@@ -392,10 +404,11 @@ async fn decide_off_workers(
     };
     let (snapshot, client, store, clock, body) = (set.clone(), client.clone(), app.store.clone(), app.clock, body.clone());
     let span = tracing::Span::current();
+    let runtime = tokio::runtime::Handle::current();
     let work = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let parsed = crate::rules::decide::parse(&body);
-        if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&store, &client, value)) {
+        if let Some(first) = parsed.as_ref().ok().and_then(|value| earlier_answer(&runtime, &store, &client, value)) {
             return Err(Box::new(first));
         }
         Ok(decide_parsed(&snapshot, &client, parsed, clock, Explain::No))
@@ -483,9 +496,10 @@ fn redacted(message: &str) -> String {
 }
 
 /// The first answer to this very body, if the client's job was accepted before.
-fn earlier_answer(store: &Store, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
+/// Runs on a blocking thread: `runtime` drives the store's lookup there.
+fn earlier_answer(runtime: &tokio::runtime::Handle, store: &Store, client: &Client, value: &serde_json::Value) -> Option<crate::store::RequestRecord> {
     let job_id = value.pointer("/job_details/job_id")?.as_str()?;
-    let first = store.job(&client.name, &client.sip_id, job_id).ok()??;
+    let first = runtime.block_on(store.job(&client.name, &client.sip_id, job_id)).ok()??;
     (first.body_hash == crate::rules::decide::canonical_hash(value)).then_some(first)
 }
 
@@ -499,27 +513,27 @@ fn replayed(record: &crate::store::RequestRecord) -> Answer {
 /// `GET /v4/sip/{id}`: for the client whose key created the request — its keys share its requests
 /// as they share its idempotency (a rotated key gets the first answer again, so it can see it);
 /// another client's id is 404. Under the calling key's rate limit like every call.
-fn get_sip(app: &Server, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
+async fn get_sip(app: &Server, req: &Request<Incoming>, id: &str, request_id: &str) -> Answer {
     let instance = format!("/v4/sip/{id}");
     let Some(client) = authenticate(app, req) else {
         return problem(&Problem::Unauthorized, &instance, request_id);
     };
-    let limit = match admit(app, &client, &instance, request_id) {
+    let limit = match admit(app, &client, &instance, request_id).await {
         Ok(limit) => limit,
         Err(refused) => return *refused,
     };
-    with_limit_headers(request_status(app, &client, id, &instance, request_id), &limit)
+    with_limit_headers(request_status(app, &client, id, &instance, request_id).await, &limit)
 }
 
-fn request_status(app: &Server, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
-    let record = match app.store.request(id) {
+async fn request_status(app: &Server, client: &Client, id: &str, instance: &str, request_id: &str) -> Answer {
+    let record = match app.store.request(id).await {
         Ok(Some(r)) if r.client == client.name => r,
         Ok(_) => return problem(&Problem::NotFound, instance, request_id),
         Err(_) => return problem(&Problem::StoreUnavailable, instance, request_id),
     };
     let mut flows = Vec::new();
     for object in &record.objects {
-        if let Ok(Some(f)) = app.store.outbox_file(object) {
+        if let Ok(Some(f)) = app.store.outbox_file(object).await {
             flows.push(json!({
                 "flow": f.flow,
                 "to": f.to,
@@ -532,12 +546,16 @@ fn request_status(app: &Server, client: &Client, id: &str, instance: &str, reque
             }));
         }
     }
-    let incoming = match app.store.incoming(&record.request_id) {
+    let incoming = match app.store.incoming(&record.request_id).await {
         Ok(v) => v,
         Err(_) => return problem(&Problem::StoreUnavailable, instance, request_id),
     };
     // The job archive settles which instance owns the job; `duplicate_of` names the winner.
-    let archive = match record.archive.as_deref().map(|a| app.store.outbox_file(a)) {
+    let archive = match record.archive.as_deref() {
+        Some(a) => Some(app.store.outbox_file(a).await),
+        None => None,
+    };
+    let archive = match archive {
         Some(Ok(Some(f))) => json!({
             "object": f.object,
             "state": f.state,
@@ -577,7 +595,7 @@ fn readyz(app: &Server) -> Answer {
     json_answer(status, "application/json", &body)
 }
 
-fn metrics(app: &Server) -> Answer {
+async fn metrics(app: &Server) -> Answer {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &app.metrics;
     let s = &app.store.stats;
@@ -586,25 +604,22 @@ fn metrics(app: &Server) -> Answer {
     m.set("flowgate_store_commits_total", &[], s.commits.load(Relaxed) as f64);
     m.set("flowgate_store_commit_accepts_total", &[], s.accepts.load(Relaxed) as f64);
     m.set("flowgate_store_largest_commit_batch", &[], s.largest_batch.load(Relaxed) as f64);
-    if let Ok(n) = app.store.pending_count() {
+    if let Ok(n) = app.store.pending_count().await {
         m.set("flowgate_outbox_depth", &[], n as f64);
     }
     // Age of the oldest undelivered file: when its request was accepted.
-    let accepted_at = {
-        let mut cached = app.oldest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match *cached {
-            Some((looked, at)) if looked.elapsed() < OLDEST_EVERY => at,
-            _ => {
-                let at = app
-                    .store
-                    .pending(1)
-                    .ok()
-                    .and_then(|p| p.into_iter().next())
-                    .and_then(|f| app.store.request(&f.request_id).ok().flatten())
-                    .and_then(|r| crate::domain::clock::parse_rfc3339(&r.received_at));
-                *cached = Some((std::time::Instant::now(), at));
-                at
-            }
+    let cached = *app.oldest.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let accepted_at = match cached {
+        Some((looked, at)) if looked.elapsed() < OLDEST_EVERY => at,
+        _ => {
+            let oldest = app.store.oldest_pending().await.ok().flatten();
+            let record = match oldest {
+                Some(id) => app.store.request(&id).await.ok().flatten(),
+                None => None,
+            };
+            let at = record.and_then(|r| crate::domain::clock::parse_rfc3339(&r.received_at));
+            *app.oldest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((std::time::Instant::now(), at));
+            at
         }
     };
     let age = accepted_at.map_or(0.0, |t| (time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0));

@@ -93,7 +93,7 @@ pub enum StartError {
 
 impl Gateway {
     /// Loads rules and keys and opens the store.
-    pub fn start(config: Config) -> Result<Gateway, StartError> {
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
         // Config::load checks too; a configuration built in code (tests, embedders) is held to
         // the same rules, such as names that fit every sink.
         config.check().map_err(|e| StartError::Config(e.to_string()))?;
@@ -102,8 +102,8 @@ impl Gateway {
         let set = ruleset::load(&config).map_err(StartError::Rules)?;
         let keys = KeysFile::read(&config.keys_path())?;
         let limits = Limits::for_keys(&keys, None);
-        let store = Store::open_with_cache(&config.data_dir.join("store"), &config.flows.instance_prefix, config.store.cache_mb)?;
-        store.check_identities(&keys)?;
+        let store = Store::from_config(&config).await?;
+        store.check_identities(&keys).await?;
         clear_sink_leftovers(&config);
         let clock = config.clock();
         let now = Some(rfc3339_now());
@@ -164,10 +164,11 @@ impl Gateway {
     }
 
     /// Re-reads the keys file; a broken file leaves the running keys in place.
-    pub(crate) fn reload_keys(&self) -> Result<(), String> {
-        let result = KeysFile::read(&self.config.keys_path())
-            .map_err(|e| e.to_string())
-            .and_then(|keys| self.store.check_identities(&keys).map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")));
+    pub(crate) async fn reload_keys(&self) -> Result<(), String> {
+        let result = match KeysFile::read(&self.config.keys_path()) {
+            Ok(keys) => self.store.check_identities(&keys).await.map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
         let mut status = self.reloads.keys.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
         match result {
@@ -246,7 +247,7 @@ fn watch(app: Gateway, mut shutdown: tokio::sync::watch::Receiver<bool>) -> impl
             if keys_fingerprint(&keys) != keys_seen {
                 tokio::time::sleep(debounce).await;
                 keys_seen = keys_fingerprint(&keys);
-                let _ = app.reload_keys();
+                let _ = app.reload_keys().await;
             }
             if tls_print(&tls_files) != tls_seen {
                 tokio::time::sleep(debounce).await;

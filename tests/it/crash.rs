@@ -123,7 +123,7 @@ fn partial_files_left_in_the_sinks_temporary_folder_are_cleared_at_start() {
     let b = body(0, 0);
     let a = server.post(&b);
     assert_eq!(a.status, 200, "{}", a.text());
-    server.wait_for("the outbox to drain", || server.app.store.pending_count().unwrap() == 0);
+    server.wait_for("the outbox to drain", || server.on(server.app.store.pending_count()).unwrap() == 0);
     assert_eq!(tmp_files(&data.join("dtn")), vec![newer]);
     println!("leftovers: {} stale temporary files cleared at start, 1 newer kept", stale.len());
 }

@@ -74,7 +74,7 @@ async fn a_d0126_for_an_accepted_request_shows_on_its_status() {
     let key = keys.add("Inbound test SIP", "DEMO", Rate { per_second: 1000, burst: 1000 }).unwrap();
     keys.write(&config.keys_path()).unwrap();
 
-    let app = flowgate::runtime::Gateway::start(config.clone()).unwrap();
+    let app = flowgate::runtime::Gateway::start(config.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -19,5 +19,6 @@ mod packaging;
 mod reader;
 mod reload;
 mod s3;
+mod shared;
 mod shutdown;
 mod tls;

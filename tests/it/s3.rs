@@ -255,11 +255,11 @@ fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing(
     }
     let d = &server.app.dispatch;
     server.wait_for("failed attempts during the outage", || d.failed_attempts.load(Ordering::Relaxed) >= 3);
-    let waiting = server.app.store.pending_count().unwrap();
+    let waiting = server.on(server.app.store.pending_count()).unwrap();
     assert!(waiting > 0, "the outage should hold files in the outbox");
     std::thread::sleep(Duration::from_millis(300));
     proxy.restore();
-    wait_until("the outbox to drain after the outage", Duration::from_secs(60), || server.app.store.pending_count().unwrap() == 0);
+    wait_until("the outbox to drain after the outage", Duration::from_secs(60), || server.on(server.app.store.pending_count()).unwrap() == 0);
     // Exactly the promised objects are in the bucket, each with the bytes the outbox holds.
     let stored: BTreeSet<String> = bucket.list("").into_iter().collect();
     let extra: Vec<&String> = stored.difference(&objects).collect();
@@ -267,7 +267,7 @@ fn a_store_outage_while_requests_are_accepted_delays_delivery_and_loses_nothing(
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
     let mut flows = 0;
     for name in objects.iter().filter(|o| o.starts_with("out/")) {
-        let f = server.app.store.outbox_file(name).unwrap().unwrap();
+        let f = server.on(server.app.store.outbox_file(name)).unwrap().unwrap();
         assert_eq!(f.state, flowgate::store::DeliveryState::Delivered);
         assert_eq!(bucket.get(name).unwrap(), f.content.into_bytes(), "{name}");
         flows += 1;
@@ -374,6 +374,7 @@ fn sigkill_mid_dispatch_then_restart_delivers_every_acknowledged_flow_once() {
     // Every acknowledged object is in the bucket with the bytes the outbox recorded; every flow
     // file in the bucket is one of this store's, with distinct file ids.
     let store = flowgate::store::Store::open(&data.join("store"), "K1").unwrap();
+    let reader = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let bucket = Bucket::new(&prefix);
     let listed = bucket.list("");
     let in_bucket: BTreeSet<String> = listed.iter().cloned().collect();
@@ -383,13 +384,13 @@ fn sigkill_mid_dispatch_then_restart_delivers_every_acknowledged_flow_once() {
     let mut file_ids = BTreeSet::new();
     let mut flows = 0;
     for name in &listed {
-        let f = store.outbox_file(name).unwrap().unwrap_or_else(|| panic!("{name} is in the bucket but not in the outbox"));
+        let f = reader.block_on(store.outbox_file(name)).unwrap().unwrap_or_else(|| panic!("{name} is in the bucket but not in the outbox"));
         assert_eq!(f.state, flowgate::store::DeliveryState::Delivered, "{name}");
         let bytes = bucket.get(name).unwrap();
         if name.starts_with("jobs/") {
             // The archive's bytes are not kept once delivered: made again from the record and body.
-            let r = store.request(&f.request_id).unwrap().unwrap();
-            let body = store.body(&f.request_id).unwrap().unwrap();
+            let r = reader.block_on(store.request(&f.request_id)).unwrap().unwrap();
+            let body = reader.block_on(store.body(&f.request_id)).unwrap().unwrap();
             let expected = flowgate::store::archive_envelope(&r.request_id, "K1", &r.client, &r.job_id, &r.received_at, &body);
             assert_eq!(String::from_utf8_lossy(&bytes), expected, "{name}: other bytes than the request's envelope");
         } else {
@@ -526,7 +527,7 @@ fn the_public_cases_replayed_through_s3_read_back_clean() {
         let want: Vec<String> = expect["flows"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
         assert_eq!(got, want, "{name}");
     }
-    wait_until("the public cases to be delivered", Duration::from_secs(60), || server.app.store.pending_count().unwrap() == 0);
+    wait_until("the public cases to be delivered", Duration::from_secs(60), || server.on(server.app.store.pending_count()).unwrap() == 0);
     let bucket = Bucket::new(&prefix);
     let in_bucket: BTreeSet<String> = bucket.list("out/").into_iter().collect();
     assert_eq!(in_bucket, promised.keys().cloned().collect::<BTreeSet<_>>(), "the bucket holds other flow files than promised");
@@ -613,7 +614,7 @@ fn incoming_flows_in_the_bucket_reach_every_instance_that_accepted_a_matching_re
     assert!(ledger.len() >= 4, "{ledger:?}");
     let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap();
     for server in [&a, &b] {
-        let position = server.app.store.meta(flowgate::store::LEDGER_POSITION).unwrap().expect("a ledger position");
+        let position = server.on(server.app.store.meta(flowgate::store::LEDGER_POSITION)).unwrap().expect("a ledger position");
         assert!(position <= now_ms, "the position {position} passed the present {now_ms}");
     }
 
@@ -677,7 +678,7 @@ fn long_non_ascii_job_ids_are_delivered_to_the_bucket_under_a_long_prefix() {
         ids.push(a.json()["request_id"].as_str().unwrap().to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.app.store.pending_count().unwrap() > 0 {
+    while server.on(server.app.store.pending_count()).unwrap() > 0 {
         if Instant::now() > deadline {
             let status: Vec<Value> = ids.iter().map(|id| server.get(&format!("/v4/sip/{id}")).json()).collect();
             panic!("not delivered: {status:#?}");

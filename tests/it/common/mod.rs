@@ -158,7 +158,7 @@ impl TestServer {
         // A restart on the same folder may find the previous store still closing: retry briefly.
         let mut tries = 0;
         let app = loop {
-            match Gateway::start(config.clone()) {
+            match runtime.block_on(Gateway::start(config.clone())) {
                 Ok(app) => break app,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -176,6 +176,11 @@ impl TestServer {
             runtime.spawn(flowgate::runtime::run(app.clone(), listener, stopped, Duration::from_secs(5)));
         }
         TestServer { addr, key, data, app, stop, runtime: Some(runtime) }
+    }
+
+    /// Runs a future (a store read) on the server's runtime, from the test's thread.
+    pub fn on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.runtime.as_ref().expect("the server is running").block_on(f)
     }
 
     pub fn post(&self, body: &[u8]) -> Answer {

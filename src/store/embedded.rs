@@ -1,4 +1,4 @@
-//! The durable store: redb, one writer thread, group commit.
+//! The embedded store (one instance): redb, one writer thread, group commit.
 //!
 //! Every write goes through one thread that takes all the work queued while the previous commit
 //! was being fsync'd and commits it as one transaction, so concurrent requests share an fsync.
@@ -23,17 +23,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::finding::Finding;
-use crate::dtc::write::{Envelope, FlowBody};
+use super::*;
 
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 /// Bodies written before they were stored in parts: read, and dropped by retention, still.
@@ -56,203 +54,8 @@ const INCOMING: TableDefinition<&str, &[u8]> = TableDefinition::new("incoming");
 const INBOUND_SEEN: TableDefinition<&str, &[u8]> = TableDefinition::new("inbound_seen");
 const FILE_COUNTER: &str = "file_id_next";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: {0}")]
-    Db(String),
-    #[error("store: the writer has stopped")]
-    Closed,
-    #[error("store: {0}")]
-    Corrupt(String),
-    /// A client name the store knows under another SIP ID.
-    #[error("client {name:?} has SIP ID {stored} in the store, not {presented}: a client's name and SIP ID never change")]
-    Identity { name: String, stored: String, presented: String },
-}
-
-trait Db<T> {
-    fn db(self) -> Result<T, StoreError>;
-}
-
-impl<T, E: std::fmt::Display> Db<T> for Result<T, E> {
-    fn db(self) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError::Db(e.to_string()))
-    }
-}
-
-/// What an outbox file is.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FileKind {
-    /// A request's job archive: goes first; its flows wait until it is delivered.
-    Archive,
-    /// A DTC flow file.
-    #[default]
-    Flow,
-}
-
-/// A file in the outbox: a flow file or a job archive.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OutboxFile {
-    pub request_id: String,
-    /// `flow` (the default, so stores written before archives existed still read) or `archive`.
-    #[serde(default)]
-    pub kind: FileKind,
-    /// The flow id (D0139...); `archive` for a job archive.
-    pub flow: String,
-    pub to: String,
-    pub file_id: String,
-    pub object: String,
-    /// The bytes to deliver. A job archive's are dropped once it is settled (the body stays in
-    /// `bodies`), so the outbox keeps no second copy of photos.
-    pub content: String,
-    pub state: DeliveryState,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    #[serde(default)]
-    pub delivered_at: Option<String>,
-}
-
-impl OutboxFile {
-    /// A file waiting for its first delivery attempt.
-    fn queued(request_id: &str, kind: FileKind, flow: &str, to: &str, file_id: String, object: &str, content: String) -> OutboxFile {
-        OutboxFile {
-            request_id: request_id.to_string(),
-            kind,
-            flow: flow.to_string(),
-            to: to.to_string(),
-            file_id,
-            object: object.to_string(),
-            content,
-            state: DeliveryState::Queued,
-            attempts: 0,
-            last_error: None,
-            delivered_at: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryState {
-    Queued,
-    Delivered,
-    Failing,
-    /// The store already held different bytes under this name: never overwritten; an alarm.
-    Conflict,
-    /// Another instance had accepted the same job first (its job archive was there with other
-    /// bytes): never sent.
-    Duplicate,
-}
-
-/// An accepted request as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RequestRecord {
-    pub request_id: String,
-    /// The client: its name, with one SIP ID for good (the `clients` table).
-    pub client: String,
-    /// The client's SIP ID (empty in records written before it was kept).
-    #[serde(default)]
-    pub sip_id: String,
-    pub key_id: String,
-    pub job_id: String,
-    pub body_hash: String,
-    pub received_at: String,
-    /// The prefix of the instance that accepted it (named in its job archive).
-    #[serde(default)]
-    pub instance: String,
-    /// The 200 answer, given again on an idempotent replay.
-    pub answer: Value,
-    /// Object names of its flow files.
-    pub objects: Vec<String>,
-    /// Object name of its job archive (absent in stores written before archives existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<String>,
-    /// The request (of another instance) that owns this job: set when this request's archive
-    /// found that one's; its flows are then never sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duplicate_of: Option<String>,
-}
-
-/// What to store for an accepted request.
-pub struct NewRequest {
-    pub request_id: String,
-    pub client: String,
-    pub key_id: String,
-    pub job_id: String,
-    pub body_hash: String,
-    pub body: bytes::Bytes,
-    pub scenario: String,
-    pub scenario_name: String,
-    pub warnings: Vec<Finding>,
-    pub flows: Vec<FlowBody>,
-    pub ruleset: String,
-    pub envelope: Envelope,
-    pub now: OffsetDateTime,
-    /// The client's SIP ID, the MPAN core and the date of action (`YYYY-MM-DD`, empty if the
-    /// body has none): what incoming flows are matched on.
-    pub sip_id: String,
-    pub mpan: String,
-    pub date_of_action: String,
-}
-
-/// An accepted request an MPAN points at (the `mpans` table).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct MpanEntry {
-    pub request_id: String,
-    pub sip_id: String,
-    /// `YYYY-MM-DD`, or empty.
-    pub date_of_action: String,
-}
-
-/// What to record for one inbound file, in one transaction.
-#[derive(Debug, Clone)]
-pub(crate) struct InboundRecord {
-    /// `<file name>\u{1f}<sha256>`.
-    pub seen_key: String,
-    /// What became of the file (matched, unmatched, rejected), as shown to operators.
-    pub outcome: Value,
-    /// `(request id, file name and content hash, matched flow summary)`.
-    pub incoming: Vec<(String, String, Value)>,
-    /// A position in the bucket's inbound ledger to remember (kept as the larger of this and
-    /// the one stored), whether or not the file was seen before.
-    pub ledger_ms: Option<u64>,
-}
-
-/// The `meta` key of the inbound ledger position (milliseconds since the epoch).
-pub const LEDGER_POSITION: &str = "inbound_ledger_ms";
-
 fn mpan_key(mpan: &str, request_id: &str) -> String {
     format!("{mpan}\u{1f}{request_id}")
-}
-
-#[derive(Debug)]
-pub enum AcceptOutcome {
-    /// Stored now; the answer to send.
-    Accepted(RequestRecord),
-    /// The same body was accepted before under this job id: its first answer.
-    Replayed(RequestRecord),
-    /// A different body was accepted before under this job id.
-    Conflict { request_id: String },
-}
-
-/// The result of one delivery attempt, to be recorded.
-#[derive(Debug, Clone)]
-pub enum Delivery {
-    Delivered {
-        at: String,
-    },
-    Failed {
-        error: String,
-    },
-    Conflict {
-        error: String,
-    },
-    /// A job archive found another request's archive: `winner` is that request's id.
-    Duplicate {
-        winner: String,
-    },
 }
 
 enum Job {
@@ -266,19 +69,9 @@ enum Job {
     Sweep(i64, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
 }
 
-/// Counters of the group commit.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    pub commits: AtomicU64,
-    pub accepts: AtomicU64,
-    pub largest_batch: AtomicU64,
-    /// Whether the last commit failed (what `/readyz` reports, without touching the database).
-    pub last_failed: std::sync::atomic::AtomicBool,
-}
-
-/// The store: a redb database and the writer thread in front of it.
+/// The embedded store: a redb database and the writer thread in front of it.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Embedded {
     db: Arc<Database>,
     tx: mpsc::Sender<Job>,
     pub stats: Arc<CommitStats>,
@@ -289,113 +82,14 @@ pub struct Store {
     bodies_dir: std::path::PathBuf,
 }
 
-fn base36(mut n: u64, width: usize) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut out = vec![b'0'; width];
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(n % 36) as usize];
-        n /= 36;
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
 fn job_key(client: &str, job_id: &str) -> String {
     format!("{client}\u{1f}{job_id}")
 }
 
-/// A client name as one object-key segment: lower-case `[a-z0-9-]`. A name that is not already
-/// in that form gets a short hash of the exact name, so two different names never share a key.
-/// One longer than a segment may be is cut and ends in the exact name's full hash ([`crate::domain::names::fit`]).
-pub(crate) fn safe_client(name: &str) -> String {
-    crate::domain::names::fit(&client_slug(name), name, crate::domain::names::SEGMENT_MAX)
-}
-
-fn client_slug(name: &str) -> String {
-    use sha2::Digest;
-    let mut slug = String::new();
-    for c in name.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            slug.push(c);
-        } else if !slug.ends_with('-') {
-            slug.push('-');
-        }
-    }
-    let slug = slug.trim_matches('-').to_string();
-    if slug == name {
-        return slug;
-    }
-    let hash = sha2::Sha256::digest(name.as_bytes());
-    let short: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    if slug.is_empty() {
-        short
-    } else {
-        format!("{slug}-{short}")
-    }
-}
-
-/// A job id as the archive's file name (without `.json`): `[A-Za-z0-9._-]` kept, every other
-/// byte `%XX`. An encoding too long for a file name (past 250 bytes: 42 two-byte or 21 four-byte
-/// characters; no ASCII id of up to 64 characters comes near) is cut and ends in the exact id's hash: every name that could
-/// ever be written to a folder stays as it was, and the rule needs nothing but the id, so every
-/// instance still names the same job alike.
-fn safe_job_id(job_id: &str) -> String {
-    crate::domain::names::fit(&percent_job_id(job_id), job_id, crate::domain::names::SEGMENT_MAX - ".json".len())
-}
-
-fn percent_job_id(job_id: &str) -> String {
-    let mut out = String::new();
-    for b in job_id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_') || (b == b'.' && !out.is_empty()) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The object name of a job's archive: the same for the same client and job id on every instance.
-pub fn archive_name(client: &str, job_id: &str) -> String {
-    format!("jobs/{}/{}.json", safe_client(client), safe_job_id(job_id))
-}
-
-/// The bytes of a job archive: `{request_id, instance, client, job_id, received_at, body}`, the
-/// body embedded as it was accepted (JSON the pipeline has parsed). A retry by the same instance
-/// writes the same bytes; another instance's request differs at least in its request id.
-pub fn archive_envelope(request_id: &str, instance: &str, client: &str, job_id: &str, received_at: &str, body: &[u8]) -> String {
-    let text = |v: &str| serde_json::to_string(v).unwrap_or_else(|_| "\"\"".into());
-    let body = String::from_utf8_lossy(body);
-    let body = body.trim();
-    let body = if body.is_empty() { "null" } else { body };
-    format!(
-        "{{\"request_id\":{},\"instance\":{},\"client\":{},\"job_id\":{},\"received_at\":{},\"body\":{}}}\n",
-        text(request_id),
-        text(instance),
-        text(client),
-        text(job_id),
-        text(received_at),
-        body
-    )
-}
-
-/// The request id in a job archive's bytes, if they are one.
-pub fn archive_request_id(bytes: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Head {
-        request_id: String,
-    }
-    serde_json::from_slice::<Head>(bytes).ok().map(|h| h.request_id)
-}
-
-impl Store {
-    /// Opens (or creates) the store under `dir` and starts its writer thread.
-    pub fn open(dir: &Path, instance_prefix: &str) -> Result<Store, StoreError> {
-        Store::open_with_cache(dir, instance_prefix, crate::config::StoreSettings::default().cache_mb)
-    }
-
-    /// [`Store::open`] with a page cache of `cache_mb` MiB.
-    pub(crate) fn open_with_cache(dir: &Path, instance_prefix: &str, cache_mb: u64) -> Result<Store, StoreError> {
+impl Embedded {
+    /// Opens (or creates) the store under `dir`, with a page cache of `cache_mb` MiB, and starts
+    /// its writer thread.
+    pub(crate) fn open_with_cache(dir: &Path, instance_prefix: &str, cache_mb: u64) -> Result<Embedded, StoreError> {
         std::fs::create_dir_all(dir).db()?;
         let cache = usize::try_from(cache_mb.max(1).saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
         let db = Arc::new(Database::builder().set_cache_size(cache).create(dir.join("flowgate.redb")).db()?);
@@ -424,13 +118,16 @@ impl Store {
         let writer =
             Writer { db: db.clone(), stats: stats.clone(), queued: queued.clone(), prefix: instance_prefix.to_string(), bodies_dir: bodies_dir.clone() };
         std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx)).db()?;
-        Ok(Store { db, tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
+        Ok(Embedded { db, tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
     }
 
     /// Stores an accepted request durably (or finds its first answer, or a conflict).
     pub async fn accept(&self, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
         // Fast path for a replay: no write, no fsync.
-        if let Some(first) = self.job(&req.client, &req.sip_id, &req.job_id)? {
+        if let Some(first) = self.job(&req.client, &req.job_id)? {
+            if !first.sip_id.is_empty() && first.sip_id != req.sip_id {
+                return Err(StoreError::Identity { name: req.client, stored: first.sip_id, presented: req.sip_id });
+            }
             return Ok(if first.body_hash == req.body_hash {
                 AcceptOutcome::Replayed(first)
             } else {
@@ -538,30 +235,14 @@ impl Store {
         Ok(out)
     }
 
-    /// A keys file fits the store when none of its clients has a name the store knows under
-    /// another SIP ID (that key would read and replay the other client's requests).
-    pub(crate) fn check_identities(&self, keys: &crate::domain::auth::KeysFile) -> Result<(), StoreError> {
-        let known = self.identities()?;
-        for c in &keys.clients {
-            if let Some(stored) = known.get(&c.name).filter(|s| **s != c.sip_id) {
-                return Err(StoreError::Identity { name: c.name.clone(), stored: stored.clone(), presented: c.sip_id.clone() });
-            }
-        }
-        Ok(())
-    }
-
     /// The request first accepted for this client and job id; an error if the client's name is
     /// the store's under another SIP ID.
-    pub fn job(&self, client: &str, sip_id: &str, job_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+    pub(crate) fn job(&self, client: &str, job_id: &str) -> Result<Option<RequestRecord>, StoreError> {
         let r = self.db.begin_read().db()?;
         let jobs = r.open_table(JOBS).db()?;
         let Some(id) = jobs.get(job_key(client, job_id).as_str()).db()? else { return Ok(None) };
         let id = id.value().to_string();
-        let record = self.request(&id)?;
-        if let Some(first) = record.as_ref().filter(|f| !f.sip_id.is_empty() && f.sip_id != sip_id) {
-            return Err(StoreError::Identity { name: client.to_string(), stored: first.sip_id.clone(), presented: sip_id.to_string() });
-        }
-        Ok(record)
+        self.request(&id)
     }
 
     /// The bytes of a request's job archive, assembled from the one stored copy of its body
@@ -633,12 +314,6 @@ impl Store {
     pub fn pending_count(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read().db()?;
         r.open_table(PENDING).db()?.len().db()
-    }
-
-    /// Whether the store takes writes (for `/readyz`): its last commit succeeded. It never
-    /// waits on the database, so readiness probes cannot hold up the writer or the workers.
-    pub(crate) fn writable(&self) -> bool {
-        !self.stats.last_failed.load(Ordering::Relaxed)
     }
 
     pub fn instance_prefix(&self) -> &str {
@@ -769,44 +444,20 @@ impl Writer {
             return Ok(earlier);
         }
         let mut next = t.meta.get(FILE_COUNTER).db()?.map(|v| v.value()).unwrap_or(1);
-        let mut flows_json = Vec::new();
-        let mut objects = Vec::new();
         let seq_base = next;
-        // The job archive first, in the same commit as the flows.
-        let archive_object = archive_name(&req.client, &req.job_id);
-        if t.outbox.get(archive_object.as_str()).db()?.is_some() {
-            return Err(StoreError::Corrupt(format!("job archive {archive_object:?} is already in the outbox")));
-        }
-        // Its content is assembled from the one stored copy of the body when it is delivered.
-        let archive_file = OutboxFile::queued(&req.request_id, FileKind::Archive, "archive", "archive", String::new(), &archive_object, String::new());
-        queue(t, &archive_file, seq_base)?;
-        for flow in &req.flows {
-            let file_id = format!("{}{}", self.prefix, base36(next, 8));
+        let Assembled { record, archive, flows } = assemble(&req, &self.prefix, || {
             next += 1;
-            let object = flow.object_name(&file_id, &req.envelope);
-            let content = flow.finish(&file_id, req.now, &req.envelope);
-            let file = OutboxFile::queued(&req.request_id, FileKind::Flow, &flow.flow, &flow.to_label(), file_id.clone(), &object, content);
-            queue(t, &file, seq_base)?;
-            flows_json.push(json!({ "flow": flow.flow, "to": flow.to_label(), "file_id": file_id, "object": object }));
-            objects.push(object);
+            file_id(&self.prefix, next - 1)
+        });
+        // The job archive first, in the same commit as the flows.
+        if t.outbox.get(archive.object.as_str()).db()?.is_some() {
+            return Err(StoreError::Corrupt(format!("job archive {:?} is already in the outbox", archive.object)));
+        }
+        queue(t, &archive, seq_base)?;
+        for file in &flows {
+            queue(t, file, seq_base)?;
         }
         t.meta.insert(FILE_COUNTER, next).db()?;
-        let answer = crate::domain::answer::accepted(Some(&req.request_id), &req.scenario, &req.scenario_name, flows_json, &req.warnings, &req.ruleset);
-        let received_at = req.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let record = RequestRecord {
-            request_id: req.request_id.clone(),
-            client: req.client.clone(),
-            sip_id: req.sip_id.clone(),
-            key_id: req.key_id,
-            job_id: req.job_id,
-            body_hash: req.body_hash,
-            received_at,
-            instance: self.prefix.clone(),
-            answer,
-            objects,
-            archive: Some(archive_object),
-            duplicate_of: None,
-        };
         t.requests.insert(req.request_id.as_str(), serde_json::to_vec(&record).db()?.as_slice()).db()?;
         if !body_in_file {
             for (n, part) in body_parts(&req.body).enumerate() {
@@ -956,9 +607,6 @@ struct Tables<'t> {
     inbound_seen: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
-/// Bodies dropped by one sweep at most: bounds one write transaction.
-pub(crate) const SWEEP_BATCH: usize = 10_000;
-
 /// Drops the bodies of settled requests received before `cutoff_ms`, oldest first.
 fn sweep(t: &mut Tables<'_>, cutoff_ms: i64, bodies_dir: &Path) -> Result<usize, StoreError> {
     let end = format!("{:020}", cutoff_ms.max(0));
@@ -1036,35 +684,12 @@ fn mark(t: &mut Tables<'_>, results: Vec<(String, Delivery)>) -> Result<(), Stor
             Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             None => continue,
         };
-        file.attempts += 1;
-        match result {
-            Delivery::Delivered { at } => {
-                file.state = DeliveryState::Delivered;
-                file.delivered_at = Some(at);
-                file.last_error = None;
-                t.pending.remove(name.as_str()).db()?;
-                if file.kind == FileKind::Archive {
-                    file.content = String::new();
-                }
-            }
-            Delivery::Duplicate { winner } => {
-                file.state = DeliveryState::Duplicate;
-                file.last_error = Some(format!("the job was accepted first by request {winner}"));
-                t.pending.remove(name.as_str()).db()?;
-                if file.kind == FileKind::Archive {
-                    file.content = String::new();
-                    duplicate(t, &file.request_id, &winner)?;
-                }
-            }
-            Delivery::Failed { error } => {
-                file.state = DeliveryState::Failing;
-                file.last_error = Some(error);
-            }
-            Delivery::Conflict { error } => {
-                file.state = DeliveryState::Conflict;
-                file.last_error = Some(error);
-                t.pending.remove(name.as_str()).db()?;
-            }
+        let settled = file.record(&result);
+        if settled {
+            t.pending.remove(name.as_str()).db()?;
+        }
+        if let (FileKind::Archive, Delivery::Duplicate { winner }) = (file.kind, &result) {
+            duplicate(t, &file.request_id, winner)?;
         }
         t.outbox.insert(name.as_str(), serde_json::to_vec(&file).db()?.as_slice()).db()?;
     }
@@ -1156,7 +781,7 @@ mod tests {
         for (n, size) in sizes.iter().cycle().take(20).enumerate() {
             let body: Vec<u8> = (0..*size).map(|i| (i % 253) as u8).collect();
             assert!(matches!(store.accept(photo_request(n + 1, &body)).await.unwrap(), AcceptOutcome::Accepted(_)));
-            assert_eq!(store.body(&format!("REQ-{:04}", n + 1)).unwrap().as_deref(), Some(body.as_slice()), "the body reads back whole");
+            assert_eq!(store.body(&format!("REQ-{:04}", n + 1)).await.unwrap().as_deref(), Some(body.as_slice()), "the body reads back whole");
             total += *size as u64;
         }
         let grown = size() - before;
