@@ -3,7 +3,8 @@
 # crash and S3 tests.
 #
 # The S3 tests need a real object store: a single-node Ceph (scripts/ceph.sh) is started first
-# (installed and initialised on a fresh machine, as root) and stopped again on exit.
+# (installed and initialised on a fresh machine, as root) and stopped again on exit; the
+# shared-store tests a PostgreSQL server (scripts/postgres.sh), likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,15 @@ scripts/fuzz.sh "${FLOWGATE_FUZZ_SECONDS:-30}"
 out=$(scripts/ceph.sh start) || exit 1
 eval "$out"
 log=$(mktemp)
-trap 'rm -f "$log"; scripts/ceph.sh stop || echo "test.sh: could not stop Ceph" >&2' EXIT
+trap 'rm -f "$log"; scripts/ceph.sh stop || echo "test.sh: could not stop Ceph" >&2; scripts/postgres.sh stop || echo "test.sh: could not stop PostgreSQL" >&2' EXIT
+
+# The shared-store tests (tests/it/shared.rs) need PostgreSQL: a throwaway server, each test in a
+# database of its own. Its URL reaches the tests under a name of their own: a gateway started by
+# another test must not pick the shared store up from FLOWGATE_DATABASE_URL.
+out=$(scripts/postgres.sh start) || exit 1
+eval "$out"
+export FLOWGATE_TEST_DATABASE_URL=$FLOWGATE_DATABASE_URL
+unset FLOWGATE_DATABASE_URL
 
 # Two test threads (2-core machines); output not captured, so the fault tests' counts show.
 # Set through the environment rather than `-- --test-threads 2`: the criterion bench, run once

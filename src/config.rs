@@ -463,6 +463,26 @@ impl Config {
     }
 }
 
+/// A database URL as it may be shown: its password replaced by `***` (URL and `key=value` forms).
+pub fn without_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (auth, host) = match rest.rsplit_once('@') {
+            Some((auth, host)) => (auth, host),
+            None => return url.to_string(),
+        };
+        let user = auth.split_once(':').map_or(auth, |(user, _)| user);
+        let shown = if auth.contains(':') { format!("{user}:***") } else { user.to_string() };
+        return format!("{scheme}://{shown}@{host}");
+    }
+    url.split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,24 +529,12 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
 
-/// A database URL as it may be shown: its password replaced by `***` (URL and `key=value` forms).
-pub fn without_password(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (auth, host) = match rest.rsplit_once('@') {
-            Some((auth, host)) => (auth, host),
-            None => return url.to_string(),
-        };
-        let user = auth.split_once(':').map_or(auth, |(user, _)| user);
-        let shown = if auth.contains(':') { format!("{user}:***") } else { user.to_string() };
-        return format!("{scheme}://{shown}@{host}");
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(without_password("postgres://fg:s3cret@db:5432/flowgate"), "postgres://fg:***@db:5432/flowgate");
+        assert_eq!(without_password("postgres://fg@db/flowgate"), "postgres://fg@db/flowgate");
+        assert_eq!(without_password("host=db user=fg password=s3cret dbname=flowgate"), "host=db user=fg password=*** dbname=flowgate");
+        assert!(!without_password("postgresql://a:p@ss:word@h/d").contains("word"));
     }
-    url.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

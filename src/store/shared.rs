@@ -106,20 +106,30 @@ pub async fn migrate(pool: &Pool) -> Result<(i32, i32), MigrateError> {
     let unavailable = |e: &dyn std::fmt::Display| MigrateError::Unavailable(e.to_string());
     let mut client = pool.get().await.map_err(|e| unavailable(&e))?;
     let tx = client.transaction().await.map_err(|e| unavailable(&e))?;
+    // Another instance migrating holds the lock for seconds at most; a minute means something
+    // is wrong, and waiting for ever would hide it.
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'").await.map_err(|e| unavailable(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| unavailable(&e))?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS flowgate_schema (version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
         .await
         .map_err(|e| unavailable(&e))?;
     let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM flowgate_schema", &[]).await.map_err(|e| unavailable(&e))?.get(0);
-    if found > SCHEMA_VERSION {
-        return Err(MigrateError::Newer { found, known: SCHEMA_VERSION });
+    let applied = async {
+        if found > SCHEMA_VERSION {
+            return Err(MigrateError::Newer { found, known: SCHEMA_VERSION });
+        }
+        for version in found + 1..=SCHEMA_VERSION {
+            let failed = |e: tokio_postgres::Error| MigrateError::Failed { version, error: e.to_string() };
+            tx.batch_execute(MIGRATIONS[usize::try_from(version - 1).unwrap_or(0)]).await.map_err(failed)?;
+            tx.execute("INSERT INTO flowgate_schema (version) VALUES ($1)", &[&version]).await.map_err(failed)?;
+        }
+        Ok(())
     }
-    for version in found + 1..=SCHEMA_VERSION {
-        let sql = MIGRATIONS[usize::try_from(version - 1).unwrap_or(0)];
-        tx.batch_execute(sql).await.map_err(|e| MigrateError::Failed { version, error: e.to_string() })?;
-        tx.execute("INSERT INTO flowgate_schema (version) VALUES ($1)", &[&version])
-            .await
-            .map_err(|e| MigrateError::Failed { version, error: e.to_string() })?;
+    .await;
+    if let Err(e) = applied {
+        // Ended here, not whenever the connection is next used: the lock goes with it.
+        let _ = tx.rollback().await;
+        return Err(e);
     }
     tx.commit().await.map_err(|e| unavailable(&e))?;
     Ok((found, SCHEMA_VERSION))
