@@ -1,11 +1,13 @@
 //! Loading a rule set: read the three folders, compile, check against the catalogue, run the
-//! samples (the gate), and fingerprint the folders so the running server sees an edit.
+//! samples, those of requests and those of incoming flows (the gate), and fingerprint the folders
+//! so the running server sees an edit.
 
 use crate::config::Config;
 use crate::domain::names::FlowIdError;
 use crate::dtc::catalogue::{Catalogue, CatalogueError};
 use crate::dtc::write::Envelope;
 use crate::rules::engine::{CompileError, Rules, RulesFile};
+use crate::rules::incoming_samples::{IncomingCoverage, IncomingSampleFailure};
 use crate::rules::samples::CaseFailure;
 use crate::rules::schema::{Schema, SchemaError};
 use crate::rules::set::{RuleSet, SCHEMA_FILE};
@@ -49,6 +51,9 @@ pub enum LoadError {
     /// Samples that do not get their expected answer (each case's folder and why), of `total`.
     #[error("{} of {total} samples do not get their expected answer:\n{}", .failures.len(), sample_lines(.failures))]
     Samples { failures: Vec<(PathBuf, CaseFailure)>, total: usize },
+    /// Incoming samples that do not read to their expected answers (each case's folder and why), of `total`.
+    #[error("{} of {total} incoming samples do not read to their expected answers:\n{}", .failures.len(), incoming_sample_lines(.failures))]
+    IncomingSamples { failures: Vec<(PathBuf, IncomingSampleFailure)>, total: usize },
     /// What no sample in `dir` exercises, each named, and the coverage as a summary line.
     #[error(
         "no sample in {dir} exercises {} (coverage: {coverage}): add a sample that does, or remove what none needs",
@@ -59,6 +64,10 @@ pub enum LoadError {
 
 fn sample_lines(failures: &[(PathBuf, CaseFailure)]) -> String {
     failures.iter().map(|(case, why)| format!("sample {}: {why}", case.display())).collect::<Vec<_>>().join("\n")
+}
+
+fn incoming_sample_lines(failures: &[(PathBuf, IncomingSampleFailure)]) -> String {
+    failures.iter().map(|(case, why)| format!("incoming sample {}: {why}", case.display())).collect::<Vec<_>>().join("\n")
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
@@ -95,6 +104,8 @@ pub(crate) fn watched_dirs(root: &Path) -> Vec<PathBuf> {
         dirs.push(case);
     }
     dirs.push(root.join("rules").join("samples"));
+    dirs.extend(crate::rules::incoming_samples::cases(root));
+    dirs.push(root.join(crate::rules::incoming_samples::INCOMING_SAMPLES_DIR));
     dirs
 }
 
@@ -205,6 +216,11 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
             }
         }
     }
+    let incoming_samples = crate::rules::incoming_samples::cases(root);
+    for case in &incoming_samples {
+        take(&case.join(crate::rules::incoming_samples::FLOW_FILE))?;
+        take(&case.join(crate::rules::incoming_samples::EXPECT_FILE))?;
+    }
 
     let digest = hasher.finalize();
     let revision: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
@@ -241,12 +257,33 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
     if !failures.is_empty() {
         return Err(LoadError::Samples { failures, total: samples.len() });
     }
-    let uncovered = coverage.uncovered();
+    let incoming_coverage = gate_incoming(&set, &incoming_samples)?;
+    let mut uncovered = coverage.uncovered();
+    uncovered.extend(incoming_coverage.uncovered());
+    let summary = format!("{}, {}", coverage.summary(), incoming_coverage.summary());
     if !uncovered.is_empty() {
-        return Err(LoadError::Uncovered { dir: sdir, uncovered, coverage: coverage.summary() });
+        return Err(LoadError::Uncovered { dir: sdir, uncovered, coverage: summary });
     }
-    set.coverage = coverage.summary();
+    set.coverage = summary;
+    set.samples += incoming_samples.len();
     Ok(set)
+}
+
+/// The incoming samples: each must read to its expected answers with the candidate's
+/// descriptions and code lists. Returns what they exercise.
+fn gate_incoming(set: &RuleSet, cases: &[PathBuf]) -> Result<IncomingCoverage, LoadError> {
+    let mut coverage = IncomingCoverage::new(&set.incoming);
+    let mut failures = Vec::new();
+    for case in cases {
+        match crate::rules::incoming_samples::run(&set.incoming, &set.catalogue, case) {
+            Ok(exercised) => coverage.add(&exercised),
+            Err(why) => failures.push((case.clone(), why)),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(LoadError::IncomingSamples { failures, total: cases.len() });
+    }
+    Ok(coverage)
 }
 
 /// The running rule set, shared by every request; requests take one snapshot at entry.
