@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use flowgate::config::{Config, ConfigError, Overrides};
-use flowgate::domain::auth::{KeysFile, Rate};
+use flowgate::domain::auth::{KeysError, KeysFile, Rate};
+use flowgate::dtc::catalogue::CatalogueError;
+use flowgate::rules::LoadError;
+use flowgate::runtime::{RunError, StartError};
 
 const ENVIRONMENT: &str = "\
 Environment (over the configuration file, under the flags):
@@ -242,7 +245,57 @@ fn load(file: &ConfigFile, flags: Overrides) -> Result<Config, ConfigError> {
 }
 
 /// A verb's outcome: its answer as an exit code (0 yes, 1 no), or why it could not answer (2).
-type Outcome = Result<ExitCode, String>;
+type Outcome = Result<ExitCode, CliError>;
+
+/// Why a verb could not answer (exit status 2): what `flowgate:` prints on standard error.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Rules(#[from] LoadError),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Yaml(#[from] yaml_serde::Error),
+    /// A file the verb was given, or writes.
+    #[error("{}: {source}", .path.display())]
+    File { path: PathBuf, source: std::io::Error },
+    /// The async runtime, or the bound listener's address.
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    /// A store without its keys file is a misconfiguration (a volume not mounted, a mistyped
+    /// keys_file), not a first start: no development key is made for it.
+    #[error("no keys file at {}, but {} holds a store: restore the keys file, or add a key with `flowgate keys add`", .keys.display(), .data_dir.display())]
+    StoreWithoutKeys { keys: PathBuf, data_dir: PathBuf },
+    #[error("no client")]
+    NoClient,
+    #[error(transparent)]
+    Migrate(#[from] flowgate::store::MigrateError),
+    #[error("no database: set store.database_url or FLOWGATE_DATABASE_URL")]
+    NoDatabase,
+    #[error("no active key for {who:?}")]
+    NoActiveKey { who: String },
+    #[error("no cases (folders with request.json) under {}", .dir.display())]
+    NoCases { dir: PathBuf },
+}
+
+impl CliError {
+    /// A read or write of `path` that failed.
+    fn file(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+        move |source| CliError::File { path: path.to_path_buf(), source }
+    }
+}
 
 fn main() -> ExitCode {
     // Usage errors and help end here, before any verb runs: clap prints them and exits 2 or 0.
@@ -290,31 +343,25 @@ fn init_logs(config: &Config) {
 }
 
 fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
-    let config = load(file, flags).map_err(|e| e.to_string())?;
+    let config = load(file, flags)?;
     init_logs(&config);
     let keys_path = config.keys_path();
     if !keys_path.exists() && config.data_dir.join("store").exists() {
-        // A store without its keys file is a misconfiguration (a volume not mounted, a mistyped
-        // keys_file), not a first start: no development key is made for it.
-        return Err(format!(
-            "no keys file at {}, but {} holds a store: restore the keys file, or add a key with `flowgate keys add`",
-            keys_path.display(),
-            config.data_dir.display()
-        ));
+        return Err(CliError::StoreWithoutKeys { keys: keys_path, data_dir: config.data_dir.clone() });
     }
     if !keys_path.exists() {
         let mut keys = KeysFile::default();
-        let key = keys.add("Development SIP", "DEMO", Rate::default()).map_err(|e| e.to_string())?;
-        keys.write(&keys_path).map_err(|e| e.to_string())?;
+        let key = keys.add("Development SIP", "DEMO", Rate::default())?;
+        keys.write(&keys_path)?;
         println!("No keys file yet: created {} with a development client (SIP ID DEMO).", keys_path.display());
         println!("Its key, shown only this once:");
         println!("{key}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Io)?;
     runtime.block_on(async move {
-        let gateway = flowgate::runtime::Gateway::start(config.clone()).await.map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let gateway = flowgate::runtime::Gateway::start(config.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| CliError::Listen { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(CliError::Io)?;
         tracing::info!(%addr, ruleset = %gateway.rules.load().revision, data_dir = %config.data_dir.display(), "flowgate listening");
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         println!("flowgate listening on {scheme}://{addr}");
@@ -326,7 +373,7 @@ fn serve(file: &ConfigFile, flags: Overrides) -> Outcome {
         });
         flowgate::runtime::run(gateway, listener, stopped, Duration::from_secs(10)).await?;
         tracing::info!("stopped");
-        Ok::<_, String>(())
+        Ok::<_, CliError>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -351,16 +398,16 @@ async fn shutdown_signal() {
 }
 
 fn keys(args: KeysArgs) -> Outcome {
-    let config = load(&ConfigFile { config: args.config }, Overrides { data_dir: args.data_dir, ..Overrides::default() }).map_err(|e| e.to_string())?;
+    let config = load(&ConfigFile { config: args.config }, Overrides { data_dir: args.data_dir, ..Overrides::default() })?;
     let path = config.keys_path();
     // One keys command at a time: two read-change-writes at once could undo a revoke.
-    let _lock = KeysFile::lock(&path).map_err(|e| e.to_string())?;
-    let mut file = if path.exists() { KeysFile::read(&path).map_err(|e| e.to_string())? } else { KeysFile::default() };
+    let _lock = KeysFile::lock(&path)?;
+    let mut file = if path.exists() { KeysFile::read(&path)? } else { KeysFile::default() };
     match args.action {
         KeysAction::Add { name, sip_id, rate, burst } => {
-            let key = file.add(&name, &sip_id, Rate { per_second: rate, burst }).map_err(|e| e.to_string())?;
-            file.write(&path).map_err(|e| e.to_string())?;
-            let client = file.clients.last().ok_or("no client")?;
+            let key = file.add(&name, &sip_id, Rate { per_second: rate, burst })?;
+            file.write(&path)?;
+            let client = file.clients.last().ok_or(CliError::NoClient)?;
             eprintln!("added client {name:?} (SIP ID {sip_id}, key id {}) to {}; the key is shown once, below", client.key_id, path.display());
             println!("{key}");
         }
@@ -374,9 +421,9 @@ fn keys(args: KeysArgs) -> Outcome {
         KeysAction::Revoke { who } => {
             let n = file.revoke(&who);
             if n == 0 {
-                return Err(format!("no active key for {who:?}"));
+                return Err(CliError::NoActiveKey { who });
             }
-            file.write(&path).map_err(|e| e.to_string())?;
+            file.write(&path)?;
             println!("revoked {n} key(s) of {who:?}; a running server stops accepting them at its next reload");
         }
     }
@@ -384,9 +431,9 @@ fn keys(args: KeysArgs) -> Outcome {
 }
 
 fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) -> Outcome {
-    let config = load(file, flags).map_err(|e| e.to_string())?;
-    let body = std::fs::read(request).map_err(|e| format!("{}: {e}", request.display()))?;
-    let set = flowgate::rules::load::load(&config).map_err(|e| e.to_string())?;
+    let config = load(file, flags)?;
+    let body = std::fs::read(request).map_err(CliError::file(request))?;
+    let set = flowgate::rules::load::load(&config)?;
     let client = flowgate::domain::auth::Client {
         name: "check".into(),
         sip_id,
@@ -396,7 +443,7 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
         revoked: false,
     };
     let report = flowgate::rules::explain::report(&set, &client, &body, config.clock());
-    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    println!("{}", serde_json::to_string_pretty(&report)?);
     // The exit status answers "would this body be accepted?", so a script or CI step can use
     // `check` without reading the report.
     let accepted = report.get("status").and_then(serde_json::Value::as_u64) == Some(200);
@@ -405,12 +452,12 @@ fn check(request: &Path, sip_id: String, file: &ConfigFile, flags: Overrides) ->
 
 /// Reads one DTC flow file: the parsed tree as JSON, or the findings and exit status 1.
 fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
-    let config = load(file, flags).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue")).map_err(|e| e.to_string())?;
+    let config = load(file, flags)?;
+    let bytes = std::fs::read(path).map_err(CliError::file(path))?;
+    let catalogue = flowgate::dtc::catalogue::Catalogue::load(&config.rules_dir.join("flow-templates/catalogue"))?;
     match flowgate::dtc::reader::read(&bytes, &catalogue) {
         Ok(flow) => {
-            println!("{}", serde_json::to_string_pretty(&flow).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string_pretty(&flow)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(findings) => {
@@ -423,12 +470,12 @@ fn parse(path: &Path, file: &ConfigFile, flags: Overrides) -> Outcome {
 }
 
 fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFile, flags: Overrides) -> Outcome {
-    let config = load(file, flags).map_err(|e| e.to_string())?;
+    let config = load(file, flags)?;
     let dir = dir.unwrap_or_else(|| config.rules_dir.join("tests").join("cases"));
-    let set = Arc::new(flowgate::rules::load::load(&config).map_err(|e| e.to_string())?);
+    let set = Arc::new(flowgate::rules::load::load(&config)?);
     let cases = flowgate::rules::samples::cases(&dir);
     if cases.is_empty() {
-        return Err(format!("no cases (folders with request.json) under {}", dir.display()));
+        return Err(CliError::NoCases { dir });
     }
     let mut results = Vec::new();
     for case in &cases {
@@ -454,7 +501,7 @@ fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFi
     // says how, for whoever trims or adds samples.
     println!("samples coverage: {} ({} samples in {})", set.coverage, set.samples, config.rules_dir.join("rules").join("samples").display());
     if let Some(file) = junit {
-        std::fs::write(file, flowgate::rules::samples::junit(&results)).map_err(|e| format!("{}: {e}", file.display()))?;
+        std::fs::write(file, flowgate::rules::samples::junit(&results)).map_err(CliError::file(file))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -464,7 +511,7 @@ fn test(dir: Option<PathBuf>, junit: Option<&Path>, bless: bool, file: &ConfigFi
 fn config_check(file: &ConfigFile, flags: Overrides) -> Outcome {
     let config = match load(file, flags) {
         Ok(config) => config,
-        Err(e @ ConfigError::Read { .. }) => return Err(e.to_string()),
+        Err(e @ ConfigError::Read { .. }) => return Err(e.into()),
         Err(e) => {
             eprintln!("flowgate: {e}");
             return Ok(ExitCode::FAILURE);
@@ -475,19 +522,19 @@ fn config_check(file: &ConfigFile, flags: Overrides) -> Outcome {
     let mut shown = config;
     // The database URL may carry a password: shown without it.
     shown.store.database_url = shown.store.database_url.as_deref().map(flowgate::config::without_password);
-    print!("{}", yaml_serde::to_string(&shown).map_err(|e| e.to_string())?);
+    print!("{}", yaml_serde::to_string(&shown)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `migrate`: the shared database's schema brought to this flowgate's version.
 fn migrate(file: &ConfigFile) -> Outcome {
-    let config = load(file, Overrides::default()).map_err(|e| e.to_string())?;
+    let config = load(file, Overrides::default())?;
     let Some(url) = config.store.database_url.clone() else {
-        return Err("no database: set store.database_url or FLOWGATE_DATABASE_URL".into());
+        return Err(CliError::NoDatabase);
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Io)?;
     runtime.block_on(async move {
-        let pool = flowgate::store::pool(&url, 1).map_err(|e| e.to_string())?;
+        let pool = flowgate::store::pool(&url, 1)?;
         match flowgate::store::migrate(&pool).await {
             Ok((from, to)) if from == to => println!("schema version {to}: up to date"),
             Ok((from, to)) => println!("schema version {from} -> {to}: migrated"),
@@ -495,7 +542,7 @@ fn migrate(file: &ConfigFile) -> Outcome {
                 eprintln!("flowgate: {e}");
                 return Ok(ExitCode::FAILURE);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -201,26 +201,7 @@ pub fn read(bytes: &[u8], catalogue: &Catalogue) -> Result<ParsedFlow, Vec<ReadF
             out.add(0, format!("stopped reading at line {line}: too many findings"));
             return Err(out.finish());
         }
-        // A line ends with LF or CR LF, as line 1 does; the last line may lack its ending.
-        let (content, ending) = match piece.strip_suffix('\n') {
-            Some(c) => match c.strip_suffix('\r') {
-                Some(c) => (c, Some(true)),
-                None => (c, Some(false)),
-            },
-            None => (piece.strip_suffix('\r').unwrap_or(piece), None),
-        };
-        if ending.is_some_and(|cr| cr != crlf) {
-            out.add(line, if crlf { "ends with LF, line 1 with CR LF" } else { "ends with CR LF, line 1 with LF" });
-        }
-        if content.is_empty() {
-            out.add(line, "empty line");
-            continue;
-        }
-        let Some(content) = content.strip_suffix('|') else {
-            out.add(line, "record does not end with '|' (truncated?)");
-            continue;
-        };
-        let rec = Record { line, fields: content.split('|').collect() };
+        let Some(rec) = record(line, piece, crlf, &mut out) else { continue };
         match (&head, &mut groups) {
             (None, _) => {
                 if rec.fields.first() != Some(&"ZHV") {
@@ -241,10 +222,47 @@ pub fn read(bytes: &[u8], catalogue: &Catalogue) -> Result<ParsedFlow, Vec<ReadF
             (Some(_), None) => {}
         }
     }
-    let (Some((header, _)), Some(mut reader)) = (head, groups) else {
+    let (Some((header, _)), Some(reader)) = (head, groups) else {
         out.add(0, "no records");
         return Err(out.finish());
     };
+    read_end(header, reader, held, last_line, crlf, out)
+}
+
+/// One line as a record, or `None` (with a finding) when it is not one. A line ends with LF or
+/// CR LF, as line 1 does; the last line may lack its ending.
+fn record<'a>(line: usize, piece: &'a str, crlf: bool, out: &mut Findings) -> Option<Record<'a>> {
+    let (content, ending) = match piece.strip_suffix('\n') {
+        Some(c) => match c.strip_suffix('\r') {
+            Some(c) => (c, Some(true)),
+            None => (c, Some(false)),
+        },
+        None => (piece.strip_suffix('\r').unwrap_or(piece), None),
+    };
+    if ending.is_some_and(|cr| cr != crlf) {
+        out.add(line, if crlf { "ends with LF, line 1 with CR LF" } else { "ends with CR LF, line 1 with LF" });
+    }
+    if content.is_empty() {
+        out.add(line, "empty line");
+        return None;
+    }
+    let Some(content) = content.strip_suffix('|') else {
+        out.add(line, "record does not end with '|' (truncated?)");
+        return None;
+    };
+    Some(Record { line, fields: content.split('|').collect() })
+}
+
+/// After the last line: the record held back is the ZPT (or the file was cut short, and it is
+/// one more group record); the groups are closed and the trailer's counts checked.
+fn read_end(
+    header: Header,
+    mut reader: GroupReader<'_>,
+    held: Option<Record<'_>>,
+    last_line: usize,
+    crlf: bool,
+    mut out: Findings,
+) -> Result<ParsedFlow, Vec<ReadFinding>> {
     let zpt = match held {
         Some(last) if last.fields.first() == Some(&"ZPT") => Some(last),
         other => {

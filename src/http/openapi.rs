@@ -61,17 +61,6 @@ fn conventions(doc: &mut Value) {
 }
 
 fn paths_and_components(set: &RuleSet) -> Value {
-    let mut body_schema = set.schema.document().clone();
-    if let Some(o) = body_schema.as_object_mut() {
-        o.remove("$schema");
-        o.remove("$id");
-    }
-    // Local references now resolve against the OpenAPI document.
-    rebase_refs(&mut body_schema, "#/$defs/", "#/components/schemas/SipRequest/$defs/");
-    let limit_headers = json!({
-        "RateLimit": { "description": "What is left of this key's quota (IETF RateLimit fields)", "schema": { "type": "string" } },
-        "RateLimit-Policy": { "description": "This key's quota: burst and window", "schema": { "type": "string" } }
-    });
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -79,111 +68,151 @@ fn paths_and_components(set: &RuleSet) -> Value {
             "version": "4",
             "description": format!("Rule set {}", set.revision),
         },
-        "components": {
-            "headers": {
-                "X-Request-Id": { "description": "The server's id for this request, as its logs name it (a client's own X-Request-Id is logged beside it, never echoed)", "schema": { "type": "string" } }
-            },
-            "responses": {
-                "MethodNotAllowed": {
-                    "description": "The route does not take this method",
-                    "headers": {
-                        "Allow": { "description": "The methods the route takes", "schema": { "type": "string" } },
-                        "X-Request-Id": { "$ref": "#/components/headers/X-Request-Id" }
-                    },
-                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-                }
-            },
-            "securitySchemes": {
-                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
-                "bearer": { "type": "http", "scheme": "bearer" }
-            },
-            "schemas": {
-                "SipRequest": body_schema,
-                "Finding": {
-                    "type": "object",
-                    "required": ["pointer", "rule", "message"],
-                    "properties": {
-                        "pointer": { "type": "string", "description": "JSON Pointer to the field at fault" },
-                        "rule": { "type": "string", "description": "Schema keyword or rule id" },
-                        "message": { "type": "string" }
-                    }
-                },
-                "Accepted": {
-                    "type": "object",
-                    "required": ["status", "message", "request_id", "scenario", "flows", "ruleset"],
-                    "properties": {
-                        "status": { "const": "accepted" },
-                        "message": { "type": "string" },
-                        "request_id": { "type": "string" },
-                        "scenario": { "type": "string" },
-                        "scenario_name": { "type": "string" },
-                        "flows": { "type": "array", "items": { "type": "object", "properties": {
-                            "flow": { "type": "string" }, "to": { "type": "string" }, "file_id": { "type": "string" }, "object": { "type": "string" } } } },
-                        "warnings": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } },
-                        "ruleset": { "type": "string" }
-                    }
-                },
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status"],
-                    "properties": {
-                        "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
-                        "detail": { "type": "string" }, "instance": { "type": "string" }, "request_id": { "type": "string" },
-                        "errors": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } }
-                    }
-                }
-            }
-        },
+        "components": components(request_schema(set)),
         "security": [ { "apiKey": [] }, { "bearer": [] } ],
         "paths": {
-            "/v4/sip": {
-                "post": {
-                    "operationId": "submitSipJob",
-                    "summary": "Report one SIP job; answers with the scenario and the flows queued",
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
-                    "responses": {
-                        "200": { "description": "Accepted and stored durably", "headers": {
-                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"],
-                            "Idempotent-Replayed": { "description": "true when this is the first answer again", "schema": { "type": "string" } } },
-                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } },
-                        "400": problem_response("The body is not JSON, not an object, fails the schema or a rule (every problem is listed), or it ended early or was badly chunked"),
-                        "401": unauthorized(),
-                        "408": problem_response("The body was not received in time"),
-                        "409": problem_response("A different body was already accepted for this job_id"),
-                        "413": problem_response("The body is too large"),
-                        "415": problem_response("The body is not application/json"),
-                        "429": { "description": "Rate limited", "headers": {
-                            "Retry-After": { "schema": { "type": "integer" } },
-                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
-                            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } },
-                        "500": problem_response("A rule failed at run time (named); nothing was accepted"),
-                        "503": problem_response("The store cannot take the request, or the memory for bodies in flight is taken (busy, with Retry-After; the body was not read); nothing was accepted")
-                    }
-                }
-            },
-            "/v4/sip/{request_id}": {
-                "get": {
-                    "operationId": "getSipRequest",
-                    "summary": "Status of an accepted request: its answer, flow deliveries and incoming flows (counted against the calling key's rate limit)",
-                    "parameters": [ { "name": "request_id", "in": "path", "required": true, "schema": { "type": "string" } } ],
-                    "responses": {
-                        "200": { "description": "The request's status", "headers": {
-                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
-                            "content": { "application/json": { "schema": { "type": "object" } } } },
-                        "401": unauthorized(),
-                        "404": problem_response("No request with this id for this client"),
-                        "429": { "description": "Rate limited", "headers": {
-                            "Retry-After": { "schema": { "type": "integer" } },
-                            "RateLimit": limit_headers["RateLimit"], "RateLimit-Policy": limit_headers["RateLimit-Policy"] },
-                            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } },
-                        "503": problem_response("The store could not be read")
-                    }
-                }
-            },
+            "/v4/sip": { "post": submit_operation() },
+            "/v4/sip/{request_id}": { "get": status_operation() },
             "/healthz": { "get": { "operationId": "getHealth", "summary": "Alive", "security": [], "responses": { "200": { "description": "alive" } } } },
             "/readyz": { "get": { "operationId": "getReadiness", "summary": "Rule set loaded and store writable", "security": [], "responses": { "200": { "description": "ready" }, "503": { "description": "not ready" } } } },
             "/metrics": { "get": { "operationId": "getMetrics", "summary": "Prometheus metrics", "security": [], "responses": { "200": { "description": "text exposition" } } } },
             "/v4/openapi.json": { "get": { "operationId": "getOpenApi", "summary": "This document", "security": [], "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        }
+    })
+}
+
+/// The body schema the gateway validates with, its local references rebased into the document.
+fn request_schema(set: &RuleSet) -> Value {
+    let mut body_schema = set.schema.document().clone();
+    if let Some(o) = body_schema.as_object_mut() {
+        o.remove("$schema");
+        o.remove("$id");
+    }
+    // Local references now resolve against the OpenAPI document.
+    rebase_refs(&mut body_schema, "#/$defs/", "#/components/schemas/SipRequest/$defs/");
+    body_schema
+}
+
+/// The shared header, response, security schemes and schemas.
+fn components(body_schema: Value) -> Value {
+    json!({
+        "headers": {
+            "X-Request-Id": { "description": "The server's id for this request, as its logs name it (a client's own X-Request-Id is logged beside it, never echoed)", "schema": { "type": "string" } }
+        },
+        "responses": {
+            "MethodNotAllowed": {
+                "description": "The route does not take this method",
+                "headers": {
+                    "Allow": { "description": "The methods the route takes", "schema": { "type": "string" } },
+                    "X-Request-Id": { "$ref": "#/components/headers/X-Request-Id" }
+                },
+                "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+            }
+        },
+        "securitySchemes": {
+            "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+            "bearer": { "type": "http", "scheme": "bearer" }
+        },
+        "schemas": {
+            "SipRequest": body_schema,
+            "Finding": {
+                "type": "object",
+                "required": ["pointer", "rule", "message"],
+                "properties": {
+                    "pointer": { "type": "string", "description": "JSON Pointer to the field at fault" },
+                    "rule": { "type": "string", "description": "Schema keyword or rule id" },
+                    "message": { "type": "string" }
+                }
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["status", "message", "request_id", "scenario", "flows", "ruleset"],
+                "properties": {
+                    "status": { "const": "accepted" },
+                    "message": { "type": "string" },
+                    "request_id": { "type": "string" },
+                    "scenario": { "type": "string" },
+                    "scenario_name": { "type": "string" },
+                    "flows": { "type": "array", "items": { "type": "object", "properties": {
+                        "flow": { "type": "string" }, "to": { "type": "string" }, "file_id": { "type": "string" }, "object": { "type": "string" } } } },
+                    "warnings": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } },
+                    "ruleset": { "type": "string" }
+                }
+            },
+            "Problem": {
+                "type": "object",
+                "required": ["type", "title", "status"],
+                "properties": {
+                    "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+                    "detail": { "type": "string" }, "instance": { "type": "string" }, "request_id": { "type": "string" },
+                    "errors": { "type": "array", "items": { "$ref": "#/components/schemas/Finding" } }
+                }
+            }
+        }
+    })
+}
+
+/// A response with the IETF RateLimit fields (on every answer counted against a key's quota)
+/// and the headers `more`.
+fn limited(mut response: Value, more: Value) -> Value {
+    let mut headers = json!({
+        "RateLimit": { "description": "What is left of this key's quota (IETF RateLimit fields)", "schema": { "type": "string" } },
+        "RateLimit-Policy": { "description": "This key's quota: burst and window", "schema": { "type": "string" } }
+    });
+    if let (Some(headers), Value::Object(more)) = (headers.as_object_mut(), more) {
+        headers.extend(more);
+    }
+    response["headers"] = headers;
+    response
+}
+
+/// A 429, with when to retry and the rate limit fields.
+fn rate_limited() -> Value {
+    limited(
+        json!({ "description": "Rate limited", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }),
+        json!({ "Retry-After": { "schema": { "type": "integer" } } }),
+    )
+}
+
+/// `POST /v4/sip`.
+fn submit_operation() -> Value {
+    json!({
+        "operationId": "submitSipJob",
+        "summary": "Report one SIP job; answers with the scenario and the flows queued",
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SipRequest" } } } },
+        "responses": {
+            "200": limited(
+                json!({ "description": "Accepted and stored durably", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Accepted" } } } }),
+                json!({ "Idempotent-Replayed": { "description": "true when this is the first answer again", "schema": { "type": "string" } } }),
+            ),
+            "400": problem_response("The body is not JSON, not an object, fails the schema or a rule (every problem is listed), or it ended early or was badly chunked"),
+            "401": unauthorized(),
+            "408": problem_response("The body was not received in time"),
+            "409": problem_response("A different body was already accepted for this job_id"),
+            "413": problem_response("The body is too large"),
+            "415": problem_response("The body is not application/json"),
+            "429": rate_limited(),
+            "500": problem_response("A rule failed at run time (named); nothing was accepted"),
+            "503": problem_response("The store cannot take the request, or the memory for bodies in flight is taken (busy, with Retry-After; the body was not read); nothing was accepted")
+        }
+    })
+}
+
+/// `GET /v4/sip/{request_id}`.
+fn status_operation() -> Value {
+    json!({
+        "operationId": "getSipRequest",
+        "summary": "Status of an accepted request: its answer, flow deliveries and incoming flows (counted against the calling key's rate limit)",
+        "parameters": [ { "name": "request_id", "in": "path", "required": true, "schema": { "type": "string" } } ],
+        "responses": {
+            "200": limited(
+                json!({ "description": "The request's status", "content": { "application/json": { "schema": { "type": "object" } } } }),
+                json!({}),
+            ),
+            "401": unauthorized(),
+            "404": problem_response("No request with this id for this client"),
+            "429": rate_limited(),
+            "503": problem_response("The store could not be read")
         }
     })
 }

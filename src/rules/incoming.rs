@@ -81,6 +81,11 @@ impl CodeLists {
     pub fn meaning(&self, item: &str, code: &str) -> Option<&str> {
         self.0.get(item)?.codes.get(code).map(String::as_str)
     }
+
+    /// Every (data item, code) of every list, for the samples' coverage.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().flat_map(|(item, list)| list.codes.keys().map(move |code| (item.as_str(), code.as_str())))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +194,38 @@ impl IncomingFlow {
             let date = self.date.as_ref().and_then(|d| d.first(g)).and_then(iso_date);
             Some(Answer { group: g, mpan, date })
         })
+    }
+
+    /// The parts of this description a sample can exercise: `match mpan`, `match date` and
+    /// `show <name>` for each item shown.
+    pub(crate) fn parts(&self) -> Vec<String> {
+        let mut out = vec!["match mpan".to_string()];
+        if self.date.is_some() {
+            out.push("match date".into());
+        }
+        out.extend(self.show.iter().map(|s| format!("show {}", s.name)));
+        out
+    }
+
+    /// What one answer exercises: the parts it has a value for, and the codes it shows with a
+    /// meaning (list, code). A part with no value in any sample could be cut unseen.
+    pub(crate) fn exercised(&self, answer: &Answer, codes: &CodeLists) -> (Vec<String>, Vec<(String, String)>) {
+        let mut parts = vec!["match mpan".to_string()];
+        if answer.date.is_some() {
+            parts.push("match date".into());
+        }
+        let mut shown_codes = Vec::new();
+        for s in &self.show {
+            let values: Vec<&str> = s.path.values(answer.group).collect();
+            if values.is_empty() {
+                continue;
+            }
+            parts.push(format!("show {}", s.name));
+            if let Some(list) = &s.codes {
+                shown_codes.extend(values.iter().filter(|v| codes.meaning(list, v).is_some()).map(|v| (list.clone(), v.to_string())));
+            }
+        }
+        (parts, shown_codes)
     }
 
     /// What the request's status shows of one answer, beyond what every incoming flow shows.

@@ -1,11 +1,13 @@
 //! Loading a rule set: read the three folders, compile, check against the catalogue, run the
-//! samples (the gate), and fingerprint the folders so the running server sees an edit.
+//! samples, those of requests and those of incoming flows (the gate), and fingerprint the folders
+//! so the running server sees an edit.
 
 use crate::config::Config;
 use crate::domain::names::FlowIdError;
 use crate::dtc::catalogue::{Catalogue, CatalogueError};
 use crate::dtc::write::Envelope;
 use crate::rules::engine::{CompileError, Rules, RulesFile};
+use crate::rules::incoming_samples::{IncomingCoverage, IncomingSampleFailure};
 use crate::rules::samples::CaseFailure;
 use crate::rules::schema::{Schema, SchemaError};
 use crate::rules::set::{RuleSet, SCHEMA_FILE};
@@ -49,6 +51,9 @@ pub enum LoadError {
     /// Samples that do not get their expected answer (each case's folder and why), of `total`.
     #[error("{} of {total} samples do not get their expected answer:\n{}", .failures.len(), sample_lines(.failures))]
     Samples { failures: Vec<(PathBuf, CaseFailure)>, total: usize },
+    /// Incoming samples that do not read to their expected answers (each case's folder and why), of `total`.
+    #[error("{} of {total} incoming samples do not read to their expected answers:\n{}", .failures.len(), incoming_sample_lines(.failures))]
+    IncomingSamples { failures: Vec<(PathBuf, IncomingSampleFailure)>, total: usize },
     /// What no sample in `dir` exercises, each named, and the coverage as a summary line.
     #[error(
         "no sample in {dir} exercises {} (coverage: {coverage}): add a sample that does, or remove what none needs",
@@ -59,6 +64,10 @@ pub enum LoadError {
 
 fn sample_lines(failures: &[(PathBuf, CaseFailure)]) -> String {
     failures.iter().map(|(case, why)| format!("sample {}: {why}", case.display())).collect::<Vec<_>>().join("\n")
+}
+
+fn incoming_sample_lines(failures: &[(PathBuf, IncomingSampleFailure)]) -> String {
+    failures.iter().map(|(case, why)| format!("incoming sample {}: {why}", case.display())).collect::<Vec<_>>().join("\n")
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
@@ -95,6 +104,8 @@ pub(crate) fn watched_dirs(root: &Path) -> Vec<PathBuf> {
         dirs.push(case);
     }
     dirs.push(root.join("rules").join("samples"));
+    dirs.extend(crate::rules::incoming_samples::cases(root));
+    dirs.push(root.join(crate::rules::incoming_samples::INCOMING_SAMPLES_DIR));
     dirs
 }
 
@@ -132,82 +143,18 @@ pub(crate) fn fingerprint(root: &Path) -> u64 {
 /// Loads, compiles and checks a rule set from `config.rules_dir`.
 pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
     let root = &config.rules_dir;
-    let mut hasher = Sha256::new();
-    let mut files = Vec::new();
-    let mut take = |path: &Path| -> Result<String, LoadError> {
-        let text = read(path)?;
-        let rel = path.strip_prefix(root).unwrap_or(path).display().to_string();
-        hasher.update(rel.as_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-        files.push(rel);
-        Ok(text)
-    };
-
     if !root.join("schemas").is_dir() || !root.join("rules").is_dir() || !root.join("flow-templates").is_dir() {
         return Err(LoadError::NotRulesDir { root: root.clone() });
     }
-    let schema_path = root.join("schemas").join(SCHEMA_FILE);
-    let schema_doc: serde_json::Value = serde_json::from_str(&take(&schema_path)?).map_err(|source| LoadError::Json { path: schema_path.clone(), source })?;
-    let schema = Schema::compile(schema_doc).map_err(|source| LoadError::Schema { path: schema_path.clone(), source })?;
-
-    let rules_dir = root.join("rules");
-    let mut rule_files = Vec::new();
-    for path in files_in(&rules_dir, "yaml")? {
-        let text = take(&path)?;
-        let file: RulesFile = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
-        rule_files.push((path.display().to_string(), file));
-    }
-    let mut helpers = Vec::new();
-    for path in files_in(&rules_dir, "rhai")? {
-        helpers.push((path.display().to_string(), take(&path)?));
-    }
-    let rules = Rules::compile(rule_files, helpers, &config.rhai)?;
-
-    let tdir = root.join("flow-templates");
-    let catalogue = Catalogue::load(&tdir.join("catalogue"))?;
-    let mut templates = HashMap::new();
-    for path in files_in(&tdir, "yaml")? {
-        let text = take(&path)?;
-        let def: TemplateDef = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
-        let name = path.display().to_string();
-        let t = Template::compile(&name, def, &rules, &catalogue)?;
-        // The configuration checked `flows.object_name` with flow ids of at most this length.
-        if let Err(source) = crate::domain::names::check_flow_id(&t.flow) {
-            return Err(LoadError::FlowId { file: name, source });
-        }
-        if templates.contains_key(&t.flow) {
-            return Err(LoadError::SecondTemplate { file: name, flow: t.flow });
-        }
-        templates.insert(t.flow.clone(), t);
-    }
-    let incoming = crate::rules::incoming::load(root, &catalogue, &mut take)?;
-    for choice in &rules.flows {
-        if !templates.contains_key(&choice.def.flow) {
-            return Err(LoadError::NoTemplate { choice: choice.def.id.clone(), flow: choice.def.flow.clone() });
-        }
-    }
-    for (name, r) in &rules.recipients {
-        if !config.flows.roles.contains_key(&r.role) {
-            return Err(LoadError::NoRoleCode { recipient: name.clone(), role: r.role.clone() });
-        }
-    }
-    let sdir = rules_dir.join("samples");
-    let samples = crate::rules::samples::cases(&sdir);
-    for case in &samples {
-        take(&case.join("request.json"))?;
-        take(&case.join("expect.json"))?;
-        let flows = case.join("flows");
-        if flows.is_dir() {
-            for path in files_in(&flows, "usr")? {
-                take(&path)?;
-            }
-        }
-    }
-
-    let digest = hasher.finalize();
-    let revision: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let mut sources = Sources::new(root);
+    let schema = read_schema(root, &mut sources)?;
+    let rules = read_rules(root, config, &mut sources)?;
+    let catalogue = Catalogue::load(&root.join("flow-templates").join("catalogue"))?;
+    let templates = read_templates(root, &rules, &catalogue, &mut sources)?;
+    let incoming = crate::rules::incoming::load(root, &catalogue, |path: &Path| sources.take(path))?;
+    check_references(config, &rules, &templates)?;
+    let samples = read_samples(root, &mut sources)?;
+    let (revision, files) = sources.finish();
     let mut set = RuleSet {
         revision: format!("{}+{}", schema.version, revision),
         schema,
@@ -225,28 +172,177 @@ pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         max_errors: config.max_errors,
         files,
         coverage: String::new(),
-        samples: samples.len(),
+        samples: samples.requests.len() + samples.incoming.len(),
     };
-    // Sample bodies: each must get its expected answer from the candidate, and together they
-    // must exercise all of it.
-    let mut coverage = crate::rules::samples::Coverage::new(&set);
+    set.coverage = gate(&set, &samples, &root.join("rules").join("samples"))?;
+    Ok(set)
+}
+
+/// The files a rule set is read from: each one read adds its path and bytes to the revision.
+struct Sources<'a> {
+    root: &'a Path,
+    hasher: Sha256,
+    /// Relative to the rules folder, in the order read.
+    files: Vec<String>,
+}
+
+impl<'a> Sources<'a> {
+    fn new(root: &'a Path) -> Sources<'a> {
+        Sources { root, hasher: Sha256::new(), files: Vec::new() }
+    }
+
+    /// Reads one file and counts it in the revision.
+    fn take(&mut self, path: &Path) -> Result<String, LoadError> {
+        let text = read(path)?;
+        let rel = path.strip_prefix(self.root).unwrap_or(path).display().to_string();
+        self.hasher.update(rel.as_bytes());
+        self.hasher.update([0]);
+        self.hasher.update(text.as_bytes());
+        self.hasher.update([0]);
+        self.files.push(rel);
+        Ok(text)
+    }
+
+    /// The short revision hash, and the files read.
+    fn finish(self) -> (String, Vec<String>) {
+        let digest = self.hasher.finalize();
+        (digest.iter().take(6).map(|b| format!("{b:02x}")).collect(), self.files)
+    }
+}
+
+/// The JSON Schema of the body, compiled.
+fn read_schema(root: &Path, sources: &mut Sources) -> Result<Schema, LoadError> {
+    let path = root.join("schemas").join(SCHEMA_FILE);
+    let doc: serde_json::Value = serde_json::from_str(&sources.take(&path)?).map_err(|source| LoadError::Json { path: path.clone(), source })?;
+    Schema::compile(doc).map_err(|source| LoadError::Schema { path, source })
+}
+
+/// The rule files (`rules/*.yaml`) and the rhai helpers (`rules/*.rhai`), compiled.
+fn read_rules(root: &Path, config: &Config, sources: &mut Sources) -> Result<Rules, LoadError> {
+    let rules_dir = root.join("rules");
+    let mut rule_files = Vec::new();
+    for path in files_in(&rules_dir, "yaml")? {
+        let text = sources.take(&path)?;
+        let file: RulesFile = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
+        rule_files.push((path.display().to_string(), file));
+    }
+    let mut helpers = Vec::new();
+    for path in files_in(&rules_dir, "rhai")? {
+        helpers.push((path.display().to_string(), sources.take(&path)?));
+    }
+    Ok(Rules::compile(rule_files, helpers, &config.rhai)?)
+}
+
+/// The outgoing flow templates (`flow-templates/*.yaml`), compiled and checked against the
+/// catalogue, by flow id.
+fn read_templates(root: &Path, rules: &Rules, catalogue: &Catalogue, sources: &mut Sources) -> Result<HashMap<String, Template>, LoadError> {
+    let mut templates = HashMap::new();
+    for path in files_in(&root.join("flow-templates"), "yaml")? {
+        let text = sources.take(&path)?;
+        let def: TemplateDef = yaml_serde::from_str(&text).map_err(|source| LoadError::Yaml { path: path.clone(), source })?;
+        let name = path.display().to_string();
+        let t = Template::compile(&name, def, rules, catalogue)?;
+        // The configuration checked `flows.object_name` with flow ids of at most this length.
+        if let Err(source) = crate::domain::names::check_flow_id(&t.flow) {
+            return Err(LoadError::FlowId { file: name, source });
+        }
+        if templates.contains_key(&t.flow) {
+            return Err(LoadError::SecondTemplate { file: name, flow: t.flow });
+        }
+        templates.insert(t.flow.clone(), t);
+    }
+    Ok(templates)
+}
+
+/// Every flow choice has a template, and every recipient's role a role code in the configuration.
+fn check_references(config: &Config, rules: &Rules, templates: &HashMap<String, Template>) -> Result<(), LoadError> {
+    for choice in &rules.flows {
+        if !templates.contains_key(&choice.def.flow) {
+            return Err(LoadError::NoTemplate { choice: choice.def.id.clone(), flow: choice.def.flow.clone() });
+        }
+    }
+    for (name, r) in &rules.recipients {
+        if !config.flows.roles.contains_key(&r.role) {
+            return Err(LoadError::NoRoleCode { recipient: name.clone(), role: r.role.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// The sample folders of the gate: those of requests and those of incoming flows.
+struct Samples {
+    requests: Vec<PathBuf>,
+    incoming: Vec<PathBuf>,
+}
+
+/// Lists the samples and counts their files in the revision: a sample edited is a new revision.
+fn read_samples(root: &Path, sources: &mut Sources) -> Result<Samples, LoadError> {
+    let requests = crate::rules::samples::cases(&root.join("rules").join("samples"));
+    for case in &requests {
+        sources.take(&case.join("request.json"))?;
+        sources.take(&case.join("expect.json"))?;
+        let flows = case.join("flows");
+        if flows.is_dir() {
+            for path in files_in(&flows, "usr")? {
+                sources.take(&path)?;
+            }
+        }
+    }
+    let incoming = crate::rules::incoming_samples::cases(root);
+    for case in &incoming {
+        sources.take(&case.join(crate::rules::incoming_samples::FLOW_FILE))?;
+        sources.take(&case.join(crate::rules::incoming_samples::EXPECT_FILE))?;
+    }
+    Ok(Samples { requests, incoming })
+}
+
+/// The gate: each sample must get its expected answer from the candidate, and together they
+/// must exercise all of it. Returns the coverage line.
+fn gate(set: &RuleSet, samples: &Samples, dir: &Path) -> Result<String, LoadError> {
+    let coverage = gate_requests(set, &samples.requests)?;
+    let incoming_coverage = gate_incoming(set, &samples.incoming)?;
+    let mut uncovered = coverage.uncovered();
+    uncovered.extend(incoming_coverage.uncovered());
+    let summary = format!("{}, {}", coverage.summary(), incoming_coverage.summary());
+    if !uncovered.is_empty() {
+        return Err(LoadError::Uncovered { dir: dir.to_path_buf(), uncovered, coverage: summary });
+    }
+    Ok(summary)
+}
+
+/// The request samples: each must get its whole expected answer from the candidate. Returns
+/// what they exercise.
+fn gate_requests(set: &RuleSet, cases: &[PathBuf]) -> Result<crate::rules::samples::Coverage, LoadError> {
+    let mut coverage = crate::rules::samples::Coverage::new(set);
     let mut failures = Vec::new();
-    for case in &samples {
-        let result = crate::rules::samples::run_sample(&set, case);
+    for case in cases {
+        let result = crate::rules::samples::run_sample(set, case);
         match result.failure {
             Some(why) => failures.push((case.clone(), why)),
             None => coverage.add(&result.pinned),
         }
     }
     if !failures.is_empty() {
-        return Err(LoadError::Samples { failures, total: samples.len() });
+        return Err(LoadError::Samples { failures, total: cases.len() });
     }
-    let uncovered = coverage.uncovered();
-    if !uncovered.is_empty() {
-        return Err(LoadError::Uncovered { dir: sdir, uncovered, coverage: coverage.summary() });
+    Ok(coverage)
+}
+
+/// The incoming samples: each must read to its expected answers with the candidate's
+/// descriptions and code lists. Returns what they exercise.
+fn gate_incoming(set: &RuleSet, cases: &[PathBuf]) -> Result<IncomingCoverage, LoadError> {
+    let mut coverage = IncomingCoverage::new(&set.incoming);
+    let mut failures = Vec::new();
+    for case in cases {
+        match crate::rules::incoming_samples::run(&set.incoming, &set.catalogue, case) {
+            Ok(exercised) => coverage.add(&exercised),
+            Err(why) => failures.push((case.clone(), why)),
+        }
     }
-    set.coverage = coverage.summary();
-    Ok(set)
+    if !failures.is_empty() {
+        return Err(LoadError::IncomingSamples { failures, total: cases.len() });
+    }
+    Ok(coverage)
 }
 
 /// The running rule set, shared by every request; requests take one snapshot at entry.

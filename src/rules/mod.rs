@@ -4,6 +4,7 @@ pub mod decide;
 pub mod engine;
 pub mod explain;
 pub mod incoming;
+mod incoming_samples;
 pub mod load;
 pub mod samples;
 pub mod schema;
@@ -11,6 +12,7 @@ pub mod set;
 pub mod template;
 
 pub use engine::{CompileError, ConditionError, EvalError, RuleFailure, Subject};
+pub use incoming_samples::IncomingSampleFailure;
 pub use load::LoadError;
 pub use samples::CaseFailure;
 pub use schema::{PhotoError, SchemaError};

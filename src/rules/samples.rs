@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::domain::auth::Client;
 use crate::domain::clock::Clock;
 use crate::domain::finding::Finding;
-use crate::rules::decide::{decide, Explain, Fired, Verdict};
+use crate::rules::decide::{decide, Accepted, Explain, Fired, Verdict};
 use crate::rules::engine::{Level, RuleFailure};
 use crate::rules::set::RuleSet;
 
@@ -165,16 +166,7 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
     let expect: Expect = serde_json::from_str(&expect_text).map_err(CaseFailure::ParseExpect)?;
     let flows_dir = dir.join("flows");
     if strictness == Strictness::Whole {
-        let missing = match expect.status {
-            200 if expect.scenario.is_none() || expect.flows.is_none() => Some("`scenario` and `flows`"),
-            200 if expect.flows.as_ref().is_some_and(|f| !f.is_empty()) && !flows_dir.is_dir() => Some("its flow files in flows/"),
-            400 if expect.pointers.is_none() || expect.rules.is_none() => Some("`pointers` and `rules`"),
-            200 | 400 => None,
-            _ => Some("status 200 or 400"),
-        };
-        if let Some(lacks) = missing {
-            return Err(CaseFailure::NotWhole { lacks });
-        }
+        require_whole(&expect, &flows_dir)?;
     }
     let client = Client {
         name: "golden".into(),
@@ -190,78 +182,16 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
     match decision.verdict {
         Verdict::Failed(f) => Err(CaseFailure::RuleFailed(f)),
         Verdict::Rejected(errors) => {
-            if expect.status != 400 {
-                return Err(CaseFailure::Rejected { want: expect.status, findings: errors });
-            }
-            let got: BTreeSet<String> = errors.iter().map(|e| e.pointer.clone()).collect();
-            let want: BTreeSet<String> = expect.pointers.unwrap_or_default().into_iter().collect();
-            if got != want {
-                return Err(CaseFailure::Pointers { got, want, findings: errors });
-            }
-            // Two rules may blame the same field: the pointers alone do not tell which fired.
-            if let Some(want) = expect.rules {
-                let got: BTreeSet<String> = errors.iter().map(|e| e.rule.clone()).collect();
-                let want: BTreeSet<String> = want.into_iter().collect();
-                if got != want {
-                    return Err(CaseFailure::Rules { got, want, findings: errors });
-                }
-            }
+            check_rejected(&expect, errors)?;
             // A 400 shows its errors only: a warning that fired is not in the answer.
             pinned.rules = fired.rules.into_iter().filter(|&i| set.rules.rules.get(i).is_some_and(|r| r.def.level == Level::Error)).collect();
             Ok(())
         }
         Verdict::Accepted(a) => {
-            if expect.status != 200 {
-                return Err(CaseFailure::Accepted { want: expect.status, scenario: a.scenario });
-            }
-            if let Some(s) = &expect.scenario {
-                if *s != a.scenario {
-                    return Err(CaseFailure::Scenario { got: a.scenario, want: s.clone() });
-                }
-            }
-            let mut got: Vec<String> = a.flows.iter().map(|f| format!("{}>{}", f.flow, f.to_label())).collect();
-            got.sort();
-            if let Some(want) = &expect.flows {
-                if got != *want {
-                    return Err(CaseFailure::Flows { got, want: want.clone() });
-                }
-            }
-            // No `warnings` means none is expected (the format says so).
-            let mut w: Vec<String> = a.warnings.iter().map(|w| w.rule.clone()).collect();
-            w.sort();
-            let mut want = expect.warnings.clone().unwrap_or_default();
-            want.sort();
-            if w != want {
-                return Err(CaseFailure::Warnings { got: w, want });
-            }
+            check_accepted(&expect, &a)?;
             // Without a flows/ folder the files are not compared byte for byte.
             let compare = bless || flows_dir.is_dir();
-            for (i, f) in a.flows.iter().enumerate() {
-                let file_id = format!("GT{:08}", i + 1);
-                let content = f.finish(&file_id, now, &set.envelope);
-                let fname = format!("{}_{}{}.usr", f.flow, f.to_role, f.to_mpid);
-                files.push((fname.clone(), content.clone()));
-                let path = flows_dir.join(&fname);
-                if bless {
-                    std::fs::create_dir_all(&flows_dir).map_err(|source| CaseFailure::Bless { path: flows_dir.clone(), source })?;
-                    std::fs::write(&path, &content).map_err(|source| CaseFailure::Bless { path: path.clone(), source })?;
-                    continue;
-                }
-                if !compare {
-                    continue;
-                }
-                match std::fs::read_to_string(&path) {
-                    Ok(want) if want == content => {}
-                    Ok(want) => return Err(CaseFailure::FlowDiffers { file: fname, want, got: content }),
-                    Err(_) => return Err(CaseFailure::FlowMissing { file: fname }),
-                }
-            }
-            if !bless && flows_dir.is_dir() {
-                let expected = std::fs::read_dir(&flows_dir).map(|rd| rd.filter_map(Result::ok).count()).unwrap_or(0);
-                if expected != a.flows.len() {
-                    return Err(CaseFailure::FlowCount { expected, wrote: a.flows.len() });
-                }
-            }
+            *files = check_files(set, &a, now, &flows_dir, bless, compare)?;
             pinned.rules = fired.rules;
             if expect.scenario.is_some() {
                 pinned.scenario = fired.scenario;
@@ -275,6 +205,103 @@ fn check(set: &RuleSet, dir: &Path, bless: bool, strictness: Strictness, files: 
             Ok(())
         }
     }
+}
+
+/// A sample's `expect.json` must pin the whole answer.
+fn require_whole(expect: &Expect, flows_dir: &Path) -> Result<(), CaseFailure> {
+    let missing = match expect.status {
+        200 if expect.scenario.is_none() || expect.flows.is_none() => Some("`scenario` and `flows`"),
+        200 if expect.flows.as_ref().is_some_and(|f| !f.is_empty()) && !flows_dir.is_dir() => Some("its flow files in flows/"),
+        400 if expect.pointers.is_none() || expect.rules.is_none() => Some("`pointers` and `rules`"),
+        200 | 400 => None,
+        _ => Some("status 200 or 400"),
+    };
+    match missing {
+        Some(lacks) => Err(CaseFailure::NotWhole { lacks }),
+        None => Ok(()),
+    }
+}
+
+/// A 400: the status, the pointers blamed and, when given, the rules that blamed them.
+fn check_rejected(expect: &Expect, errors: Vec<Finding>) -> Result<(), CaseFailure> {
+    if expect.status != 400 {
+        return Err(CaseFailure::Rejected { want: expect.status, findings: errors });
+    }
+    let got: BTreeSet<String> = errors.iter().map(|e| e.pointer.clone()).collect();
+    let want: BTreeSet<String> = expect.pointers.clone().unwrap_or_default().into_iter().collect();
+    if got != want {
+        return Err(CaseFailure::Pointers { got, want, findings: errors });
+    }
+    // Two rules may blame the same field: the pointers alone do not tell which fired.
+    if let Some(want) = &expect.rules {
+        let got: BTreeSet<String> = errors.iter().map(|e| e.rule.clone()).collect();
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        if got != want {
+            return Err(CaseFailure::Rules { got, want, findings: errors });
+        }
+    }
+    Ok(())
+}
+
+/// A 200: the status, the scenario and flow choices when given, and the warnings.
+fn check_accepted(expect: &Expect, a: &Accepted) -> Result<(), CaseFailure> {
+    if expect.status != 200 {
+        return Err(CaseFailure::Accepted { want: expect.status, scenario: a.scenario.clone() });
+    }
+    if let Some(s) = &expect.scenario {
+        if *s != a.scenario {
+            return Err(CaseFailure::Scenario { got: a.scenario.clone(), want: s.clone() });
+        }
+    }
+    let mut got: Vec<String> = a.flows.iter().map(|f| format!("{}>{}", f.flow, f.to_label())).collect();
+    got.sort();
+    if let Some(want) = &expect.flows {
+        if got != *want {
+            return Err(CaseFailure::Flows { got, want: want.clone() });
+        }
+    }
+    // No `warnings` means none is expected (the format says so).
+    let mut w: Vec<String> = a.warnings.iter().map(|w| w.rule.clone()).collect();
+    w.sort();
+    let mut want = expect.warnings.clone().unwrap_or_default();
+    want.sort();
+    if w != want {
+        return Err(CaseFailure::Warnings { got: w, want });
+    }
+    Ok(())
+}
+
+/// A 200's flow files, written with the golden clock and file ids: compared byte for byte with
+/// `flows/` when `compare`, or written there when `bless`. Returns them (name, content).
+fn check_files(set: &RuleSet, a: &Accepted, now: OffsetDateTime, flows_dir: &Path, bless: bool, compare: bool) -> Result<Vec<(String, String)>, CaseFailure> {
+    let mut files = Vec::new();
+    for (i, f) in a.flows.iter().enumerate() {
+        let file_id = format!("GT{:08}", i + 1);
+        let content = f.finish(&file_id, now, &set.envelope);
+        let fname = format!("{}_{}{}.usr", f.flow, f.to_role, f.to_mpid);
+        files.push((fname.clone(), content.clone()));
+        let path = flows_dir.join(&fname);
+        if bless {
+            std::fs::create_dir_all(flows_dir).map_err(|source| CaseFailure::Bless { path: flows_dir.to_path_buf(), source })?;
+            std::fs::write(&path, &content).map_err(|source| CaseFailure::Bless { path: path.clone(), source })?;
+            continue;
+        }
+        if !compare {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == content => {}
+            Ok(want) => return Err(CaseFailure::FlowDiffers { file: fname, want, got: content }),
+            Err(_) => return Err(CaseFailure::FlowMissing { file: fname }),
+        }
+    }
+    if !bless && flows_dir.is_dir() {
+        let expected = std::fs::read_dir(flows_dir).map(|rd| rd.filter_map(Result::ok).count()).unwrap_or(0);
+        if expected != a.flows.len() {
+            return Err(CaseFailure::FlowCount { expected, wrote: a.flows.len() });
+        }
+    }
+    Ok(files)
 }
 
 /// Which rules, scenarios, flow choices and optional template groups (those written only when

@@ -6,7 +6,9 @@
 //! enough). Each sample must get its whole expected answer, and together they must exercise
 //! every rule, scenario, flow choice and optional template group of the candidate: a rule no
 //! sample fires could be cut short or emptied unseen, and a rule that is gone is missed by the
-//! sample that expects its finding. Only a set that passes all of that replaces the running one.
+//! sample that expects its finding. The incoming flow descriptions and code lists are held the
+//! same way by the samples of `rules/samples/incoming/`. Only a set that passes all of that
+//! replaces the running one.
 
 use std::collections::HashMap;
 
@@ -36,8 +38,9 @@ pub struct RuleSet {
     /// The files it was built from, relative to the rules folder.
     pub files: Vec<String>,
     /// What the samples of `rules/samples/` exercise (all of it, or the set would not load):
-    /// `rules 21/21, scenarios 8/8, flow choices 5/5, optional groups 4/4`.
+    /// `rules 21/21, scenarios 8/8, flow choices 5/5, optional groups 4/4, incoming flows 2/2,
+    /// incoming items 15/15, codes 4/4`.
     pub coverage: String,
-    /// How many samples it was checked with.
+    /// How many samples it was checked with (incoming samples included).
     pub samples: usize,
 }

@@ -3,6 +3,7 @@
 //! certificates; the tasks beside the HTTP server (delivery, inbound, retention); and [`run`],
 //! the one way a gateway runs, for `flowgate serve` and every test.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,24 +56,38 @@ fn tls_fingerprint(files: &Option<crate::config::TlsFiles>) -> Option<u64> {
     files.as_ref().map(|f| keys_fingerprint(&f.cert_file) ^ keys_fingerprint(&f.key_file).rotate_left(1))
 }
 
+/// Why the TLS files give no acceptor.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file that cannot be read or parsed.
+    #[error("{}: {source}", .path.display())]
+    Pem { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("{}: no certificate", .path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(transparent)]
+    Protocols(rustls::Error),
+    #[error("certificate and key: {0}")]
+    CertificateAndKey(#[source] rustls::Error),
+}
+
 /// A TLS acceptor from PEM files (HTTP/2 and HTTP/1.1 offered by ALPN).
-pub(crate) fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub(crate) fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    let pem = |path: PathBuf| move |source| TlsError::Pem { path, source };
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&files.cert_file).and_then(|it| it.collect::<Result<Vec<_>, _>>()).map_err(pem(files.cert_file.clone()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate", files.cert_file.display()));
+        return Err(TlsError::NoCertificate { path: files.cert_file.clone() });
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(pem(files.key_file.clone()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key: {e}"))?;
+        .map_err(TlsError::CertificateAndKey)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
@@ -86,9 +101,27 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[source] TlsError),
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[source] crate::config::ConfigError),
+}
+
+/// Why a keys file was not reloaded: it does not read, or the store refuses it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysReloadError {
+    #[error(transparent)]
+    Read(#[from] crate::domain::auth::KeysError),
+    #[error("the keys file is refused: {0}")]
+    Refused(#[source] crate::store::StoreError),
+}
+
+/// Why a started gateway stopped running: its sink could not be built, or the HTTP server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Serve(std::io::Error),
 }
 
 impl Gateway {
@@ -96,7 +129,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         // Config::load checks too; a configuration built in code (tests, embedders) is held to
         // the same rules, such as names that fit every sink.
-        config.check().map_err(|e| StartError::Config(e.to_string()))?;
+        config.check().map_err(StartError::Config)?;
         // Before anything is read: an edit made while the gateway starts is seen by the watcher.
         let seen = Seen::now(&config);
         let set = ruleset::load(&config).map_err(StartError::Rules)?;
@@ -137,8 +170,8 @@ impl Gateway {
     }
 
     /// Builds a candidate rule set and swaps it in only if it loads and checks whole.
-    pub(crate) fn reload_rules(&self) -> Result<String, String> {
-        let result = ruleset::load(&self.config).map_err(|e| e.to_string());
+    pub(crate) fn reload_rules(&self) -> Result<String, ruleset::LoadError> {
+        let result = ruleset::load(&self.config);
         let mut status = self.reloads.rules.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
         match result {
@@ -157,17 +190,17 @@ impl Gateway {
                 self.metrics.inc("flowgate_rule_reloads_total", &[("result", "failed")], 1.0);
                 tracing::error!(error = %e, serving = %self.rules.load().revision, "rule edit refused; the running rule set stays");
                 status.ok = false;
-                status.error = Some(e.clone());
+                status.error = Some(e.to_string());
                 Err(e)
             }
         }
     }
 
     /// Re-reads the keys file; a broken file leaves the running keys in place.
-    pub(crate) async fn reload_keys(&self) -> Result<(), String> {
+    pub(crate) async fn reload_keys(&self) -> Result<(), KeysReloadError> {
         let result = match KeysFile::read(&self.config.keys_path()) {
-            Ok(keys) => self.store.check_identities(&keys).await.map(|()| keys).map_err(|e| format!("the keys file is refused: {e}")),
-            Err(e) => Err(e.to_string()),
+            Ok(keys) => self.store.check_identities(&keys).await.map(|()| keys).map_err(KeysReloadError::Refused),
+            Err(e) => Err(KeysReloadError::Read(e)),
         };
         let mut status = self.reloads.keys.lock().unwrap_or_else(|p| p.into_inner());
         status.at = Some(rfc3339_now());
@@ -184,7 +217,7 @@ impl Gateway {
                 tracing::error!(error = %e, "keys file refused; the running keys stay");
                 status.ok = false;
                 status.error = Some(e.to_string());
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -302,8 +335,8 @@ async fn retain(app: Gateway, mut shutdown: tokio::sync::watch::Receiver<bool>) 
 
 /// Starts what runs beside the HTTP server: the rule and key watcher, the dispatcher, the
 /// inbound poller and the retention sweep.
-fn start_background(app: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let sink = crate::sink::Sink::from_config(&app.config).map_err(|e| e.to_string())?;
+fn start_background(app: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    let sink = crate::sink::Sink::from_config(&app.config)?;
     let backoff = crate::exchange::deliver::Backoff {
         base: Duration::from_millis(app.config.dispatch.retry_base_ms),
         max: Duration::from_millis(app.config.dispatch.retry_max_ms),
@@ -319,9 +352,9 @@ fn start_background(app: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> 
 
 /// Runs a started gateway on `listener` until `shutdown` fires: the background tasks, then the
 /// HTTP server; in-flight requests get `grace` to finish, the background tasks 5 s to stop.
-pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> Result<(), String> {
+pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> Result<(), RunError> {
     let background = start_background(&gateway, shutdown.clone())?;
-    crate::http::serve(listener, gateway.http.clone(), shutdown, grace).await.map_err(|e| e.to_string())?;
+    crate::http::serve(listener, gateway.http.clone(), shutdown, grace).await.map_err(RunError::Serve)?;
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }

@@ -90,12 +90,13 @@ fn test_passes_the_golden_cases_and_fails_a_wrong_expectation() {
     let cases = flowgate::rules::samples::cases(&common::repo().join("tests/cases")).len();
     assert!(out.contains(&format!("{cases} passed, 0 failed")), "{out}");
     // The golden cases, and the reload gate's samples, exercise every rule, scenario, flow choice
-    // and optional template group.
-    for prefix in ["coverage:", "samples coverage:"] {
+    // and optional template group; the samples also every incoming flow description, what it
+    // matches and shows, and every code.
+    for (prefix, kinds) in [("coverage:", 4), ("samples coverage:", 7)] {
         let line = out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} line: {out}"));
         let counts = line.trim_start_matches(prefix).split(" (").next().unwrap();
         let parts: Vec<&str> = counts.split(',').map(str::trim).collect();
-        assert_eq!(parts.len(), 4, "{line}");
+        assert_eq!(parts.len(), kinds, "{line}");
         for part in parts {
             let (what, count) = part.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
             let (got, of) = count.split_once('/').unwrap_or_else(|| panic!("{line}"));
@@ -103,6 +104,7 @@ fn test_passes_the_golden_cases_and_fails_a_wrong_expectation() {
         }
         assert!(line.contains("scenarios 8/8"), "{line}");
     }
+    assert!(out.contains("incoming flows 2/2, incoming items 15/15, codes 4/4 (32 samples in"), "{out}");
     assert!(!out.contains("not exercised"), "{out}");
 
     let dir = common::temp_dir("cli-test");
@@ -132,7 +134,7 @@ fn check_and_test_refuse_a_rule_set_whose_samples_leave_a_scenario_unexercised_a
     for args in [vec!["check", "tests/cases/s01-minimal/request.json", "--rules-dir", dir], vec!["test", "tests/cases", "--rules-dir", dir]] {
         let (code, out, err) = flowgate(&args);
         assert_eq!(code, 2, "{args:?}: {out}{err}");
-        assert!(err.contains("exercises scenario S06 (coverage: rules 21/21, scenarios 7/8, flow choices 5/5, optional groups 4/4)"), "{args:?}: {err}");
+        assert!(err.contains("exercises scenario S06 (coverage: rules 21/21, scenarios 7/8, flow choices 5/5, optional groups 4/4, incoming flows 2/2, incoming items 15/15, codes 4/4)"), "{args:?}: {err}");
     }
 }
 
