@@ -647,7 +647,7 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(body: &'a Value, today: &'a str) -> Ctx<'a> {
-        Ctx { env: crate::rules::fast::Env { body, today, vars: Vec::new() }, scope: None, base: 0 }
+        Ctx { env: crate::rules::fast::Env::new(body, today), scope: None, base: 0 }
     }
 
     /// Binds a variable (`scenario`, `sender`, `recipient`, `each`) for what is evaluated next.

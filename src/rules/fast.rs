@@ -60,9 +60,19 @@ pub(crate) struct Env<'a> {
     pub body: &'a Value,
     pub today: &'a str,
     pub vars: Vec<(&'static str, V<'a>)>,
+    /// Each block of [`BLOCKS`] (an empty object when absent or not an object), looked up once.
+    blocks: [&'a Value; BLOCKS.len()],
 }
 
 impl<'a> Env<'a> {
+    pub(crate) fn new(body: &'a Value, today: &'a str) -> Env<'a> {
+        let blocks = BLOCKS.map(|(_, name)| match body.get(name) {
+            Some(v @ Value::Object(_)) => v,
+            _ => empty_object(),
+        });
+        Env { body, today, vars: Vec::new(), blocks }
+    }
+
     fn named(&self, name: &str) -> Option<&V<'a>> {
         self.vars.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
@@ -740,10 +750,7 @@ impl<'a> Machine<'a, '_> {
     fn global(&self, g: &Global) -> R<'a, V<'a>> {
         let body: &'a Value = self.env.body;
         Ok(match g {
-            Global::Block(i) => match body.get(BLOCKS[*i].1) {
-                Some(v @ Value::Object(_)) => V::Json(v),
-                _ => V::Json(empty_object()),
-            },
+            Global::Block(i) => V::Json(self.env.blocks[*i]),
             Global::Body => V::Json(body),
             Global::Today => V::Str(Cow::Borrowed(self.env.today)),
             Global::Named(n) => self.env.named(n).cloned().ok_or(BAIL)?,
