@@ -3,7 +3,8 @@
 //! `decide` is pure: it reads the rule set snapshot and the body and stores nothing, so `serve`,
 //! `check` and `test` all call it. Storing and answering are the server's business.
 
-use rhai::{Dynamic, ImmutableString};
+use std::borrow::Cow;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -11,7 +12,8 @@ use crate::domain::auth::Client;
 use crate::domain::clock::Clock;
 use crate::domain::finding::Finding;
 use crate::dtc::write::FlowBody;
-use crate::rules::engine::{findings_of, Level, RuleFailure, Trace};
+use crate::rules::engine::{findings_of, Ctx, Level, RuleFailure, Trace};
+use crate::rules::fast::V;
 use crate::rules::set::RuleSet;
 
 /// What the rule set says of a body.
@@ -193,7 +195,7 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     let schema_clean = errors.is_empty();
     let mut warnings = Vec::new();
     let today = crate::domain::clock::iso_date(crate::domain::clock::london(clock.now()).date());
-    let mut scope = crate::rules::engine::scope_for(value, &today);
+    let mut ctx = Ctx::new(value, &today);
     let rules = &set.rules;
 
     // A rule that fails at run time on a body the schema already rejected (a wrong type, say)
@@ -206,7 +208,7 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
 
     let mut scenario = None;
     let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
-    let values = rules.run_batch(&mut scope, &rules.scenarios_batch, &conditions);
+    let values = rules.eval_batch(&mut ctx, &rules.scenarios_batch, &conditions);
     for (i, (s, value)) in rules.scenarios.iter().zip(values).enumerate() {
         match value.and_then(crate::rules::engine::truth_of) {
             Ok(true) => {
@@ -222,11 +224,10 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
             Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m.to_string())),
         }
     }
-    let scenario_id: Dynamic = scenario.map(|s| Dynamic::from(ImmutableString::from(s.id.as_str()))).unwrap_or(Dynamic::UNIT);
-    scope.push_constant_dynamic("scenario", scenario_id);
+    ctx.push("scenario", scenario.map(|s| V::Str(Cow::Borrowed(s.id.as_str()))).unwrap_or(V::Unit));
 
     let conditions: Vec<_> = rules.rules.iter().map(|r| &r.when).collect();
-    let values = rules.run_batch(&mut scope, &rules.rules_batch, &conditions);
+    let values = rules.eval_batch(&mut ctx, &rules.rules_batch, &conditions);
     for (i, (r, value)) in rules.rules.iter().zip(values).enumerate() {
         let result = value.and_then(|v| findings_of(&r.def, v));
         match result {
@@ -254,10 +255,10 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
         return Verdict::Failed(failure);
     };
 
-    scope.push_constant("sender", ImmutableString::from(client.sip_id.as_str()));
+    ctx.push("sender", V::Str(Cow::Borrowed(client.sip_id.as_str())));
     let mut flows = Vec::new();
     let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
-    let values = rules.run_batch(&mut scope, &rules.flows_batch, &conditions);
+    let values = rules.eval_batch(&mut ctx, &rules.flows_batch, &conditions);
     for (i, (choice, value)) in rules.flows.iter().zip(values).enumerate() {
         match value.and_then(crate::rules::engine::truth_of) {
             Ok(false) => {
@@ -276,18 +277,18 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
         let result = (|| -> Result<FlowBody, RuleFailure> {
             let recipient = rules.recipients.get(&choice.def.to).ok_or_else(|| fail(format!("unknown recipient {}", choice.def.to)))?;
             let to_role = set.roles.get(&recipient.role).ok_or_else(|| fail(format!("no role code for {}", recipient.role)))?;
-            let mpid = rules.run(&mut scope, &recipient.mpid).map_err(|e| fail(e.to_string()))?;
+            let mpid = rules.eval(&mut ctx, &recipient.mpid).map_err(|e| fail(e.to_string()))?;
             let to_mpid = mpid.into_string().map_err(|t| fail(format!("the recipient's MPID is a {t}, not text")))?;
             if to_mpid.len() != 4 || !to_mpid.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
                 return Err(fail(format!("the recipient's MPID {to_mpid:?} is not 4 upper-case letters or digits")));
             }
             let template = set.templates.get(&choice.def.flow).ok_or_else(|| fail(format!("no template for {}", choice.def.flow)))?;
-            let mark = scope.len();
-            scope.push_constant("recipient", ImmutableString::from(to_mpid.as_str()));
+            let mark = ctx.mark();
+            ctx.push("recipient", V::Str(Cow::Owned(to_mpid.clone())));
             let mut written = Vec::new();
-            let rendered = template.render(rules, &mut scope, cover.then_some(&mut written));
+            let rendered = template.render(rules, &mut ctx, cover.then_some(&mut written));
             fired.groups.extend(written.into_iter().map(|g| (template.flow.clone(), g)));
-            scope.rewind(mark);
+            ctx.rewind(mark);
             let (records, top_level) = rendered?;
             Ok(FlowBody {
                 flow: template.flow.clone(),

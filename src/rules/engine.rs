@@ -8,6 +8,10 @@
 //! Everything is compiled once per rule set. rhai runs sandboxed: no modules (so no file access),
 //! no printing, and limits on operations, call depth, expression depth, string, array and map
 //! sizes, plus a wall-clock deadline per condition through the progress callback.
+//!
+//! Each condition also gets a fast program when its shapes allow ([`crate::rules::fast`]): it
+//! reads the parsed body in place, and rhai (and the rhai scope, built only then) runs only the
+//! conditions without one or where the program gives up.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -104,10 +108,19 @@ pub struct Distributor {
     pub kind: String,
 }
 
-/// A compiled condition with the text it came from.
+/// A compiled condition with the text it came from, and its fast program when it has the shapes
+/// the fast path knows ([`crate::rules::fast`]).
 pub struct Condition {
     pub source: String,
     ast: AST,
+    fast: Option<crate::rules::fast::Prog>,
+}
+
+impl Condition {
+    /// Whether the condition has a fast program (rhai still runs it where the program gives up).
+    pub fn is_fast(&self) -> bool {
+        self.fast.is_some()
+    }
 }
 
 pub struct Rule {
@@ -115,13 +128,15 @@ pub struct Rule {
     pub when: Condition,
 }
 
-/// Several conditions compiled into one script that gives all their values as an array: one
-/// evaluation instead of many (the fixed cost of an evaluation dominates small conditions).
-/// Each condition is a block of its own, so its `let`s do not leak into the next. When the
-/// batch fails, the conditions are run one by one to name the one that failed.
+/// The conditions of a list that have no fast program, compiled into one script that gives all
+/// their values as an array: one rhai evaluation instead of many (the fixed cost of an evaluation
+/// dominates small conditions). Each condition is a block of its own, so its `let`s do not leak
+/// into the next. When the batch fails, the conditions are run one by one to name the one that
+/// failed.
 pub struct Batch {
     ast: Option<AST>,
-    len: usize,
+    /// The positions in the list of the conditions the script holds.
+    slow: Vec<usize>,
 }
 
 pub struct Scenario {
@@ -265,11 +280,21 @@ pub struct Rules {
     pub distributors: Arc<BTreeMap<String, Distributor>>,
     /// The text of each helper function's body, by name (for explanations).
     pub helper_bodies: BTreeMap<String, String>,
+    /// The script helpers' fast programs.
+    lib: crate::rules::fast::Lib,
     timeout: Duration,
 }
 
 thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// rhai evaluations on this thread (the fast path's tests count them).
+    static RHAI_RUNS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many rhai evaluations this thread has run.
+#[cfg(test)]
+pub(crate) fn rhai_runs() -> u64 {
+    RHAI_RUNS.with(Cell::get)
 }
 
 /// The blocks of the body, bound by these names in every condition.
@@ -284,7 +309,7 @@ pub(crate) const BLOCKS: [(&str, &str); 7] = [
 ];
 
 /// Strings longer than this (photos) are not handed to rules: they see a placeholder.
-const LONG_STRING: usize = 4096;
+pub(crate) const LONG_STRING: usize = 4096;
 
 /// A sandboxed engine with the helper functions every condition may call.
 pub(crate) fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
@@ -436,6 +461,7 @@ impl Rules {
         for (_, source) in &helpers {
             helper_bodies.extend(function_bodies(source));
         }
+        let mut helper_asts = Vec::new();
         for (name, source) in helpers {
             let ast = match engine.compile(&source) {
                 Ok(ast) => ast,
@@ -446,8 +472,10 @@ impl Rules {
                 Err(source) => return Err(CompileError::HelpersRun { file: name, source }),
             };
             engine.register_global_module(module.into());
+            helper_asts.push(ast);
         }
-        let compile = |what: Subject, src: &str| compile_condition(&engine, what, src);
+        let lib = crate::rules::fast::Lib::new(&helper_asts, distributors.clone(), limits);
+        let compile = |what: Subject, src: &str| compile_condition(&engine, &lib, what, src);
         let mut seen = std::collections::HashSet::new();
         let mut rules = Vec::new();
         for def in merged.rules {
@@ -495,6 +523,7 @@ impl Rules {
             recipients,
             distributors,
             helper_bodies,
+            lib,
             timeout: Duration::from_millis(limits.timeout_ms),
         })
     }
@@ -519,7 +548,7 @@ impl Rules {
 
     /// Compiles an expression with this rule set's engine (templates use it too).
     pub(crate) fn compile_condition(&self, what: Subject, src: &str) -> Result<Condition, ConditionError> {
-        compile_condition(&self.engine, what, src)
+        compile_condition(&self.engine, &self.lib, what, src)
     }
 
     /// Compiles a batch of conditions with this rule set's engine.
@@ -527,17 +556,55 @@ impl Rules {
         batch(&self.engine, conditions)
     }
 
-    /// The values of every condition of a batch, each as `run` would give it: one evaluation
-    /// when all goes well, one per condition (to name the failing one) when it does not.
-    pub(crate) fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
+    /// The values of every condition of a list, each as [`Rules::eval`] would give it: the fast
+    /// programs first, then the conditions without one in one rhai evaluation (`batch`, built
+    /// for this list), and any whose fast program gave up one by one.
+    pub(crate) fn eval_batch(&self, ctx: &mut Ctx<'_>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
+        let mut out: Vec<Option<Result<Dynamic, EvalError>>> =
+            conditions.iter().map(|c| c.fast.as_ref().and_then(|p| self.lib.run(p, &ctx.env)).map(|v| Ok(v.to_dynamic()))).collect();
+        if !batch.slow.is_empty() && batch.slow.iter().all(|&i| out.get(i).is_some_and(Option::is_none)) {
+            let slow: Vec<&Condition> = batch.slow.iter().map(|&i| conditions[i]).collect();
+            let values = self.run_batch(ctx.scope(), batch, &slow);
+            for (&i, v) in batch.slow.iter().zip(values) {
+                out[i] = Some(v);
+            }
+        }
+        let mut values = Vec::with_capacity(out.len());
+        for (v, c) in out.into_iter().zip(conditions) {
+            values.push(match v {
+                Some(v) => v,
+                None => self.run(ctx.scope(), c),
+            });
+        }
+        values
+    }
+
+    /// A condition's value: its fast program's, or rhai's where it has none or it gives up.
+    pub(crate) fn eval(&self, ctx: &mut Ctx<'_>, cond: &Condition) -> Result<Dynamic, EvalError> {
+        if let Some(v) = cond.fast.as_ref().and_then(|p| self.lib.run(p, &ctx.env)) {
+            return Ok(v.to_dynamic());
+        }
+        self.run(ctx.scope(), cond)
+    }
+
+    /// [`Rules::eval`] kept as a fast path value (a template's `repeat`, whose elements become
+    /// `each`); `None` when there is no fast answer.
+    pub(crate) fn eval_fast<'a>(&'a self, ctx: &Ctx<'a>, cond: &'a Condition) -> Option<crate::rules::fast::V<'a>> {
+        cond.fast.as_ref().and_then(|p| self.lib.run(p, &ctx.env))
+    }
+
+    /// The values of the conditions of a batch's script, in one rhai evaluation when all goes
+    /// well, one per condition (to name the failing one) when it does not.
+    fn run_batch(&self, scope: &mut Scope<'static>, batch: &Batch, conditions: &[&Condition]) -> Vec<Result<Dynamic, EvalError>> {
         if let Some(ast) = &batch.ast {
+            RHAI_RUNS.with(|n| n.set(n.get() + 1));
             let mark = scope.len();
             DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
             let result = self.engine.eval_ast_with_scope::<Array>(scope, ast);
             DEADLINE.with(|d| d.set(None));
             scope.rewind(mark);
             if let Ok(values) = result {
-                if values.len() == batch.len {
+                if values.len() == batch.slow.len() {
                     return values.into_iter().map(Ok).collect();
                 }
             }
@@ -547,6 +614,7 @@ impl Rules {
 
     /// Runs one condition under the deadline; new variables it declares are dropped after.
     pub fn run(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<Dynamic, EvalError> {
+        RHAI_RUNS.with(|n| n.set(n.get() + 1));
         let mark = scope.len();
         DEADLINE.with(|d| d.set(Some(Instant::now() + self.timeout)));
         let result = self.engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast);
@@ -555,28 +623,85 @@ impl Rules {
         result.map_err(|e| describe(e, self.timeout))
     }
 
+    /// A condition's value from its fast program (`None`: none, or it gave up) and from rhai.
+    #[cfg(test)]
+    pub(crate) fn both(&self, ctx: &mut Ctx<'_>, cond: &Condition) -> (Option<Dynamic>, Result<Dynamic, EvalError>) {
+        let fast = cond.fast.as_ref().and_then(|p| self.lib.run(p, &ctx.env)).map(|v| v.to_dynamic());
+        (fast, self.run(ctx.scope(), cond))
+    }
+
     /// Evaluates a condition as a yes/no question: () counts as no.
-    pub(crate) fn truth(&self, scope: &mut Scope<'static>, cond: &Condition) -> Result<bool, EvalError> {
-        truth_of(self.run(scope, cond)?)
+    pub(crate) fn truth(&self, ctx: &mut Ctx<'_>, cond: &Condition) -> Result<bool, EvalError> {
+        truth_of(self.eval(ctx, cond)?)
+    }
+}
+
+/// What a body is judged with: the body itself and the variables pushed as the decision goes,
+/// read in place by the fast programs; the rhai scope is built only when a condition runs in rhai.
+pub struct Ctx<'a> {
+    env: crate::rules::fast::Env<'a>,
+    scope: Option<Scope<'static>>,
+    /// The length of the scope `scope_for` builds.
+    base: usize,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(body: &'a Value, today: &'a str) -> Ctx<'a> {
+        Ctx { env: crate::rules::fast::Env::new(body, today), scope: None, base: 0 }
+    }
+
+    /// Binds a variable (`scenario`, `sender`, `recipient`, `each`) for what is evaluated next.
+    pub(crate) fn push(&mut self, name: &'static str, value: crate::rules::fast::V<'a>) {
+        self.env.vars.push((name, value));
+    }
+
+    pub(crate) fn mark(&self) -> usize {
+        self.env.vars.len()
+    }
+
+    /// Drops the variables bound since `mark`.
+    pub(crate) fn rewind(&mut self, mark: usize) {
+        self.env.vars.truncate(mark);
+    }
+
+    /// The rhai scope with the body and the variables bound now (built on first use).
+    fn scope(&mut self) -> &mut Scope<'static> {
+        let (env, base) = (&self.env, &mut self.base);
+        let scope = self.scope.get_or_insert_with(|| {
+            let s = scope_for(env.body, env.today);
+            *base = s.len();
+            s
+        });
+        scope.rewind(*base);
+        for (name, value) in &env.vars {
+            scope.push_constant_dynamic(*name, value.to_dynamic());
+        }
+        scope
     }
 }
 
 fn batch<'a>(engine: &Engine, conditions: impl Iterator<Item = &'a Condition>) -> Batch {
     let mut script = String::from("[\n");
-    let mut len = 0;
-    for c in conditions {
+    let mut slow = Vec::new();
+    for (i, c) in conditions.enumerate() {
+        if c.fast.is_some() {
+            continue;
+        }
         // A `return` would leave the whole batch, not its own block: such a set runs one by one.
         if c.source.contains("return") {
-            return Batch { ast: None, len: 0 };
+            return Batch { ast: None, slow: vec![] };
         }
         script.push_str("{\n");
         script.push_str(&c.source);
         script.push_str("\n},\n");
-        len += 1;
+        slow.push(i);
     }
     script.push(']');
+    if slow.is_empty() {
+        return Batch { ast: None, slow };
+    }
     // A condition that does not fit a block (it declares a function, say) runs on its own.
-    Batch { ast: engine.compile(&script).ok(), len }
+    Batch { ast: engine.compile(&script).ok(), slow }
 }
 
 /// A value as a yes/no answer: () counts as no.
@@ -587,12 +712,12 @@ pub(crate) fn truth_of(v: Dynamic) -> Result<bool, EvalError> {
     v.as_bool().map_err(EvalError::NotTruth)
 }
 
-fn compile_condition(engine: &Engine, what: Subject, src: &str) -> Result<Condition, ConditionError> {
+fn compile_condition(engine: &Engine, lib: &crate::rules::fast::Lib, what: Subject, src: &str) -> Result<Condition, ConditionError> {
     if src.trim().is_empty() {
         return Err(ConditionError::Empty(what));
     }
     match engine.compile(src) {
-        Ok(ast) => Ok(Condition { source: src.trim().to_string(), ast }),
+        Ok(ast) => Ok(Condition { source: src.trim().to_string(), fast: lib.compile(&ast), ast }),
         Err(source) => Err(ConditionError::Parse { subject: what, source }),
     }
 }
@@ -743,9 +868,11 @@ mod tests {
             ..RulesFile::default()
         };
         let rules = Rules::compile(vec![("t".into(), file)], vec![], &limits).unwrap();
-        let mut scope = scope_for(&serde_json::json!({}), "2025-01-01");
+        let body = serde_json::json!({});
+        let mut ctx = Ctx::new(&body, "2025-01-01");
+        assert!(!rules.rules[0].when.is_fast());
         let started = Instant::now();
-        let err = rules.run(&mut scope, &rules.rules[0].when).unwrap_err();
+        let err = rules.eval(&mut ctx, &rules.rules[0].when).unwrap_err();
         assert_eq!(err.to_string(), "stopped: ran past its deadline of 50 ms");
         assert!(started.elapsed() < Duration::from_secs(5));
     }

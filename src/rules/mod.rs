@@ -3,6 +3,7 @@
 pub mod decide;
 pub mod engine;
 pub mod explain;
+pub(crate) mod fast;
 pub mod incoming;
 mod incoming_samples;
 pub mod load;

@@ -7,11 +7,12 @@
 //! rule set loads (group codes, nesting, field order and count), and every value against its
 //! data item's format when it is written. A new flow is a new file, not new Rust.
 
-use rhai::{Dynamic, Scope};
+use rhai::Dynamic;
 use serde::Deserialize;
 
 use crate::dtc::catalogue::{check_value, CatField, CatFlow, Catalogue};
-use crate::rules::engine::{Condition, ConditionError, RuleFailure, Rules, Subject};
+use crate::rules::engine::{Condition, ConditionError, Ctx, RuleFailure, Rules, Subject};
+use crate::rules::fast::V;
 
 /// Why a flow template does not fit its catalogue flow, or does not compile: the template file,
 /// and the flow, group and item at fault.
@@ -169,16 +170,56 @@ impl Template {
 
     /// Writes the group records for one request (each record is its fields, code first), and
     /// counts the top-level ones. `written`, when given, gets the index of every group written.
-    pub(crate) fn render(
-        &self,
-        rules: &Rules,
-        scope: &mut Scope<'static>,
+    pub(crate) fn render<'a>(
+        &'a self,
+        rules: &'a Rules,
+        ctx: &mut Ctx<'a>,
         mut written: Option<&mut Vec<usize>>,
     ) -> Result<(Vec<Vec<String>>, usize), RuleFailure> {
         let mut out = Vec::new();
-        render_groups(&self.flow, &self.tree, rules, scope, &mut out, &mut written)?;
+        render_groups(&self.flow, &self.tree, rules, ctx, &mut out, &mut written)?;
         let top = out.iter().filter(|r| r.first().is_some_and(|c| self.top_codes.contains(c))).count();
         Ok((out, top))
+    }
+}
+
+impl Template {
+    /// Hands `check` every expression of the template as rendering would evaluate it (every
+    /// group, whatever its `when`; up to three elements of each `repeat` bound to `each`).
+    #[cfg(test)]
+    pub(crate) fn each_condition<'a>(&'a self, rules: &'a Rules, ctx: &mut Ctx<'a>, check: &mut dyn FnMut(&mut Ctx<'a>, &'a Condition)) {
+        fn walk<'a>(groups: &'a [Group], rules: &'a Rules, ctx: &mut Ctx<'a>, check: &mut dyn FnMut(&mut Ctx<'a>, &'a Condition)) {
+            for g in groups {
+                if let Some(w) = &g.when {
+                    check(ctx, w);
+                }
+                let elements: Vec<V<'a>> = match &g.repeat {
+                    Some(r) => {
+                        check(ctx, r);
+                        match rules.eval_fast(ctx, r) {
+                            Some(V::Arr(a)) => a,
+                            _ => match rules.eval(ctx, r) {
+                                Ok(v) if v.is_array() => v.into_array().unwrap_or_default().into_iter().map(V::from_dynamic).collect(),
+                                _ => vec![],
+                            },
+                        }
+                    }
+                    None => vec![V::Unit],
+                };
+                for each in elements.into_iter().take(3) {
+                    let mark = ctx.mark();
+                    if g.repeat.is_some() {
+                        ctx.push("each", each);
+                    }
+                    for f in &g.fields {
+                        check(ctx, &f.value);
+                    }
+                    walk(&g.groups, rules, ctx, check);
+                    ctx.rewind(mark);
+                }
+            }
+        }
+        walk(&self.tree, rules, ctx, check);
     }
 }
 
@@ -241,40 +282,45 @@ fn compile_groups(
     Ok(out)
 }
 
-fn render_groups(
+fn render_groups<'a>(
     flow: &str,
-    groups: &[Group],
-    rules: &Rules,
-    scope: &mut Scope<'static>,
+    groups: &'a [Group],
+    rules: &'a Rules,
+    ctx: &mut Ctx<'a>,
     out: &mut Vec<Vec<String>>,
     written: &mut Option<&mut Vec<usize>>,
 ) -> Result<(), RuleFailure> {
     for g in groups {
         let fail = |what: &str, message: &dyn std::fmt::Display| RuleFailure { rule: format!("{flow}/{}{what}", g.code), message: message.to_string() };
         if let Some(w) = &g.when {
-            if !rules.truth(scope, w).map_err(|m| fail(" when", &m))? {
+            if !rules.truth(ctx, w).map_err(|m| fail(" when", &m))? {
                 continue;
             }
         }
-        let elements = match &g.repeat {
-            Some(r) => {
-                let v = rules.run(scope, r).map_err(|m| fail(" repeat", &m))?;
-                if v.is_unit() {
-                    vec![]
-                } else {
-                    v.into_array().map_err(|t| fail(" repeat", &format_args!("gave a {t}, not an array")))?
+        let elements: Vec<V<'a>> = match &g.repeat {
+            Some(r) => match rules.eval_fast(ctx, r) {
+                Some(V::Unit) => vec![],
+                Some(V::Arr(a)) => a,
+                Some(V::Json(serde_json::Value::Array(a))) => a.iter().map(crate::rules::fast::read).collect(),
+                _ => {
+                    let v = rules.eval(ctx, r).map_err(|m| fail(" repeat", &m))?;
+                    if v.is_unit() {
+                        vec![]
+                    } else {
+                        v.into_array().map_err(|t| fail(" repeat", &format_args!("gave a {t}, not an array")))?.into_iter().map(V::from_dynamic).collect()
+                    }
                 }
-            }
-            None => vec![Dynamic::UNIT],
+            },
+            None => vec![V::Unit],
         };
         for each in elements {
-            let mark = scope.len();
+            let mark = ctx.mark();
             if g.repeat.is_some() {
-                scope.push_constant_dynamic("each", each);
+                ctx.push("each", each);
             }
             let mut record = vec![g.code.clone()];
             let conditions: Vec<&Condition> = g.fields.iter().map(|f| &f.value).collect();
-            let values = rules.run_batch(scope, &g.values, &conditions);
+            let values = rules.eval_batch(ctx, &g.values, &conditions);
             for (f, value) in g.fields.iter().zip(values) {
                 let item = || format!(" {}", f.cat.item);
                 let raw = value.map_err(|m| fail(&item(), &m))?;
@@ -286,8 +332,8 @@ fn render_groups(
             if let Some(w) = written.as_deref_mut() {
                 w.push(g.id);
             }
-            let r = render_groups(flow, &g.groups, rules, scope, out, written);
-            scope.rewind(mark);
+            let r = render_groups(flow, &g.groups, rules, ctx, out, written);
+            ctx.rewind(mark);
             r?;
         }
     }
