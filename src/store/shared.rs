@@ -110,10 +110,10 @@ pub async fn migrate(pool: &Pool) -> Result<(i32, i32), MigrateError> {
     // is wrong, and waiting for ever would hide it.
     tx.batch_execute("SET LOCAL lock_timeout = '60s'").await.map_err(|e| unavailable(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| unavailable(&e))?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS flowgate_schema (version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_versions (version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
         .await
         .map_err(|e| unavailable(&e))?;
-    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM flowgate_schema", &[]).await.map_err(|e| unavailable(&e))?.get(0);
+    let found: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM schema_versions", &[]).await.map_err(|e| unavailable(&e))?.get(0);
     let applied = async {
         if found > SCHEMA_VERSION {
             return Err(MigrateError::Newer { found, known: SCHEMA_VERSION });
@@ -121,7 +121,7 @@ pub async fn migrate(pool: &Pool) -> Result<(i32, i32), MigrateError> {
         for version in found + 1..=SCHEMA_VERSION {
             let failed = |e: tokio_postgres::Error| MigrateError::Failed { version, error: e.to_string() };
             tx.batch_execute(MIGRATIONS[usize::try_from(version - 1).unwrap_or(0)]).await.map_err(failed)?;
-            tx.execute("INSERT INTO flowgate_schema (version) VALUES ($1)", &[&version]).await.map_err(failed)?;
+            tx.execute("INSERT INTO schema_versions (version) VALUES ($1)", &[&version]).await.map_err(failed)?;
         }
         Ok(())
     }

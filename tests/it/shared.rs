@@ -405,7 +405,7 @@ fn a_database_of_a_newer_schema_is_refused() {
         let (from, to) = flowgate::store::migrate(&pool).await.unwrap();
         assert_eq!((from, to), (0, flowgate::store::SCHEMA_VERSION));
         assert_eq!(flowgate::store::migrate(&pool).await.unwrap(), (to, to), "a second migration changes nothing");
-        pool.get().await.unwrap().execute("INSERT INTO flowgate_schema (version) VALUES ($1)", &[&(to + 1)]).await.unwrap();
+        pool.get().await.unwrap().execute("INSERT INTO schema_versions (version) VALUES ($1)", &[&(to + 1)]).await.unwrap();
         let e = flowgate::store::migrate(&pool).await.unwrap_err();
         assert!(matches!(e, flowgate::store::MigrateError::Newer { .. }), "{e}");
         assert!(e.to_string().contains("newer than this flowgate"), "{e}");
