@@ -432,6 +432,9 @@ photo_section() {
     G_HWM=$(status_kb "$pid" VmHWM)
     G_RSS=$(status_kb "$pid" VmRSS)
     G_ACCEPTS=$(metric "$WORK/metrics.photos" flowgate_store_commit_accepts_total)
+    # The gateway's CPU time (user + system) from its start through the load and the delivery:
+    # per accepted request, it depends far less than req/s on what else the machine runs.
+    G_CPU_MS=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f", ($14 + $15) * 1000 / hz }' "/proc/$pid/stat")
     stop_pid "$pid"
     G_STORE=$(dir_bytes "$data/store")
     G_STORE_ALLOC=$(du -sB1 "$data/store" | awk '{ print $1 }')
@@ -565,6 +568,7 @@ CPU, \`store.cache_mb\` 64, body limit 32 MiB). The data dirs were on a \`$PHOTO
 |---|---|---|
 | (g) ~8 MB body, $PHOTO_CONNS connections, ${PHOTO_SECS} s, new job_id each | **$(bp "$WORK/photos-8mb.txt" 'round(ok_rate, 2)') accepted req/s**; $(bp "$WORK/photos-8mb.txt" completed)/$(bp "$WORK/photos-8mb.txt" started) answered in $(bp "$WORK/photos-8mb.txt" 'round(elapsed_s, 1)') s, statuses $(bp "$WORK/photos-8mb.txt" statuses), errors $(bp "$WORK/photos-8mb.txt" errors) | $G_LOAD_BEFORE / $G_LOAD_AFTER |
 | (g) latency (first byte sent to last byte of the answer) | **p50 $(bp "$WORK/photos-8mb.txt" 'round(p50_ms)') ms, p99 $(bp "$WORK/photos-8mb.txt" 'round(p99_ms)') ms**, max $(bp "$WORK/photos-8mb.txt" 'round(max_ms)') ms | |
+| (g) gateway CPU time (user + system, from its start through the load and the delivery) | **$(div "$G_CPU_MS" "$G_ACCEPTS" %.1f) ms per accepted request** ($(awk -v m="$G_CPU_MS" 'BEGIN { printf "%.1f", m / 1000 }') s for $G_ACCEPTS) | |
 | (g) gateway peak RSS (VmHWM, through the load and the delivery after it) | **$(mib "$G_HWM") MiB**; VmRSS at the end of the load $(mib "$G_RSS_END") MiB, after delivery $(mib "$G_RSS") MiB | |
 | (g) store (\`<data_dir>/store/\`, after delivery; redb grows its file in steps, so the file size depends on where a run stops, the allocated blocks less) | $(human_bytes "$G_STORE") (file size; $(human_bytes "$G_STORE_ALLOC") in allocated blocks) for $G_ACCEPTS accepted requests: **$(human_bytes "$(div "$G_STORE" "$G_ACCEPTS" %.0f)") per accepted request** ($(div "$G_STORE" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) × the body; allocated $(human_bytes "$(div "$G_STORE_ALLOC" "$G_ACCEPTS" %.0f)"), $(div "$G_STORE_ALLOC" "$(( G_ACCEPTS * B8_BYTES ))" %.2f) ×) | |
 | (g) sink (\`<data_dir>/dtn/\`, after delivery) | $(human_bytes "$G_SINK"): **$(human_bytes "$(div "$G_SINK" "$G_ACCEPTS" %.0f)") per accepted request** (job archives $(human_bytes "$G_SINK_JOBS"), the rest flow files) | |

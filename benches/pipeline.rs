@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowgate::domain::auth::{Client, Rate};
 use flowgate::domain::clock::Clock;
+use sha2::Digest;
 
 fn setup() -> (flowgate::rules::set::RuleSet, Vec<u8>, Vec<u8>, Vec<u8>) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -54,6 +55,11 @@ fn steps(c: &mut Criterion) {
         let value = flowgate::rules::decide::parse(body).unwrap();
         g.bench_function("schema", |b| b.iter(|| set.schema.findings(&value)));
         g.bench_function("rules-scope", |b| b.iter(|| flowgate::rules::engine::scope_for(&value, "2025-12-31")));
+        // What the idempotency hash cost before it skipped the serializer's escape loop for
+        // strings that need no escape: the compact JSON written through serde_json into SHA-256
+        // (decide-whole includes the hash as it is now).
+        g.bench_function("hash-through-serializer", |b| b.iter(|| hash_through_serializer(&value)));
+        g.bench_function("sha256-of-body", |b| b.iter(|| sha2::Sha256::digest(body.as_slice())));
         g.bench_function("decide-whole", |b| {
             b.iter(|| {
                 let d = flowgate::rules::decide::decide(&set, &client, body, now, flowgate::rules::decide::Explain::No);
@@ -73,6 +79,22 @@ fn steps(c: &mut Criterion) {
         }
         g.finish();
     }
+}
+
+fn hash_through_serializer(v: &serde_json::Value) -> Vec<u8> {
+    struct Hashing(sha2::Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(sha2::Sha256::new());
+    serde_json::to_writer(&mut h, v).unwrap();
+    h.0.finalize().to_vec()
 }
 
 criterion_group!(benches, steps);
