@@ -124,9 +124,7 @@ fn main() {
             store.stats.commits.load(Ordering::Relaxed),
             store.stats.largest_batch.load(Ordering::Relaxed)
         );
-        drop(store);
-        // The writer thread holds the database until its channel closes.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        rt.block_on(store.close());
     }
     println!("store: {:.1} MiB", dir_bytes(&dir) as f64 / 1048576.0);
     for i in 0..opens {
@@ -143,9 +141,9 @@ fn main() {
             }
         };
         let opened = t.elapsed();
-        let pending = store.pending_count().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let pending = rt.block_on(store.pending_count()).unwrap();
         println!("open {}: Store::open took {:.3} s ({} files in the outbox)", i + 1, opened.as_secs_f64(), pending);
-        drop(store);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        rt.block_on(store.close());
     }
 }

@@ -297,7 +297,24 @@ impl CliError {
     }
 }
 
+/// glibc keeps freed buffers of a few MiB in per-thread arenas (its mmap threshold rises with each
+/// large buffer freed), so a gateway that had taken photo bodies held hundreds of MiB it no longer
+/// used. A fixed threshold maps buffers of 1 MiB and more on their own and gives them back when
+/// they are freed. Measured with the same setting given through MALLOC_MMAP_THRESHOLD_: peak RSS
+/// 213 -> 179 MiB for 8 MB bodies at 8 connections, 266 -> 201 MiB for 64 bodies of 30 MB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn give_large_buffers_back() {
+    // SAFETY: mallopt only tunes the allocator; it runs once, first thing, before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_large_buffers_back() {}
+
 fn main() -> ExitCode {
+    give_large_buffers_back();
     // Usage errors and help end here, before any verb runs: clap prints them and exits 2 or 0.
     let cli = Cli::parse();
     let outcome = match cli.verb {

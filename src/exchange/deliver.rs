@@ -137,70 +137,20 @@ pub async fn run<S: ObjectStore>(
             let mut bytes = 0usize;
             while let Some(f) = queue.next_if(|_| items.len() < batch_size && (items.is_empty() || bytes < BATCH_BYTES)) {
                 let attempt = Attempt { object: f.object.clone(), flow: f.flow.clone(), kind: f.kind, request_id: f.request_id.clone() };
-                let content = match (f.kind, f.content.is_empty()) {
-                    (FileKind::Archive, true) => match store.archive_bytes(&f.request_id).await {
-                        Ok(Some(b)) => b,
-                        Ok(None) => {
-                            tracing::error!(object = %f.object, "the job archive's request or body is not in the store; it cannot be delivered");
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!(object = %f.object, error = %e, "cannot read a job archive's body; will retry");
-                            continue;
-                        }
-                    },
-                    // A flow file, or an archive stored whole by an earlier version.
-                    _ => f.content.clone().into_bytes(),
-                };
+                let Some(content) = content_of(&store, f).await else { continue };
                 bytes += content.len();
                 items.push((attempt, f.object.clone(), content));
             }
             for (attempt, r) in sink.put_all(items).await {
                 let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                 let name = attempt.object.clone();
-                let delivery = match (attempt.kind, r) {
-                    (FileKind::Archive, Ok(PutOutcome::Created | PutOutcome::AlreadyThere)) => {
-                        stats.archived.fetch_add(1, Ordering::Relaxed);
-                        Delivery::Delivered { at }
-                    }
-                    (FileKind::Archive, Ok(PutOutcome::Different(existing))) => {
-                        // Another instance accepted this job first: its flows are the ones sent.
-                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        let winner = crate::store::archive_request_id(&existing).unwrap_or_else(|| "unknown (not a flowgate job archive)".into());
-                        if winner == attempt.request_id {
-                            tracing::error!(object = %name, "ALARM: the job archive holds different bytes under this request's own id");
-                        }
-                        tracing::warn!(object = %name, request = %attempt.request_id, duplicate_of = %winner, "job already accepted by another instance; this request's flows are not sent");
-                        Delivery::Duplicate { winner }
-                    }
-                    (FileKind::Flow, Ok(PutOutcome::Created)) => {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flows_delivered_total", &attempt.flow);
-                        Delivery::Delivered { at }
-                    }
-                    (FileKind::Flow, Ok(PutOutcome::AlreadyThere)) => {
-                        stats.already_there.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flows_delivered_total", &attempt.flow);
-                        stats.count("flowgate_flows_found_delivered_total", &attempt.flow);
-                        Delivery::Delivered { at }
-                    }
-                    (FileKind::Flow, Ok(PutOutcome::Different(_))) => {
-                        stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                        stats.count("flowgate_flow_conflicts_total", &attempt.flow);
-                        tracing::error!(object = %name, "ALARM: the store holds different bytes under this object name; not overwritten");
-                        Delivery::Conflict { error: "the store holds different bytes under this name".into() }
-                    }
-                    (kind, Err(e)) => {
-                        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        let label = if kind == FileKind::Archive { "archive" } else { attempt.flow.as_str() };
-                        stats.count("flowgate_flow_delivery_failures_total", label);
-                        let entry = not_before.entry(name.clone()).or_insert((0, now));
-                        entry.0 += 1;
-                        entry.1 = Instant::now() + backoff.delay(entry.0);
-                        tracing::warn!(object = %name, attempts = entry.0, error = %e, "delivery failed; will retry");
-                        Delivery::Failed { error: e.to_string() }
-                    }
-                };
+                let delivery = judged(&attempt, r, at, &stats);
+                if let Delivery::Failed { error } = &delivery {
+                    let entry = not_before.entry(name.clone()).or_insert((0, now));
+                    entry.0 += 1;
+                    entry.1 = Instant::now() + backoff.delay(entry.0);
+                    tracing::warn!(object = %name, attempts = entry.0, error = %error, "delivery failed; will retry");
+                }
                 if !matches!(delivery, Delivery::Failed { .. }) {
                     not_before.remove(&name);
                 }
@@ -221,6 +171,69 @@ pub async fn run<S: ObjectStore>(
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+}
+
+/// The bytes of an outbox file: a job archive is assembled from its stored body (`None`, logged,
+/// if that cannot be read now); a flow file's are in the outbox.
+async fn content_of(store: &Store, f: &OutboxFile) -> Option<Vec<u8>> {
+    match (f.kind, f.content.is_empty()) {
+        (FileKind::Archive, true) => match store.archive_bytes(&f.request_id).await {
+            Ok(Some(b)) => Some(b),
+            Ok(None) => {
+                tracing::error!(object = %f.object, "the job archive's request or body is not in the store; it cannot be delivered");
+                None
+            }
+            Err(e) => {
+                tracing::error!(object = %f.object, error = %e, "cannot read a job archive's body; will retry");
+                None
+            }
+        },
+        // A flow file, or an archive stored whole by an earlier version.
+        _ => Some(f.content.clone().into_bytes()),
+    }
+}
+
+/// What one write's result means for its file, counted in `stats`.
+fn judged(attempt: &Attempt, r: Result<PutOutcome, crate::sink::SinkError>, at: String, stats: &DispatchStats) -> Delivery {
+    match (attempt.kind, r) {
+        (FileKind::Archive, Ok(PutOutcome::Created | PutOutcome::AlreadyThere)) => {
+            stats.archived.fetch_add(1, Ordering::Relaxed);
+            Delivery::Delivered { at }
+        }
+        (FileKind::Archive, Ok(PutOutcome::Different(existing))) => {
+            // Another instance accepted this job first: its flows are the ones sent.
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            let winner = crate::store::archive_request_id(&existing).unwrap_or_else(|| "unknown (not a flowgate job archive)".into());
+            if winner == attempt.request_id {
+                tracing::error!(object = %attempt.object, "ALARM: the job archive holds different bytes under this request's own id");
+            }
+            tracing::warn!(object = %attempt.object, request = %attempt.request_id, duplicate_of = %winner, "job already accepted by another instance; this request's flows are not sent");
+            Delivery::Duplicate { winner }
+        }
+        (FileKind::Flow, Ok(PutOutcome::Created)) => {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            stats.count("flowgate_flows_delivered_total", &attempt.flow);
+            Delivery::Delivered { at }
+        }
+        (FileKind::Flow, Ok(PutOutcome::AlreadyThere)) => {
+            stats.already_there.fetch_add(1, Ordering::Relaxed);
+            stats.count("flowgate_flows_delivered_total", &attempt.flow);
+            stats.count("flowgate_flows_found_delivered_total", &attempt.flow);
+            Delivery::Delivered { at }
+        }
+        (FileKind::Flow, Ok(PutOutcome::Different(_))) => {
+            stats.conflicts.fetch_add(1, Ordering::Relaxed);
+            stats.count("flowgate_flow_conflicts_total", &attempt.flow);
+            tracing::error!(object = %attempt.object, "ALARM: the store holds different bytes under this object name; not overwritten");
+            Delivery::Conflict { error: "the store holds different bytes under this name".into() }
+        }
+        (kind, Err(e)) => {
+            stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            let label = if kind == FileKind::Archive { "archive" } else { attempt.flow.as_str() };
+            stats.count("flowgate_flow_delivery_failures_total", label);
+            Delivery::Failed { error: e.to_string() }
         }
     }
 }

@@ -358,5 +358,6 @@ pub async fn run(gateway: Gateway, listener: TcpListener, shutdown: tokio::sync:
     for task in background {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
+    gateway.store.close().await;
     Ok(())
 }

@@ -67,12 +67,16 @@ enum Job {
     Inbound(Box<InboundRecord>, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
     /// Drops the bodies of settled requests received before the cutoff (ms since 1970).
     Sweep(i64, tokio::sync::oneshot::Sender<Result<usize, StoreError>>),
+    /// Commits what came before, then stops the writer and closes the database.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The embedded store: a redb database and the writer thread in front of it.
 #[derive(Clone)]
 pub(crate) struct Embedded {
-    db: Arc<Database>,
+    /// The writer thread holds the database; reads borrow it for a moment. When the writer
+    /// stops ([`Embedded::close`]) the database closes cleanly, and the next open needs no repair.
+    db: std::sync::Weak<Database>,
     tx: mpsc::Sender<Job>,
     pub stats: Arc<CommitStats>,
     /// Woken after each commit that queued files, for the dispatcher.
@@ -118,7 +122,21 @@ impl Embedded {
         let writer =
             Writer { db: db.clone(), stats: stats.clone(), queued: queued.clone(), prefix: instance_prefix.to_string(), bodies_dir: bodies_dir.clone() };
         std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(rx)).db()?;
-        Ok(Embedded { db, tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
+        Ok(Embedded { db: Arc::downgrade(&db), tx, stats, queued, prefix: instance_prefix.to_string(), bodies_dir })
+    }
+
+    /// A read transaction, while the store is open.
+    fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.upgrade().ok_or(StoreError::Closed)?.begin_read().db()
+    }
+
+    /// Commits what is queued, stops the writer and closes the database (so the next start
+    /// opens it without a repair). Calls after it get [`StoreError::Closed`].
+    pub(crate) async fn close(&self) {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if self.tx.send(Job::Close(reply)).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Stores an accepted request durably (or finds its first answer, or a conflict).
@@ -184,7 +202,7 @@ impl Embedded {
 
     /// What became of an inbound file seen before (by name and SHA-256).
     pub(crate) fn inbound_seen(&self, seen_key: &str) -> Result<Option<Value>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(INBOUND_SEEN).db()?;
         let Some(v) = t.get(seen_key).db()? else { return Ok(None) };
         serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -192,14 +210,14 @@ impl Embedded {
 
     /// A value of the `meta` table (counters and positions).
     pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(META).db()?;
         Ok(t.get(key).db()?.map(|v| v.value()))
     }
 
     /// The accepted requests for an MPAN core, oldest key first.
     pub(crate) fn requests_for_mpan(&self, mpan: &str) -> Result<Vec<MpanEntry>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(MPANS).db()?;
         let (from, to) = (format!("{mpan}\u{1f}"), format!("{mpan}\u{20}"));
         let mut out = Vec::new();
@@ -212,7 +230,7 @@ impl Embedded {
 
     /// The incoming flows matched to a request, by file name.
     pub fn incoming(&self, request_id: &str) -> Result<Vec<Value>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(INCOMING).db()?;
         let (from, to) = (format!("{request_id}\u{1f}"), format!("{request_id}\u{20}"));
         let mut out = Vec::new();
@@ -225,7 +243,7 @@ impl Embedded {
 
     /// Client names and SIP IDs the store has requests of.
     pub(crate) fn identities(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(CLIENTS).db()?;
         let mut out = BTreeMap::new();
         for row in t.iter().db()? {
@@ -238,7 +256,7 @@ impl Embedded {
     /// The request first accepted for this client and job id; an error if the client's name is
     /// the store's under another SIP ID.
     pub(crate) fn job(&self, client: &str, job_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let jobs = r.open_table(JOBS).db()?;
         let Some(id) = jobs.get(job_key(client, job_id).as_str()).db()? else { return Ok(None) };
         let id = id.value().to_string();
@@ -249,7 +267,7 @@ impl Embedded {
     /// (`None` if the request or its body is not here). Always the same bytes for a request, so a
     /// retried delivery finds its own archive as "already there".
     pub(crate) fn archive_bytes(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let requests = r.open_table(REQUESTS).db()?;
         let Some(record) = requests.get(request_id).db()? else { return Ok(None) };
         let record: RequestRecord = serde_json::from_slice(record.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -259,20 +277,20 @@ impl Embedded {
     }
 
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(REQUESTS).db()?;
         let Some(v) = t.get(request_id).db()? else { return Ok(None) };
         serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
     pub fn body(&self, request_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         read_body(&r, &self.bodies_dir, request_id)
     }
 
     /// The state of a request's job archive; `None` if the request has none (or is unknown).
     pub(crate) fn archive_state(&self, request_id: &str) -> Result<Option<DeliveryState>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let requests = r.open_table(REQUESTS).db()?;
         let Some(v) = requests.get(request_id).db()? else { return Ok(None) };
         let record: RequestRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -284,7 +302,7 @@ impl Embedded {
     }
 
     pub fn outbox_file(&self, object: &str) -> Result<Option<OutboxFile>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let t = r.open_table(OUTBOX).db()?;
         let Some(v) = t.get(object).db()? else { return Ok(None) };
         serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -292,7 +310,7 @@ impl Embedded {
 
     /// Up to `limit` undelivered files, oldest first.
     pub(crate) fn pending(&self, limit: usize) -> Result<Vec<OutboxFile>, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         let pending = r.open_table(PENDING).db()?;
         let outbox = r.open_table(OUTBOX).db()?;
         let mut names: Vec<(u64, String)> = Vec::new();
@@ -312,7 +330,7 @@ impl Embedded {
 
     /// How many files wait for delivery.
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read().db()?;
+        let r = self.read()?;
         r.open_table(PENDING).db()?.len().db()
     }
 
@@ -340,14 +358,27 @@ enum Pending {
 impl Writer {
     fn run(self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Close(reply) => close = Some(reply),
+                    job => batch.push(job),
+                }
+                if close.is_none() && batch.len() < 512 {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit_batch(batch);
+            if !batch.is_empty() {
+                self.commit_batch(batch);
+            }
+            if let Some(reply) = close {
+                // The last strong reference: the database is closed (cleanly) before the reply.
+                drop(self);
+                let _ = reply.send(());
+                return;
+            }
         }
     }
 
@@ -392,6 +423,10 @@ impl Writer {
                             let r = sweep(&mut t, cutoff, &self.bodies_dir);
                             replies.push(Pending::Sweep(reply, r));
                         }
+                        // Taken out of the batch by `run`.
+                        Job::Close(reply) => {
+                            let _ = reply.send(());
+                        }
                     }
                 }
             }
@@ -407,34 +442,7 @@ impl Writer {
             }
         }
         // Nothing is promised unless the commit (and its fsync) succeeded.
-        for p in replies {
-            match p {
-                Pending::Accept(reply, r) => {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => *r,
-                        Err(e) => Err(StoreError::Db(e.to_string())),
-                    });
-                }
-                Pending::Mark(reply, r) => {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => r,
-                        Err(e) => Err(StoreError::Db(e.to_string())),
-                    });
-                }
-                Pending::Inbound(reply, r) => {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => r,
-                        Err(e) => Err(StoreError::Db(e.to_string())),
-                    });
-                }
-                Pending::Sweep(reply, r) => {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => r,
-                        Err(e) => Err(StoreError::Db(e.to_string())),
-                    });
-                }
-            }
-        }
+        reply_all(replies, &outcome);
     }
 
     fn accept_one(&self, t: &mut Tables<'_>, req: NewRequest, body_in_file: bool) -> Result<AcceptOutcome, StoreError> {
@@ -472,6 +480,25 @@ impl Writer {
             t.mpans.insert(mpan_key(&req.mpan, &req.request_id).as_str(), serde_json::to_vec(&entry).db()?.as_slice()).db()?;
         }
         Ok(AcceptOutcome::Accepted(record))
+    }
+}
+
+/// Sends each job of a batch its answer: its own result if the commit succeeded, else the
+/// commit's error.
+fn reply_all(replies: Vec<Pending>, outcome: &Result<(), StoreError>) {
+    fn settled<T>(outcome: &Result<(), StoreError>, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match outcome {
+            Ok(()) => r,
+            Err(e) => Err(StoreError::Db(e.to_string())),
+        }
+    }
+    for p in replies {
+        match p {
+            Pending::Accept(reply, r) => drop(reply.send(settled(outcome, *r))),
+            Pending::Mark(reply, r) => drop(reply.send(settled(outcome, r))),
+            Pending::Inbound(reply, r) => drop(reply.send(settled(outcome, r))),
+            Pending::Sweep(reply, r) => drop(reply.send(settled(outcome, r))),
+        }
     }
 }
 
@@ -789,6 +816,23 @@ mod tests {
         println!("store: {total} body bytes took {grown} bytes of store ({ratio:.3}x)");
         assert!(ratio <= 1.1, "the store grew {ratio:.2} times the bodies it took");
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A closed store's database is closed: it opens again in the same process at once (redb
+    /// refuses a database still open), with what was accepted before the close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_store_opens_again_at_once_with_what_it_held() {
+        let dir = std::env::temp_dir().join(format!("flowgate-store-close-{}", ulid::Ulid::new()));
+        let store = Store::open(&dir, "T").unwrap();
+        assert!(matches!(store.accept(photo_request(1, b"{}")).await.unwrap(), AcceptOutcome::Accepted(_)));
+        let reader = store.clone();
+        store.close().await;
+        assert!(matches!(reader.request("REQ-0001").await, Err(StoreError::Closed)), "a read after the close");
+        let again = Store::open(&dir, "T").expect("the database was left open");
+        assert!(again.request("REQ-0001").await.unwrap().is_some());
+        again.close().await;
+        drop((store, reader, again));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

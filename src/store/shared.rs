@@ -170,6 +170,10 @@ impl Shared {
         self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    pub(crate) fn close(&self) {
+        self.pool.close();
+    }
+
     pub(crate) fn instance_prefix(&self) -> &str {
         &self.prefix
     }
