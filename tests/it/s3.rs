@@ -20,7 +20,7 @@ use flowgate::sink::{Got, Listing, ObjectStore, PutOutcome};
 use serde_json::Value;
 
 /// The store's endpoint and bucket from the environment; fails loudly without them.
-fn s3_env() -> (String, String) {
+pub(crate) fn s3_env() -> (String, String) {
     let names = ["FLOWGATE_S3_ENDPOINT", "FLOWGATE_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
     let missing: Vec<&str> = names.iter().copied().filter(|k| std::env::var(k).map_or(true, |v| v.is_empty())).collect();
     assert!(
@@ -35,19 +35,19 @@ fn unique_prefix(tag: &str) -> String {
     format!("test-{tag}-{}/", ulid::Ulid::new().to_string().to_lowercase())
 }
 
-fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
+pub(crate) fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
     let (_, bucket) = s3_env();
     S3Config { endpoint: Some(endpoint.to_string()), region: "us-east-1".into(), bucket, prefix: prefix.to_string(), path_style: true }
 }
 
 /// The bucket under one prefix, read directly (not through any proxy), with its own runtime.
-struct Bucket {
+pub(crate) struct Bucket {
     sink: S3Sink,
     rt: tokio::runtime::Runtime,
 }
 
 impl Bucket {
-    fn new(prefix: &str) -> Bucket {
+    pub(crate) fn new(prefix: &str) -> Bucket {
         let (endpoint, _) = s3_env();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let sink = {
@@ -57,15 +57,19 @@ impl Bucket {
         Bucket { sink, rt }
     }
 
-    fn list(&self, under: &str) -> Vec<String> {
+    pub(crate) fn list(&self, under: &str) -> Vec<String> {
         self.rt.block_on(self.sink.list(under, Listing::default())).unwrap().into_iter().map(|o| o.name).collect()
     }
 
-    fn get(&self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Vec<u8>> {
         match self.rt.block_on(self.sink.get(name, u64::MAX)).unwrap() {
             Got::Bytes { bytes, .. } => Some(bytes),
             _ => None,
         }
+    }
+
+    pub(crate) fn put(&self, name: &str, bytes: &[u8]) {
+        self.rt.block_on(self.sink.put(name, bytes.to_vec())).unwrap();
     }
 }
 
@@ -78,17 +82,17 @@ fn use_s3(config: &mut Config, endpoint: &str, prefix: &str) {
 }
 
 /// A public or golden case's body with its job id replaced.
-fn body(case: &str, job_id: &str) -> Vec<u8> {
+pub(crate) fn body(case: &str, job_id: &str) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases").join(case).join("request.json")).unwrap()).unwrap();
     v["job_details"]["job_id"] = Value::String(job_id.to_string());
     serde_json::to_vec(&v).unwrap()
 }
 
 /// Accepted cases with one to four flows each.
-const CASES: [&str; 4] = ["public-energisation-only", "s01-all-flows", "public-completed-isolation", "public-aborted-dno-category-b"];
+pub(crate) const CASES: [&str; 4] = ["public-energisation-only", "s01-all-flows", "public-completed-isolation", "public-aborted-dno-category-b"];
 
 /// The object names a 200 answer promises.
-fn flow_objects(answer: &Value) -> Vec<String> {
+pub(crate) fn flow_objects(answer: &Value) -> Vec<String> {
     answer["flows"].as_array().unwrap().iter().map(|f| f["object"].as_str().unwrap().to_string()).collect()
 }
 
@@ -102,7 +106,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");

@@ -14,11 +14,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flowgate::config::{Config, S3Config, SinkKind};
+use crate::s3::{body, flow_objects, s3_config, s3_env, wait_until, Bucket, CASES};
+use flowgate::config::{Config, SinkKind};
 use flowgate::domain::auth::{KeysFile, Rate};
-use flowgate::sink::s3::S3Sink;
-use flowgate::sink::{Got, Listing, ObjectStore};
-use serde_json::Value;
 
 /// One shared test at a time: the restart test takes the database server down.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -49,18 +47,8 @@ fn fresh_database(tag: &str) -> String {
     format!("{base}/{name}")
 }
 
-fn s3_env() -> (String, String) {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| panic!("{k} is not set: start Ceph (scripts/ceph.sh)"));
-    (get("FLOWGATE_S3_ENDPOINT"), get("FLOWGATE_S3_BUCKET"))
-}
-
 fn unique_prefix(tag: &str) -> String {
     format!("test-shared-{tag}-{}/", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-fn s3_config(prefix: &str) -> S3Config {
-    let (endpoint, bucket) = s3_env();
-    S3Config { endpoint: Some(endpoint), region: "us-east-1".into(), bucket, prefix: prefix.to_string(), path_style: true }
 }
 
 /// An instance on the shared database and the bucket under `prefix`.
@@ -68,7 +56,7 @@ fn shared(config: &mut Config, url: &str, prefix: &str) {
     config.store.database_url = Some(url.to_string());
     config.store.lease_seconds = 3;
     config.sink.kind = SinkKind::S3;
-    config.sink.s3 = s3_config(prefix);
+    config.sink.s3 = s3_config(&s3_env().0, prefix);
     config.dispatch.retry_base_ms = 50;
     config.dispatch.retry_max_ms = 400;
     config.inbound.poll_ms = 100;
@@ -89,59 +77,8 @@ fn one_key(rate: Rate) -> (KeysFile, String) {
     (keys, key)
 }
 
-struct Bucket {
-    sink: S3Sink,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Bucket {
-    fn new(prefix: &str) -> Bucket {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let sink = {
-            let _guard = rt.enter();
-            S3Sink::new(&s3_config(prefix)).unwrap()
-        };
-        Bucket { sink, rt }
-    }
-
-    fn list(&self, under: &str) -> Vec<String> {
-        self.rt.block_on(self.sink.list(under, Listing::default())).unwrap().into_iter().map(|o| o.name).collect()
-    }
-
-    fn get(&self, name: &str) -> Option<Vec<u8>> {
-        match self.rt.block_on(self.sink.get(name, u64::MAX)).unwrap() {
-            Got::Bytes { bytes, .. } => Some(bytes),
-            _ => None,
-        }
-    }
-
-    fn put(&self, name: &str, bytes: &[u8]) {
-        self.rt.block_on(self.sink.put(name, bytes.to_vec())).unwrap();
-    }
-}
-
-fn body(case: &str, job_id: &str) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(&std::fs::read(common::repo().join("tests/cases").join(case).join("request.json")).unwrap()).unwrap();
-    v["job_details"]["job_id"] = Value::String(job_id.to_string());
-    serde_json::to_vec(&v).unwrap()
-}
-
-const CASES: [&str; 4] = ["public-energisation-only", "s01-all-flows", "public-completed-isolation", "public-aborted-dno-category-b"];
-
-fn flow_objects(answer: &Value) -> Vec<String> {
-    answer["flows"].as_array().unwrap().iter().map(|f| f["object"].as_str().unwrap().to_string()).collect()
-}
-
 fn post(addr: std::net::SocketAddr, key: &str, body: &[u8]) -> Result<common::Answer, String> {
     common::try_request(addr, "POST", "/v4/sip", &[("Content-Type", "application/json"), ("X-API-Key", key)], body)
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const D0126: &str = "ZHV|EM00000042|D0126001|J|EMEB|M|DEMO|20250110093000||||TR01|\n\
