@@ -9,6 +9,7 @@
 #   bench/shared.sh                # from anywhere; runs from the repo root
 #   SECS=10 PHOTO_SECS=15          # durations (the defaults)
 #   NOTE="..." bench/shared.sh     # a line for the report, e.g. what else ran on the machine
+#   BUILD=0 bench/shared.sh        # use the release binary as it is
 #
 # Bounded and loopback only: the instances listen on 127.0.0.1, the database is the throwaway one
 # of scripts/postgres.sh (started if it is not running; a new database per run, dropped at the
@@ -35,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "building the release binary and the photo body"
-cargo build --release --bin flowgate --example photo_body >&2
+[ "${BUILD:-1}" = 0 ] || cargo build --release --bin flowgate --example photo_body >&2
 B8=$WORK/photos-8mb.json
 "$ROOT/target/release/examples/photo_body" --size 8mb --out "$B8" 2>/dev/null
 
@@ -46,15 +47,16 @@ unset FLOWGATE_DATABASE_URL
 command -v psql >/dev/null || { echo "psql is missing (Debian: postgresql-client)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is missing (Debian: wrk)" >&2; exit 1; }
 
-# A new database for a run; its URL.
+# A new database for a run: its name in DB, its URL in DB_URL (no subshell: cleanup needs DB).
 new_db() {
     DB="fgbench_$(date +%s)_$RANDOM"
     psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
-    echo "${ADMIN_URL%/*}/$DB"
+    DB_URL="${ADMIN_URL%/*}/$DB"
 }
 drop_db() { psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB" >/dev/null; DB=""; }
 
-# start_instance DIR [URL]: a gateway on DIR (its keys file already there); prints its address.
+# start_instance DIR [URL]: a gateway on DIR (its keys file already there); its address in ADDR.
+# Not in a subshell: its PID must reach PIDS, so that it is stopped.
 start_instance() {
     local dir=$1 url=${2:-}
     mkdir -p "$dir"
@@ -68,7 +70,7 @@ start_instance() {
     for _ in $(seq 100); do
         local a
         a=$(sed -n 's|^flowgate listening on http://||p' "$dir/out.log")
-        [ -n "$a" ] && { echo "$a"; return; }
+        [ -n "$a" ] && { ADDR=$a; return; }
         sleep 0.1
     done
     echo "the gateway on $dir did not start" >&2
@@ -135,7 +137,8 @@ row() { ROWS+=("| $1 | $2 | $3 |"); echo "$1 | $2 | $3" >&2; }
 
 say "embedded store (redb), one instance"
 with_keys "$WORK/e1"
-a=$(start_instance "$WORK/e1")
+start_instance "$WORK/e1"
+a=$ADDR
 row "embedded, 1 instance" "3 KB, new jobs" "$(small "$a" unique)"
 row "embedded, 1 instance" "3 KB, replay" "$(small "$a" replay)"
 row "embedded, 1 instance" "8 MB photos, new jobs" "$(photo "$a")"
@@ -143,11 +146,12 @@ stop_all
 
 for n in 1 2; do
     say "PostgreSQL, $n instance(s)"
-    url=$(new_db)
+    new_db
     addrs=()
     for i in $(seq "$n"); do
         with_keys "$WORK/p$n-$i"
-        addrs+=("$(start_instance "$WORK/p$n-$i" "$url")")
+        start_instance "$WORK/p$n-$i" "$DB_URL"
+        addrs+=("$ADDR")
     done
     row "PostgreSQL, $n instance(s)" "3 KB, new jobs" "$(small "${addrs[@]}" unique)"
     row "PostgreSQL, $n instance(s)" "3 KB, replay" "$(small "${addrs[@]}" replay)"

@@ -25,6 +25,8 @@ use serde_json::Value;
 use crate::config::RhaiLimits;
 use crate::domain::finding::Finding;
 use crate::dtc::items::{address_lines, mpan_check_ok, postcode};
+pub use crate::rules::body::Distributor;
+use crate::rules::body::{to_dynamic, BLOCKS};
 
 /// One rules YAML file; every section is optional, the files of `rules/` are merged.
 #[derive(Debug, Default, Deserialize)]
@@ -96,16 +98,6 @@ pub struct FlowChoiceDef {
 pub struct RecipientDef {
     pub role: String,
     pub mpid: String,
-}
-
-/// A distributor by the first two digits of the MPAN core.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Distributor {
-    pub id: String,
-    pub name: String,
-    pub mpid: String,
-    pub kind: String,
 }
 
 /// A compiled condition with the text it came from, and its fast program when it has the shapes
@@ -297,20 +289,6 @@ pub(crate) fn rhai_runs() -> u64 {
     RHAI_RUNS.with(Cell::get)
 }
 
-/// The blocks of the body, bound by these names in every condition.
-pub(crate) const BLOCKS: [(&str, &str); 7] = [
-    ("job", "job_details"),
-    ("contact", "customer_contact"),
-    ("risk", "risk_assessment"),
-    ("meter", "meter"),
-    ("safety", "site_safety"),
-    ("exec", "job_execution"),
-    ("completion", "job_completion"),
-];
-
-/// Strings longer than this (photos) are not handed to rules: they see a placeholder.
-pub(crate) const LONG_STRING: usize = 4096;
-
 /// A sandboxed engine with the helper functions every condition may call.
 pub(crate) fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
     let mut engine = Engine::new();
@@ -390,31 +368,6 @@ fn register_helpers(engine: &mut Engine, distributors: Arc<BTreeMap<String, Dist
     engine.register_fn("present", |d: Dynamic| !d.is_unit());
     engine.register_fn("is_true", |d: Dynamic| d.as_bool().unwrap_or(false));
     engine.register_fn("is_false", |d: Dynamic| d.as_bool().is_ok_and(|b| !b));
-}
-
-/// The JSON body as a rhai value, photos (long strings) replaced by a placeholder.
-pub(crate) fn to_dynamic(v: &Value) -> Dynamic {
-    match v {
-        Value::Null => Dynamic::UNIT,
-        Value::Bool(b) => (*b).into(),
-        // JSON has one number type: 5.0 is the integer 5 (as JSON Schema's `integer` says), so
-        // rules see an integer for it, not a float that an integer check would pass over.
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => Dynamic::from(i as INT),
-            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Dynamic::from(f as INT),
-            (None, f) => Dynamic::from(f.unwrap_or(f64::NAN)),
-        },
-        Value::String(s) if s.len() > LONG_STRING => format!("[{} bytes not shown to rules]", s.len()).into(),
-        Value::String(s) => s.as_str().into(),
-        Value::Array(a) => Dynamic::from_array(a.iter().map(to_dynamic).collect()),
-        Value::Object(o) => {
-            let mut m = Map::new();
-            for (k, v) in o {
-                m.insert(k.as_str().into(), to_dynamic(v));
-            }
-            Dynamic::from_map(m)
-        }
-    }
 }
 
 /// The scope a body is judged in: `body`, each block by its short name (an empty map when the

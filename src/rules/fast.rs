@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::config::RhaiLimits;
 use crate::dtc::items::{address_lines, mpan_check_ok, postcode};
-use crate::rules::engine::{Distributor, BLOCKS, LONG_STRING};
+use crate::rules::body::{Distributor, BLOCKS, LONG_STRING};
 
 /// A value as the fast path sees it: borrowed from the body or the program where it can be.
 #[derive(Clone, Debug)]
@@ -606,7 +606,7 @@ fn empty_object() -> &'static Value {
     EMPTY.get_or_init(|| Value::Object(serde_json::Map::new()))
 }
 
-/// A body value as rules see it (as [`crate::rules::engine::to_dynamic`] gives it).
+/// A body value as rules see it (as [`crate::rules::body::to_dynamic`] gives it).
 pub(crate) fn read(v: &Value) -> V<'_> {
     match v {
         Value::Null => V::Unit,
@@ -1009,7 +1009,7 @@ impl V<'_> {
             V::Int(i) => (*i).into(),
             V::Float(f) => (*f).into(),
             V::Str(s) => s.as_ref().into(),
-            V::Json(v) => crate::rules::engine::to_dynamic(v),
+            V::Json(v) => crate::rules::body::to_dynamic(v),
             V::Arr(a) => Dynamic::from_array(a.iter().map(V::to_dynamic).collect()),
             V::Map(m) => Dynamic::from_map(m.iter().map(|(k, v)| (k.as_str().into(), v.to_dynamic())).collect()),
             V::Dyn(d) => d.clone(),

@@ -279,7 +279,7 @@ impl Incoming {
 
 /// `*.yaml` files of a folder, sorted; a missing folder has none.
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IncomingError> {
-    match crate::rules::load::sorted_files(dir, "yaml") {
+    match crate::rules::files::sorted_files(dir, "yaml") {
         Ok(paths) => Ok(paths),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(IncomingError::Read { path: dir.to_path_buf(), source: e }),

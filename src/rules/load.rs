@@ -7,6 +7,7 @@ use crate::domain::names::FlowIdError;
 use crate::dtc::catalogue::{Catalogue, CatalogueError};
 use crate::dtc::write::Envelope;
 use crate::rules::engine::{CompileError, Rules, RulesFile};
+use crate::rules::files::sorted_files;
 use crate::rules::incoming_samples::{IncomingCoverage, IncomingSampleFailure};
 use crate::rules::samples::CaseFailure;
 use crate::rules::schema::{Schema, SchemaError};
@@ -72,14 +73,6 @@ fn incoming_sample_lines(failures: &[(PathBuf, IncomingSampleFailure)]) -> Strin
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
     sorted_files(dir, ext).map_err(|source| LoadError::Read { path: dir.to_path_buf(), source })
-}
-
-/// The files of a folder with this extension, in name order (every loader of rule files).
-pub(crate) fn sorted_files(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> =
-        std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext)).collect();
-    out.sort();
-    Ok(out)
 }
 
 fn read(path: &Path) -> Result<String, LoadError> {

@@ -1,9 +1,11 @@
 //! Rules as data: engine, schema, templates, incoming flow descriptions, the rule set, its loader and gate, and the decision.
 
+pub(crate) mod body;
 pub mod decide;
 pub mod engine;
 pub mod explain;
 pub(crate) mod fast;
+mod files;
 pub mod incoming;
 mod incoming_samples;
 pub mod load;
