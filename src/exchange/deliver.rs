@@ -162,16 +162,21 @@ pub async fn run<S: ObjectStore>(
                 tracing::error!(error = %e, "cannot record deliveries; they will be retried");
             }
         }
-        // Sleep until new work is queued, the next retry is due, or shutdown.
-        let next_retry = not_before.values().map(|(_, t)| *t).min();
-        let wait = next_retry.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
         if due.is_empty() || !results_pending_now(&store).await {
-            tokio::select! {
-                _ = store.queued.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => {}
-            }
+            idle(&store, &not_before, &mut shutdown).await;
         }
+    }
+}
+
+/// Sleeps until new work is queued, the next retry is due (at most a second: other instances
+/// queue work this one is not told of), or shutdown.
+async fn idle(store: &Store, not_before: &HashMap<String, (u32, Instant)>, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let next_retry = not_before.values().map(|(_, t)| *t).min();
+    let wait = next_retry.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
+    tokio::select! {
+        _ = store.queued.notified() => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.changed() => {}
     }
 }
 

@@ -238,7 +238,6 @@ pub(crate) fn decide_parsed(set: &RuleSet, client: &Client, parsed: Result<Value
 }
 
 fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: Explain, trace: &mut Vec<Trace>, fired: &mut Fired) -> Verdict {
-    let cover = explain == Explain::Fired;
     // A list longer than the contract allows anywhere: refused on that alone, in one walk, so
     // neither the validator nor the rules spend time in proportion to it.
     let oversized = set.schema.oversized_lists(value, set.max_errors.max(1));
@@ -246,58 +245,18 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
         return Verdict::Rejected(oversized);
     }
     let mut errors = set.schema.findings_at_most(value, set.max_errors.max(1));
-    let schema_clean = errors.is_empty();
-    let mut warnings = Vec::new();
+    let mut notes = Notes { set, value, explain, schema_clean: errors.is_empty(), trace, fired };
     let today = crate::domain::clock::iso_date(crate::domain::clock::london(clock.now()).date());
     let mut ctx = Ctx::new(value, &today);
-    let rules = &set.rules;
 
-    // A rule that fails at run time on a body the schema already rejected (a wrong type, say)
-    // is noted and passed over; on a schema-clean body it is a 500 naming the rule.
-    let mut note = |rule: &str, kind: &'static str, source: &str, fired: bool, failed: Option<String>| {
-        if explain == Explain::Trace {
-            trace.push(Trace { rule: rule.to_string(), kind, fired, condition: source.to_string(), values: set.rules.values_read(source, value), failed });
-        }
+    let scenario = match choose_scenario(&mut ctx, &mut notes) {
+        Ok(s) => s,
+        Err(failure) => return Verdict::Failed(failure),
     };
-
-    let mut scenario = None;
-    let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
-    let values = rules.eval_batch(&mut ctx, &rules.scenarios_batch, &conditions);
-    for (i, (s, value)) in rules.scenarios.iter().zip(values).enumerate() {
-        match value.and_then(crate::rules::engine::truth_of) {
-            Ok(true) => {
-                note(&s.id, "scenario", &s.when.source, true, None);
-                if cover {
-                    fired.scenario = Some(i);
-                }
-                scenario = Some(s);
-                break;
-            }
-            Ok(false) => note(&s.id, "scenario", &s.when.source, false, None),
-            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: s.id.clone(), message: m.to_string() }),
-            Err(m) => note(&s.id, "scenario", &s.when.source, false, Some(m.to_string())),
-        }
-    }
     ctx.push("scenario", scenario.map(|s| V::Str(Cow::Borrowed(s.id.as_str()))).unwrap_or(V::Unit));
-
-    let conditions: Vec<_> = rules.rules.iter().map(|r| &r.when).collect();
-    let values = rules.eval_batch(&mut ctx, &rules.rules_batch, &conditions);
-    for (i, (r, value)) in rules.rules.iter().zip(values).enumerate() {
-        let result = value.and_then(|v| findings_of(&r.def, v));
-        match result {
-            Ok(found) => {
-                note(&r.def.id, "rule", &r.when.source, !found.is_empty(), None);
-                if cover && !found.is_empty() {
-                    fired.rules.push(i);
-                }
-                match r.def.level {
-                    Level::Error => errors.extend(found),
-                    Level::Warning => warnings.extend(found),
-                }
-            }
-            Err(m) if schema_clean => return Verdict::Failed(RuleFailure { rule: r.def.id.clone(), message: m.to_string() }),
-            Err(m) => note(&r.def.id, "rule", &r.when.source, false, Some(m.to_string())),
-        }
+    let mut warnings = Vec::new();
+    if let Err(failure) = run_rules(&mut ctx, &mut notes, &mut errors, &mut warnings) {
+        return Verdict::Failed(failure);
     }
     if !errors.is_empty() {
         dedupe(&mut errors);
@@ -310,61 +269,14 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
     };
 
     ctx.push("sender", V::Str(Cow::Borrowed(client.sip_id.as_str())));
-    let mut flows = Vec::new();
-    let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
-    let values = rules.eval_batch(&mut ctx, &rules.flows_batch, &conditions);
-    for (i, (choice, value)) in rules.flows.iter().zip(values).enumerate() {
-        match value.and_then(crate::rules::engine::truth_of) {
-            Ok(false) => {
-                note(&choice.def.id, "flow", &choice.when.source, false, None);
-                continue;
-            }
-            Ok(true) => {
-                note(&choice.def.id, "flow", &choice.when.source, true, None);
-                if cover {
-                    fired.flows.push(i);
-                }
-            }
-            Err(m) => return Verdict::Failed(RuleFailure { rule: choice.def.id.clone(), message: m.to_string() }),
-        }
-        let fail = |m: String| RuleFailure { rule: choice.def.id.clone(), message: m };
-        let result = (|| -> Result<FlowBody, RuleFailure> {
-            let recipient = rules.recipients.get(&choice.def.to).ok_or_else(|| fail(format!("unknown recipient {}", choice.def.to)))?;
-            let to_role = set.roles.get(&recipient.role).ok_or_else(|| fail(format!("no role code for {}", recipient.role)))?;
-            let mpid = rules.eval(&mut ctx, &recipient.mpid).map_err(|e| fail(e.to_string()))?;
-            let to_mpid = mpid.into_string().map_err(|t| fail(format!("the recipient's MPID is a {t}, not text")))?;
-            if to_mpid.len() != 4 || !to_mpid.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
-                return Err(fail(format!("the recipient's MPID {to_mpid:?} is not 4 upper-case letters or digits")));
-            }
-            let template = set.templates.get(&choice.def.flow).ok_or_else(|| fail(format!("no template for {}", choice.def.flow)))?;
-            let mark = ctx.mark();
-            ctx.push("recipient", V::Str(Cow::Owned(to_mpid.clone())));
-            let mut written = Vec::new();
-            let rendered = template.render(rules, &mut ctx, cover.then_some(&mut written));
-            fired.groups.extend(written.into_iter().map(|g| (template.flow.clone(), g)));
-            ctx.rewind(mark);
-            let (records, top_level) = rendered?;
-            Ok(FlowBody {
-                flow: template.flow.clone(),
-                version: template.version.clone(),
-                from_role: set.sender_role.clone(),
-                from_mpid: client.sip_id.clone(),
-                to_role: to_role.clone(),
-                to_mpid,
-                records,
-                top_level,
-            })
-        })();
-        match result {
-            Ok(f) => flows.push(f),
-            Err(f) => return Verdict::Failed(f),
-        }
-    }
+    let flows = match choose_flows(&mut ctx, &mut notes, client) {
+        Ok(flows) => flows,
+        Err(failure) => return Verdict::Failed(failure),
+    };
 
     let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string();
-    let job_id = text("/job_details/job_id");
-    let accepted = Accepted {
-        job_id,
+    Verdict::Accepted(Accepted {
+        job_id: text("/job_details/job_id"),
         scenario: scenario.id.clone(),
         scenario_name: scenario.name.clone(),
         warnings,
@@ -372,8 +284,135 @@ fn judge(set: &RuleSet, client: &Client, value: &Value, clock: Clock, explain: E
         body_hash: canonical_hash(value),
         mpan: text("/job_details/mpan"),
         date_of_action: text("/job_completion/date_of_action"),
-    };
-    Verdict::Accepted(accepted)
+    })
+}
+
+/// What a decision records as it goes: a trace of every condition (when asked to explain) and
+/// what fired (for the gate's coverage).
+struct Notes<'a> {
+    set: &'a RuleSet,
+    value: &'a Value,
+    explain: Explain,
+    /// A rule that fails at run time on a body the schema already rejected (a wrong type, say)
+    /// is noted and passed over; on a schema-clean body it is a 500 naming the rule.
+    schema_clean: bool,
+    trace: &'a mut Vec<Trace>,
+    fired: &'a mut Fired,
+}
+
+impl Notes<'_> {
+    fn note(&mut self, rule: &str, kind: &'static str, source: &str, fired: bool, failed: Option<String>) {
+        if self.explain == Explain::Trace {
+            let values = self.set.rules.values_read(source, self.value);
+            self.trace.push(Trace { rule: rule.to_string(), kind, fired, condition: source.to_string(), values, failed });
+        }
+    }
+
+    fn cover(&self) -> bool {
+        self.explain == Explain::Fired
+    }
+}
+
+/// The first scenario whose condition holds, if any.
+fn choose_scenario<'s>(ctx: &mut Ctx<'_>, notes: &mut Notes<'s>) -> Result<Option<&'s crate::rules::engine::Scenario>, RuleFailure> {
+    let rules = &notes.set.rules;
+    let conditions: Vec<_> = rules.scenarios.iter().map(|s| &s.when).collect();
+    let values = rules.eval_batch(ctx, &rules.scenarios_batch, &conditions);
+    for (i, (s, value)) in rules.scenarios.iter().zip(values).enumerate() {
+        match value.and_then(crate::rules::engine::truth_of) {
+            Ok(true) => {
+                notes.note(&s.id, "scenario", &s.when.source, true, None);
+                if notes.cover() {
+                    notes.fired.scenario = Some(i);
+                }
+                return Ok(Some(s));
+            }
+            Ok(false) => notes.note(&s.id, "scenario", &s.when.source, false, None),
+            Err(m) if notes.schema_clean => return Err(RuleFailure { rule: s.id.clone(), message: m.to_string() }),
+            Err(m) => notes.note(&s.id, "scenario", &s.when.source, false, Some(m.to_string())),
+        }
+    }
+    Ok(None)
+}
+
+/// Every rule, its findings added to the errors or the warnings by its level.
+fn run_rules(ctx: &mut Ctx<'_>, notes: &mut Notes<'_>, errors: &mut Vec<Finding>, warnings: &mut Vec<Finding>) -> Result<(), RuleFailure> {
+    let rules = &notes.set.rules;
+    let conditions: Vec<_> = rules.rules.iter().map(|r| &r.when).collect();
+    let values = rules.eval_batch(ctx, &rules.rules_batch, &conditions);
+    for (i, (r, value)) in rules.rules.iter().zip(values).enumerate() {
+        match value.and_then(|v| findings_of(&r.def, v)) {
+            Ok(found) => {
+                notes.note(&r.def.id, "rule", &r.when.source, !found.is_empty(), None);
+                if notes.cover() && !found.is_empty() {
+                    notes.fired.rules.push(i);
+                }
+                match r.def.level {
+                    Level::Error => errors.extend(found),
+                    Level::Warning => warnings.extend(found),
+                }
+            }
+            Err(m) if notes.schema_clean => return Err(RuleFailure { rule: r.def.id.clone(), message: m.to_string() }),
+            Err(m) => notes.note(&r.def.id, "rule", &r.when.source, false, Some(m.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// The flow files the chosen flows write, in the order the choices are listed.
+fn choose_flows<'a>(ctx: &mut Ctx<'a>, notes: &mut Notes<'a>, client: &Client) -> Result<Vec<FlowBody>, RuleFailure> {
+    let rules = &notes.set.rules;
+    let mut flows = Vec::new();
+    let conditions: Vec<_> = rules.flows.iter().map(|f| &f.when).collect();
+    let values = rules.eval_batch(ctx, &rules.flows_batch, &conditions);
+    for (i, (choice, value)) in rules.flows.iter().zip(values).enumerate() {
+        match value.and_then(crate::rules::engine::truth_of) {
+            Ok(false) => {
+                notes.note(&choice.def.id, "flow", &choice.when.source, false, None);
+                continue;
+            }
+            Ok(true) => {
+                notes.note(&choice.def.id, "flow", &choice.when.source, true, None);
+                if notes.cover() {
+                    notes.fired.flows.push(i);
+                }
+            }
+            Err(m) => return Err(RuleFailure { rule: choice.def.id.clone(), message: m.to_string() }),
+        }
+        flows.push(render_flow(ctx, notes, client, choice)?);
+    }
+    Ok(flows)
+}
+
+/// One chosen flow: its recipient, then its template filled.
+fn render_flow<'a>(ctx: &mut Ctx<'a>, notes: &mut Notes<'a>, client: &Client, choice: &crate::rules::engine::FlowChoice) -> Result<FlowBody, RuleFailure> {
+    let (set, rules) = (notes.set, &notes.set.rules);
+    let fail = |m: String| RuleFailure { rule: choice.def.id.clone(), message: m };
+    let recipient = rules.recipients.get(&choice.def.to).ok_or_else(|| fail(format!("unknown recipient {}", choice.def.to)))?;
+    let to_role = set.roles.get(&recipient.role).ok_or_else(|| fail(format!("no role code for {}", recipient.role)))?;
+    let mpid = rules.eval(ctx, &recipient.mpid).map_err(|e| fail(e.to_string()))?;
+    let to_mpid = mpid.into_string().map_err(|t| fail(format!("the recipient's MPID is a {t}, not text")))?;
+    if to_mpid.len() != 4 || !to_mpid.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        return Err(fail(format!("the recipient's MPID {to_mpid:?} is not 4 upper-case letters or digits")));
+    }
+    let template = set.templates.get(&choice.def.flow).ok_or_else(|| fail(format!("no template for {}", choice.def.flow)))?;
+    let mark = ctx.mark();
+    ctx.push("recipient", V::Str(Cow::Owned(to_mpid.clone())));
+    let mut written = Vec::new();
+    let rendered = template.render(rules, ctx, notes.cover().then_some(&mut written));
+    notes.fired.groups.extend(written.into_iter().map(|g| (template.flow.clone(), g)));
+    ctx.rewind(mark);
+    let (records, top_level) = rendered?;
+    Ok(FlowBody {
+        flow: template.flow.clone(),
+        version: template.version.clone(),
+        from_role: set.sender_role.clone(),
+        from_mpid: client.sip_id.clone(),
+        to_role: to_role.clone(),
+        to_mpid,
+        records,
+        top_level,
+    })
 }
 
 /// The same pointer and rule reported twice (schema `if`/`then` and a rule, say) is one finding.

@@ -289,6 +289,30 @@ pub(crate) fn rhai_runs() -> u64 {
     RHAI_RUNS.with(Cell::get)
 }
 
+/// The rule files as one: their rules, scenarios and flow choices in file order, their
+/// recipients (each named once) and the distributor table.
+fn merge(files: Vec<(String, RulesFile)>) -> Result<(RulesFile, BTreeMap<String, Distributor>), CompileError> {
+    let mut distributors = BTreeMap::new();
+    let mut merged = RulesFile::default();
+    for (name, f) in files {
+        for d in f.distributors {
+            if d.id.len() != 2 || d.mpid.len() != 4 {
+                return Err(CompileError::Distributor { file: name, id: d.id });
+            }
+            distributors.insert(d.id.clone(), d);
+        }
+        merged.rules.extend(f.rules);
+        merged.scenarios.extend(f.scenarios);
+        merged.flows.extend(f.flows);
+        for (k, r) in f.recipients {
+            if merged.recipients.insert(k.clone(), r).is_some() {
+                return Err(CompileError::RecipientTwice { file: name, recipient: k });
+            }
+        }
+    }
+    Ok((merged, distributors))
+}
+
 /// A sandboxed engine with the helper functions every condition may call.
 pub(crate) fn new_engine(limits: &RhaiLimits, distributors: Arc<BTreeMap<String, Distributor>>) -> Engine {
     let mut engine = Engine::new();
@@ -390,24 +414,7 @@ pub fn scope_for(body: &Value, today: &str) -> Scope<'static> {
 impl Rules {
     /// Compiles every condition; the first error names the file and rule.
     pub(crate) fn compile(files: Vec<(String, RulesFile)>, helpers: Vec<(String, String)>, limits: &RhaiLimits) -> Result<Rules, CompileError> {
-        let mut distributors = BTreeMap::new();
-        let mut merged = RulesFile::default();
-        for (name, f) in files {
-            for d in f.distributors {
-                if d.id.len() != 2 || d.mpid.len() != 4 {
-                    return Err(CompileError::Distributor { file: name, id: d.id });
-                }
-                distributors.insert(d.id.clone(), d);
-            }
-            merged.rules.extend(f.rules);
-            merged.scenarios.extend(f.scenarios);
-            merged.flows.extend(f.flows);
-            for (k, r) in f.recipients {
-                if merged.recipients.insert(k.clone(), r).is_some() {
-                    return Err(CompileError::RecipientTwice { file: name, recipient: k });
-                }
-            }
-        }
+        let (merged, distributors) = merge(files)?;
         let distributors = Arc::new(distributors);
         let mut engine = new_engine(limits, distributors.clone());
         let mut helper_bodies = BTreeMap::new();
