@@ -181,11 +181,9 @@ impl Shared {
     /// Stores an accepted request in one transaction: the identity check, the job claim, the file
     /// ids, the record, the body and the outbox files.
     pub(crate) async fn accept(&self, req: NewRequest) -> Result<AcceptOutcome, StoreError> {
+        // No lookup first: the request path has just looked the job up (a replay never gets
+        // here), and the claim in the transaction finds a job accepted meanwhile.
         let mut c = self.client().await?;
-        // Fast path for a replay: one read, no write.
-        if let Some(first) = job(&c, &req.client, &req.job_id).await? {
-            return earlier(first, &req);
-        }
         let outcome = self.accept_in(&mut c, &req).await;
         let failed = matches!(outcome, Err(StoreError::Unavailable(_)) | Err(StoreError::Db(_)));
         self.stats.last_failed.store(failed, Ordering::Relaxed);
